@@ -1,0 +1,51 @@
+"""Othello board-state families, computed from a `GameRecord` (no extra game replay).
+
+Convention (differs from upstream, which flips mine/theirs by token parity and so ignores
+passes): at position i (the state after move i) "mine" is the side that actually moves next,
+passes resolved by the rules. When the game is over nobody moves; we then use the side that
+did not make the last move, which is what parity gives. Both families are (8, 8) per position.
+
+- `mine_theirs_empty`: class 0 empty (masked), 1 mine, 2 theirs -> 128 BSPs.
+- `legal_moves`: 1 where the side to move has a legal move (binary, one class) -> 64 BSPs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from boardlens.games.othello.engine import BLACK, GAME_OVER, GameRecord, bits_to_bool
+from boardlens.labels import Family
+
+EMPTY, MINE, THEIRS = 0, 1, 2
+
+FAMILIES = (
+    Family("mine_theirs_empty", shape=(8, 8), num_classes=3, masked_classes=(EMPTY,)),
+    Family("legal_moves", shape=(8, 8), num_classes=2, masked_classes=(0,)),
+)
+
+
+def label_games(rec: GameRecord, num_positions: int) -> dict[str, np.ndarray]:
+    """Labels at positions 0..num_positions-1: {family: (G, P, 8, 8) int8}.
+
+    Positions past a game's end get the final state (they are masked out by `lengths`).
+    """
+    P = num_positions
+    black, white = bits_to_bool(rec.black[:, :P]), bits_to_bool(rec.white[:, :P])  # (G, P, 64)
+    last = np.maximum(rec.lengths.astype(np.int64) - 1, 0)
+    mover = rec.to_move[:, :P].astype(np.int64)
+    # Over: the side that did not make the last move (parity of the move index).
+    parity_next = (np.arange(P)[None, :] + 1) % 2
+    mover = np.where(mover == GAME_OVER, parity_next, mover)
+    mine = np.where((mover == BLACK)[..., None], black, white)
+    theirs = np.where((mover == BLACK)[..., None], white, black)
+    state = (mine * MINE + theirs * THEIRS).astype(np.int8)
+    legal = bits_to_bool(rec.legal[:, :P]).astype(np.int8)
+    # Freeze positions after the end at the final state.
+    idx = np.minimum(np.arange(P)[None, :], last[:, None])  # (G, P)
+    G = state.shape[0]
+    rows = np.arange(G)[:, None]
+    state, legal = state[rows, idx], legal[rows, idx]
+    return {
+        "mine_theirs_empty": state.reshape(G, P, 8, 8),
+        "legal_moves": legal.reshape(G, P, 8, 8),
+    }
