@@ -1,0 +1,16 @@
+"""Games: rules, tokenizers and board-state labellers."""
+
+from __future__ import annotations
+
+from boardlens.labels import Family
+
+GAMES = ("othello",)
+
+
+def families(game: str) -> tuple[Family, ...]:
+    """The BSP families evaluated for `game`."""
+    if game == "othello":
+        from boardlens.games.othello.labels import FAMILIES
+
+        return FAMILIES
+    raise ValueError(f"unknown game {game!r}; known: {GAMES}")

@@ -1,0 +1,1 @@
+"""Othello: vectorised engine, OthelloGPT tokenizer, board-state labels."""

@@ -1,0 +1,63 @@
+"""Language-model data for Othello: token batches and legal-move accuracy."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from boardlens.games.othello import tokenizer
+from boardlens.games.othello.engine import GameRecord, bits_to_bool, play_random
+from boardlens.games.othello.labels import label_games
+
+
+def tokens_of(rec: GameRecord) -> np.ndarray:
+    """(G, 60) squares -> (G, 60) tokens (pad after the end)."""
+    return tokenizer.encode(rec.moves)
+
+
+def training_batch(rng: np.random.Generator, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fresh random games -> inputs (B, 59) and next-move targets (B, 59), -100 = ignored."""
+    toks = torch.from_numpy(tokens_of(play_random(batch_size, rng=rng)))  # (B, 60)
+    x, y = toks[:, :-1].clone(), toks[:, 1:].clone()
+    y[y == tokenizer.PAD] = -100  # no move follows: nothing to predict
+    return x, y
+
+
+@torch.no_grad()
+def legal_move_accuracy(model, rec: GameRecord, batch_size: int = 512) -> float:
+    """Fraction of positions (with a next move) where the top-1 prediction is a legal move."""
+    toks = torch.from_numpy(tokens_of(rec))[:, : tokenizer.CONTEXT]
+    legal = bits_to_bool(rec.legal[:, : tokenizer.CONTEXT])  # (G, 59, 64) legal squares
+    has_next = rec.to_move[:, : tokenizer.CONTEXT] >= 0
+    hits = total = 0
+    device = next(model.parameters()).device
+    for s in range(0, toks.shape[0], batch_size):
+        logits, _ = model(toks[s : s + batch_size].to(device))
+        square = tokenizer.decode(logits.argmax(-1).cpu().numpy())  # (b, 59), -1 for pad
+        ok = np.take_along_axis(legal[s : s + batch_size], np.maximum(square, 0)[..., None], -1)[..., 0]
+        ok &= square >= 0
+        mask = has_next[s : s + batch_size]
+        hits += int(ok[mask].sum())
+        total += int(mask.sum())
+    return hits / max(total, 1)
+
+
+class LabelledGames(NamedTuple):
+    """Model inputs with their board labels; position p of game g is the state after move p."""
+
+    tokens: np.ndarray  # (G, 59) int64 input tokens (0 = pad after the end)
+    lengths: np.ndarray  # (G,) int16 valid positions
+    label_pos: np.ndarray  # (G, 59) int16 labelled positions (all of them for Othello)
+    labels: dict[str, np.ndarray]  # family -> (G, 59, 8, 8) int8
+
+
+def labelled_games(rng: np.random.Generator, num_games: int) -> LabelledGames:
+    """Random games, tokenised and labelled at every position (the producer's input)."""
+    rec = play_random(num_games, rng=rng)
+    T = tokenizer.CONTEXT
+    tokens = tokens_of(rec)[:, :T]
+    lengths = np.minimum(rec.lengths, T).astype(np.int16)
+    label_pos = np.broadcast_to(np.arange(T, dtype=np.int16), (num_games, T)).copy()
+    return LabelledGames(tokens, lengths, label_pos, label_games(rec, T))

@@ -1,0 +1,80 @@
+"""Bundled-model format: a folder with `model.safetensors` and `config.json`.
+
+config.json = {"format": "boardlens-gpt", "gpt": GPTConfig fields, "game": "othello",
+"sae_layer": default block whose output is streamed, ...free-form card facts}. Loading never
+unpickles anything (safetensors).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from boardlens.lm.model import GPT, GPTConfig
+
+FORMAT = "boardlens-gpt"
+
+
+class CheckpointError(ValueError):
+    """A model file that is missing, truncated or malformed; the message names the file."""
+
+
+def save_model(model: GPT, folder: str | Path, meta: dict, dtype: torch.dtype = torch.float32) -> Path:
+    """Write the model atomically (temp files + rename) and return the folder."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
+    cfg = {"format": FORMAT, "gpt": model.config.to_dict(), "dtype": str(dtype).split(".")[-1], **meta}
+    _atomic(folder / "model.safetensors", lambda p: save_file(tensors, str(p)))
+    _atomic(folder / "config.json", lambda p: p.write_text(json.dumps(cfg, indent=2) + "\n"))
+    return folder
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def read_config(folder: str | Path) -> dict:
+    path = Path(folder) / "config.json"
+    try:
+        cfg = json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{path}: not found") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT or "gpt" not in cfg:
+        raise CheckpointError(f"{path}: not a {FORMAT} config (missing 'format'/'gpt')")
+    return cfg
+
+
+def load_model(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> tuple[GPT, dict]:
+    """Load a bundled model -> (model in eval mode, its config.json dict)."""
+    cfg = read_config(folder)
+    try:
+        gpt_cfg = GPTConfig(**cfg["gpt"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{Path(folder) / 'config.json'}: bad 'gpt' section ({e})") from e
+    path = Path(folder) / "model.safetensors"
+    try:
+        state = load_file(str(path))
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{path}: not found") from e
+    except Exception as e:  # safetensors raises its own error types for truncated headers/data
+        raise CheckpointError(f"{path}: unreadable safetensors file ({e})") from e
+    model = GPT(gpt_cfg)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        raise CheckpointError(f"{path}: missing tensors {missing[:5]}, unexpected {extra[:5]}")
+    for k, v in state.items():
+        if v.shape != expected[k].shape:
+            raise CheckpointError(f"{path}: {k} has shape {tuple(v.shape)}, config wants {tuple(expected[k].shape)}")
+    model.load_state_dict({k: v.float() for k, v in state.items()})
+    return model.to(device=device, dtype=dtype).eval(), cfg

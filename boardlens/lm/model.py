@@ -1,0 +1,168 @@
+"""A nanoGPT-compatible GPT (no biases, GELU, LayerNorm, learned positions).
+
+Parameter names match nanoGPT's (`transformer.h.{i}.attn.c_attn.weight`, ...), so ChessGPT's
+checkpoints load into it by name. The forward can return the residual stream after any
+blocks in the same pass, stop early once the deepest requested block is done (the producer
+never needs logits), and replace one block's output (for loss recovered).
+
+    python -c "from boardlens.lm.model import GPT, GPTConfig; print(GPT(GPTConfig()).num_params())"
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    vocab_size: int = 61
+    """Number of token ids."""
+    block_size: int = 59
+    """Context length in tokens (learned position embeddings)."""
+    n_layer: int = 8
+    """Transformer blocks."""
+    n_head: int = 8
+    """Attention heads per block."""
+    n_embd: int = 512
+    """Residual stream width d_model."""
+    d_mlp: int = 0
+    """MLP hidden width; 0 means 4 * n_embd (nanoGPT)."""
+    bias: bool = False
+    """Linear and LayerNorm biases (ChessGPT and OthelloGPT: none; HF GPT-2 exports: zeros)."""
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"GPTConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
+        if self.d_mlp < 0:
+            raise ValueError(f"d_mlp must be >= 0, got {self.d_mlp}")
+
+    @property
+    def mlp_width(self) -> int:
+        return self.d_mlp or 4 * self.n_embd
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with an optional bias (torch's own cannot drop only the bias before 2.1)."""
+
+    def __init__(self, n: int, bias: bool) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(n))
+        self.bias = nn.Parameter(torch.zeros(n)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)  # each (B, T, C)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
+        return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, cfg.mlp_width, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.mlp_width, cfg.n_embd, bias=cfg.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(F.gelu(self.c_fc(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.ln_1 = LayerNorm(cfg.n_embd, cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = LayerNorm(cfg.n_embd, cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+ResidPatch = Callable[[torch.Tensor], torch.Tensor]
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
+                wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
+                h=nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)]),
+                ln_f=LayerNorm(cfg.n_embd, cfg.bias),
+            )
+        )
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2's scaled init of residual projections
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        resid_layers: tuple[int, ...] = (),
+        stop_after: int | None = None,
+        patch: dict[int, ResidPatch] | None = None,
+    ) -> tuple[torch.Tensor | None, dict[int, torch.Tensor]]:
+        """idx (B, T) int64 -> (logits (B, T, V) or None, {layer: resid after block (B, T, C)}).
+
+        `stop_after=L` skips everything after block L (logits are then None). `patch[L]` maps
+        block L's output to what the rest of the network sees (its return value is also what
+        `resid_layers` reports for L).
+        """
+        B, T = idx.shape
+        if T > self.config.block_size:
+            raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
+        pos = torch.arange(T, device=idx.device)
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
+        wanted = set(resid_layers)
+        resid: dict[int, torch.Tensor] = {}
+        for i, block in enumerate(self.transformer.h):
+            x = block(x)
+            if patch and i in patch:
+                x = patch[i](x)
+            if i in wanted:
+                resid[i] = x
+            if stop_after is not None and i >= stop_after:
+                return None, resid
+        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
+        return logits, resid

@@ -1,0 +1,194 @@
+"""Train a game LM on freshly generated games, with periodic checkpoints and resume.
+
+    boardlens lm train --game othello --out runs/lm-othello --steps 6000
+
+A training checkpoint (`train_state.pt`: weights, AdamW moments, step, RNG states) is written
+atomically every `ckpt_every` steps and on SIGTERM/Ctrl-C; `--resume` continues from it. The
+best model by held-out legal-move accuracy is also exported in the bundled format
+(`<out>/model/`), ready for `models/`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from boardlens.lm.checkpoint import save_model
+from boardlens.lm.model import GPT, GPTConfig
+
+
+@dataclass(frozen=True)
+class LMTrainConfig:
+    game: str = "othello"
+    """Which game's generator and tokenizer to train on."""
+    out: str = "runs/lm-othello"
+    """Output folder (training state, metrics log, exported model)."""
+    n_layer: int = 6
+    """Transformer blocks."""
+    n_head: int = 6
+    """Attention heads."""
+    n_embd: int = 192
+    """Residual width."""
+    steps: int = 6000
+    """Optimiser steps (the LR schedule's length)."""
+    batch_games: int = 128
+    """Games per step."""
+    lr: float = 1e-3
+    """Peak learning rate."""
+    warmup_steps: int = 200
+    """Linear warmup steps."""
+    min_lr_ratio: float = 0.1
+    """Cosine decay floor as a fraction of lr."""
+    weight_decay: float = 0.1
+    """AdamW weight decay on matrices."""
+    ckpt_every: int = 250
+    """Steps between training checkpoints."""
+    eval_every: int = 500
+    """Steps between legal-move evaluations."""
+    eval_games: int = 500
+    """Held-out games for legal-move accuracy."""
+    sae_layer: int = 4
+    """Default block whose output the producer streams (stored in the model's config)."""
+    seed: int = 0
+    """Seed for weights and game generation."""
+    threads: int = 0
+    """torch intra-op threads (0 = torch's default)."""
+
+    def __post_init__(self) -> None:
+        if self.game != "othello":
+            raise ValueError(f"game must be 'othello' (chess arrives later), got {self.game!r}")
+        for k in ("steps", "batch_games", "ckpt_every", "eval_every", "eval_games"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"{k} must be >= 1")
+        if not 0 <= self.sae_layer < self.n_layer:
+            raise ValueError(f"sae_layer must be in 0..{self.n_layer - 1}")
+        if self.lr <= 0:
+            raise ValueError("lr must be > 0")
+
+
+def lr_at(cfg: LMTrainConfig, step: int) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    frac = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def _optimizer(model: GPT, cfg: LMTrainConfig) -> torch.optim.AdamW:
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    other = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
+
+
+def _save_state(path: Path, model, opt, step, rng, best, seen) -> None:
+    state = {
+        "model": model.state_dict(),
+        "opt": opt.state_dict(),
+        "step": step,
+        "best_acc": best,
+        "games_seen": seen,
+        "torch_rng": torch.get_rng_state(),
+        "np_rng": json.dumps(rng.bit_generator.state),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def train(cfg: LMTrainConfig, resume: bool = False) -> dict:
+    from boardlens.games.othello import lm_data, tokenizer
+    from boardlens.games.othello.engine import play_random
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    print(f"lm-train config {json.dumps(asdict(cfg), sort_keys=True)}", flush=True)
+    torch.manual_seed(cfg.seed)
+    gpt_cfg = GPTConfig(
+        vocab_size=tokenizer.VOCAB_SIZE, block_size=tokenizer.CONTEXT,
+        n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
+    )
+    model = GPT(gpt_cfg)
+    opt = _optimizer(model, cfg)
+    rng = np.random.default_rng(cfg.seed)
+    eval_rec = play_random(cfg.eval_games, seed=10_000_019 + cfg.seed)  # disjoint stream
+    step, best, seen = 0, -1.0, 0
+    state_path = out / "train_state.pt"
+    if resume and state_path.exists():
+        st = torch.load(state_path, weights_only=True)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        step, best, seen = st["step"], st["best_acc"], st["games_seen"]
+        torch.set_rng_state(st["torch_rng"])
+        rng.bit_generator.state = json.loads(st["np_rng"])
+        print(f"resumed at step {step} (best acc {best:.4f})", flush=True)
+
+    stop = {"now": False}
+
+    def on_signal(signum, _frame):
+        stop["now"] = True
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    log = open(out / "lm_metrics.jsonl", "a")
+    t0, tokens0 = time.time(), seen * (tokenizer.CONTEXT + 1)
+    try:
+        while step < cfg.steps and not stop["now"]:
+            for g in opt.param_groups:
+                g["lr"] = lr_at(cfg, step)
+            x, y = lm_data.training_batch(rng, cfg.batch_games)
+            logits, _ = model(x)
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            step += 1
+            seen += cfg.batch_games
+            rate = (seen * (tokenizer.CONTEXT + 1) - tokens0) / max(time.time() - t0, 1e-9)
+            _progress(step, cfg.steps, loss.item(), rate)
+            rec = {"step": step, "loss": round(loss.item(), 5), "games": seen}
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                model.eval()
+                acc = lm_data.legal_move_accuracy(model, eval_rec)
+                model.train()
+                rec["legal_move_acc"] = acc
+                print(f"\nstep {step}: held-out legal-move top-1 accuracy {acc:.4f}", flush=True)
+                if acc > best:
+                    best = acc
+                    save_model(model, out / "model", {
+                        "game": cfg.game, "sae_layer": cfg.sae_layer, "legal_move_acc": acc,
+                        "train_steps": step, "games_seen": seen,
+                        "tokens_seen": seen * tokenizer.CONTEXT,
+                    })
+            log.write(json.dumps(rec) + "\n")
+            if step % cfg.ckpt_every == 0:
+                log.flush()
+                _save_state(state_path, model, opt, step, rng, best, seen)
+    finally:
+        _save_state(state_path, model, opt, step, rng, best, seen)
+        log.close()
+        for s, h in old.items():
+            signal.signal(s, h)
+    print(f"\nstopped at step {step}; best legal-move accuracy {best:.4f}", flush=True)
+    return {"step": step, "best_acc": best, "games_seen": seen}
+
+
+def _progress(step: int, total: int, loss: float, tokens_per_s: float) -> None:
+    width = 30
+    done = int(width * step / total)
+    sys.stderr.write(
+        f"\r[{'#' * done}{'.' * (width - done)}] {step}/{total} loss {loss:.4f} {tokens_per_s:,.0f} tok/s"
+    )
+    sys.stderr.flush()

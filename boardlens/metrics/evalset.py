@@ -1,0 +1,105 @@
+"""The evaluation set: train and test games taken from the stream, split by game id.
+
+A game goes to the test split when a hash of its id falls in the test fraction, so the split
+is the same whichever consumer builds it and in whatever order games arrive. Stored per
+split: activations of labelled positions (N, d) with their one-hot BSPs {family: (N, B)
+bool}, plus all valid positions' activations for the unsupervised metrics.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from boardlens.labels import Family
+from boardlens.metrics.supervised import FamilyScore, max_activations, score_families
+from boardlens.metrics.unsupervised import ReconStats, recon_stats
+
+
+def is_test_game(game_ids: np.ndarray, test_fraction: float = 0.5) -> np.ndarray:
+    """Deterministic split: splitmix64(game_id) mapped to [0, 1) < test_fraction."""
+    z = np.asarray(game_ids, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53) < test_fraction
+
+
+class _Split:
+    def __init__(self) -> None:
+        self.games: set[int] = set()
+        self.x_labelled: list[torch.Tensor] = []
+        self.labels: dict[str, list[torch.Tensor]] = {}
+        self.x_all: list[torch.Tensor] = []
+
+
+class EvalSet:
+    def __init__(self, families: tuple[Family, ...], n_train_games: int, n_test_games: int) -> None:
+        if n_train_games < 1 or n_test_games < 1:
+            raise ValueError("n_train_games and n_test_games must be >= 1")
+        self.families = {f.name: f for f in families}
+        self.want = {"train": n_train_games, "test": n_test_games}
+        self.splits = {"train": _Split(), "test": _Split()}
+        self._frozen: dict | None = None
+
+    @property
+    def full(self) -> bool:
+        return all(len(self.splits[s].games) >= self.want[s] for s in self.splits)
+
+    def progress(self) -> dict[str, int]:
+        return {s: len(self.splits[s].games) for s in self.splits}
+
+    def add(self, acts: torch.Tensor, game_ids: torch.Tensor, lengths: torch.Tensor,
+            label_pos: torch.Tensor, labels: dict[str, torch.Tensor]) -> int:
+        """Take games from a batch until both splits are full; returns games taken.
+
+        acts (B, T, d); game_ids (B,); lengths (B,); label_pos (B, P) (-1 = none);
+        labels {family: (B, P, R, C)} class values.
+        """
+        missing = set(self.families) - set(labels)
+        if missing:
+            raise ValueError(f"batch lacks label families {sorted(missing)}")
+        test = is_test_game(game_ids.numpy())
+        taken = 0
+        for b in range(acts.shape[0]):
+            split = self.splits["test" if test[b] else "train"]
+            gid = int(game_ids[b])
+            if len(split.games) >= self.want["test" if test[b] else "train"] or gid in split.games:
+                continue
+            split.games.add(gid)
+            n = int(lengths[b])
+            split.x_all.append(acts[b, :n].float().clone())
+            pos = label_pos[b]
+            keep = (pos >= 0) & (pos < n)
+            p = pos[keep].long()
+            split.x_labelled.append(acts[b, p].float().clone())
+            for name, fam in self.families.items():
+                split.labels.setdefault(name, []).append(fam.one_hot(labels[name][b][keep]))
+            taken += 1
+            self._frozen = None
+        return taken
+
+    def tensors(self) -> dict:
+        """Concatenated splits (cached until the next add)."""
+        if self._frozen is None:
+            out = {}
+            for s, sp in self.splits.items():
+                out[s] = {
+                    "x": torch.cat(sp.x_labelled) if sp.x_labelled else torch.empty(0),
+                    "x_all": torch.cat(sp.x_all) if sp.x_all else torch.empty(0),
+                    "labels": {k: torch.cat(v) for k, v in sp.labels.items()},
+                }
+            self._frozen = out
+        return self._frozen
+
+
+def evaluate_sae(ae, evalset: EvalSet) -> tuple[dict[str, FamilyScore], ReconStats]:
+    """Supervised scores per family and unsupervised stats over all eval positions."""
+    t = evalset.tensors()
+    tr, te = t["train"], t["test"]
+    ae = ae.float().eval()
+    fmax = max_activations(ae.encode, tr["x_all"])
+    scores = score_families(ae.encode, tr["x"], tr["labels"], te["x"], te["labels"], fmax)
+    stats = recon_stats(ae, torch.cat([tr["x_all"], te["x_all"]]))
+    return scores, stats

@@ -1,0 +1,151 @@
+"""The activation batch schema (the "label schema") carried by kind="batch" messages.
+
+Tensor names and shapes (B games, T positions, D model width, P labelled positions per game,
+R x C the family's board shape, each 1..8):
+    acts         (B, T, D)     float32 | float16 | bfloat16  residual stream at header.layer
+    tokens       (B, T)        int64   input token ids (ids at padding positions are arbitrary)
+    game_ids     (B,)          int64   globally unique game ids
+    lengths      (B,)          int16   valid positions per game, 0..T; positions >= length pad
+    label_pos    (B, P)        int16   labelled positions into T, -1 = none; else < lengths[b]
+    label/<fam>  (B, P, R, C)  int8    class values of family <fam> at label_pos[b, p]
+Label rows where label_pos == -1 hold arbitrary values. Families are those of
+boardlens.labels.Family (name, (rows, cols), num_classes); the wire carries class values,
+consumers one-hot them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from protocol.codec import DEFAULT_LIMITS, Limits, Message, encode
+from protocol.errors import ProtocolError
+
+ACT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+LABEL_PREFIX = "label/"
+_CORE = ("acts", "tokens", "game_ids", "lengths", "label_pos")
+_MAX_T = torch.iinfo(torch.int16).max  # positions and lengths are int16 on the wire
+_MAX_BOARD = 8  # largest R and C of a label family (8x8 boards; scalars are 1x1)
+
+
+@dataclass
+class ActivationBatch:
+    """One batch of activations with board labels; header fields copied from the message.
+
+    Decoded batches view the received frames: treat tensors as read-only, clone to keep.
+    """
+
+    acts: torch.Tensor  # (B, T, D) float
+    tokens: torch.Tensor  # (B, T) int64
+    game_ids: torch.Tensor  # (B,) int64
+    lengths: torch.Tensor  # (B,) int16
+    label_pos: torch.Tensor  # (B, P) int16, -1 = none
+    labels: dict[str, torch.Tensor] = field(default_factory=dict)  # fam -> (B, P, R, C) int8
+    epoch: str = "0"  # producer epoch (hex)
+    seq: int = 0  # sequence number within the epoch
+    game: str = ""
+    model: str = ""
+    layer: int = 0
+    sent_ns: int | None = None  # ns since Unix epoch; None -> time of encode
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_tokens(self) -> int:
+        """Valid (non-padding) positions in the batch."""
+        return int(self.lengths.sum())
+
+
+def _require(ok: bool, detail: str) -> None:
+    if not ok:
+        raise ProtocolError("batch_schema", detail)
+
+
+def _spec(t: torch.Tensor) -> str:
+    return f"{t.dtype}{list(t.shape)}"
+
+
+def validate_batch(
+    acts: Any, tokens: Any, game_ids: Any, lengths: Any, label_pos: Any, labels: dict[str, Any]
+) -> None:
+    """Check dtypes, cross-tensor shapes and index ranges; raises ProtocolError(batch_schema)."""
+    for name, t in zip(_CORE, (acts, tokens, game_ids, lengths, label_pos), strict=True):
+        _require(isinstance(t, torch.Tensor), f"{name} must be a torch.Tensor, got {type(t)}")
+    _require(acts.ndim == 3 and acts.dtype in ACT_DTYPES, f"acts {_spec(acts)}: want float (B,T,D)")
+    b, t, _ = acts.shape
+    _require(t <= _MAX_T, f"T={t} > {_MAX_T}: positions do not fit int16")
+    _require(tokens.dtype == torch.int64 and tokens.shape == (b, t),
+             f"tokens {_spec(tokens)}: want int64 (B,T)=({b},{t})")
+    _require(game_ids.dtype == torch.int64 and game_ids.shape == (b,),
+             f"game_ids {_spec(game_ids)}: want int64 (B,)=({b},)")
+    _require(lengths.dtype == torch.int16 and lengths.shape == (b,),
+             f"lengths {_spec(lengths)}: want int16 (B,)=({b},)")
+    _require(label_pos.dtype == torch.int16 and label_pos.ndim == 2 and label_pos.shape[0] == b,
+             f"label_pos {_spec(label_pos)}: want int16 (B,P) with B={b}")
+    p = label_pos.shape[1]
+    for fam, lab in labels.items():
+        _require(type(fam) is str and fam != "", f"family name {fam!r} must be a non-empty str")
+        _require(isinstance(lab, torch.Tensor), f"labels[{fam!r}] must be a torch.Tensor")
+        _require(lab.dtype == torch.int8 and lab.ndim == 4 and lab.shape[:2] == (b, p)
+                 and 1 <= lab.shape[2] <= _MAX_BOARD and 1 <= lab.shape[3] <= _MAX_BOARD,
+                 f"labels[{fam!r}] {_spec(lab)}: want int8 (B,P,R,C)=({b},{p},1..8,1..8)")
+    if b == 0:
+        return
+    # Value checks: B and B*P elements, a few microseconds; they keep consumers from indexing
+    # out of range with positions a hostile or buggy producer sent.
+    _require(bool(((lengths >= 0) & (lengths <= t)).all()), f"lengths outside 0..T={t}")
+    valid = (label_pos == -1) | ((label_pos >= 0) & (label_pos < lengths[:, None]))  # (B, P)
+    _require(bool(valid.all()), "label_pos must be -1 or in 0..lengths[b]-1")
+
+
+def encode_batch(batch: ActivationBatch, limits: Limits = DEFAULT_LIMITS) -> list:
+    """-> frames of a kind="batch" message (zero-copy, see protocol.codec.encode)."""
+    validate_batch(batch.acts, batch.tokens, batch.game_ids, batch.lengths, batch.label_pos,
+                   batch.labels)
+    tensors = {name: getattr(batch, name) for name in _CORE}
+    tensors.update({LABEL_PREFIX + fam: lab for fam, lab in batch.labels.items()})
+    return encode(
+        "batch",
+        epoch=batch.epoch,
+        seq=batch.seq,
+        game=batch.game,
+        model=batch.model,
+        layer=batch.layer,
+        tensors=tensors,
+        meta=batch.meta,
+        sent_ns=batch.sent_ns,
+        limits=limits,
+    )
+
+
+def decode_batch(message: Message) -> ActivationBatch:
+    """Check a decoded message against the batch schema; raises only ProtocolError."""
+    h, ts = message.header, message.tensors
+    _require(h.kind == "batch", f"kind {h.kind!r} is not 'batch'")
+    missing = [name for name in _CORE if name not in ts]
+    _require(not missing, f"missing tensors {missing}")
+    labels = {}
+    for name, tensor in ts.items():
+        if name in _CORE:
+            continue
+        _require(name.startswith(LABEL_PREFIX) and len(name) > len(LABEL_PREFIX),
+                 f"unexpected tensor {name[:80]!r}")
+        labels[name[len(LABEL_PREFIX):]] = tensor
+    validate_batch(ts["acts"], ts["tokens"], ts["game_ids"], ts["lengths"], ts["label_pos"],
+                   labels)
+    return ActivationBatch(
+        acts=ts["acts"],
+        tokens=ts["tokens"],
+        game_ids=ts["game_ids"],
+        lengths=ts["lengths"],
+        label_pos=ts["label_pos"],
+        labels=labels,
+        epoch=h.epoch,
+        seq=h.seq,
+        game=h.game,
+        model=h.model,
+        layer=h.layer,
+        sent_ns=h.sent_ns,
+        meta=h.meta,
+    )

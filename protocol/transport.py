@@ -1,0 +1,277 @@
+"""ZeroMQ sockets for the protocol: a producer-side Publisher, consumer-side Subscribers.
+
+The only module of the package that imports zmq. Semantics (details in protocol/SPEC.md):
+  - lossless endpoint: XPUB with XPUB_NODROP. Every connected, subscribed consumer gets every
+    message, in order. A consumer that falls `sndhwm + rcvhwm` messages (plus kernel socket
+    buffers) behind blocks the producer's send for up to send_timeout_ms, then SendTimeout.
+  - lossy endpoint: plain XPUB. Never blocks the producer; a slow consumer silently misses
+    whole messages (multipart messages are never torn). For metrics-style consumers.
+  - Messages sent before a consumer's subscription reached the producer are not delivered to
+    it (the "slow joiner" race); `wait_for_subscribers` closes it for the lossless endpoint.
+  - Consumers count losses with SeqTracker over (epoch, seq).
+Producer binds, consumers connect; libzmq reconnects by itself while a producer restarts.
+Sockets are not thread-safe: use each Publisher / Subscriber from one thread.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+
+class SendTimeout(Exception):
+    """A lossless subscriber stayed full for send_timeout_ms; nothing of the message was sent."""
+
+
+@dataclass(frozen=True)
+class TransportConfig:
+    """Socket options; memory per lossless consumer ~ (sndhwm + rcvhwm) * message bytes."""
+
+    sndhwm_msgs: int = 64
+    """Messages queued per lossless subscriber in the producer before send blocks."""
+    rcvhwm_msgs: int = 64
+    """Messages queued in a lossless consumer before it stops reading from TCP."""
+    lossy_sndhwm_msgs: int = 4
+    """Messages queued per lossy subscriber in the producer before they are dropped."""
+    lossy_rcvhwm_msgs: int = 4
+    """Messages queued in a lossy consumer (small: it only needs the freshest data)."""
+    send_timeout_ms: int = 30000
+    """How long a lossless send may block on a full subscriber before SendTimeout."""
+    heartbeat_ivl_ms: int = 1000
+    """ZMTP PING interval on every connection (0 disables heartbeats)."""
+    heartbeat_timeout_ms: int = 5000
+    """A peer silent this long is disconnected (frees a blocked lossless send)."""
+    linger_ms: int = 1000
+    """How long close() keeps trying to deliver queued messages."""
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            low = 1 if "hwm" in name else 0  # hwm 0 means "unbounded" to zmq: not allowed
+            if type(value) is not int or value < low:
+                raise ValueError(f"TransportConfig.{name} must be an int >= {low}, got {value!r}")
+        if self.heartbeat_ivl_ms and self.heartbeat_timeout_ms < self.heartbeat_ivl_ms:
+            raise ValueError("heartbeat_timeout_ms must be >= heartbeat_ivl_ms")
+
+
+DEFAULT_TRANSPORT = TransportConfig()
+
+
+def _common_options(sock: zmq.Socket, cfg: TransportConfig) -> None:
+    sock.setsockopt(zmq.LINGER, cfg.linger_ms)
+    sock.setsockopt(zmq.HEARTBEAT_IVL, cfg.heartbeat_ivl_ms)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, cfg.heartbeat_timeout_ms)
+
+
+class Publisher:
+    """Producer side: binds a lossless and/or a lossy XPUB endpoint; `send` goes to both."""
+
+    def __init__(
+        self,
+        lossless_endpoint: str | None,
+        lossy_endpoint: str | None,
+        cfg: TransportConfig = DEFAULT_TRANSPORT,
+        ctx: zmq.Context | None = None,
+    ) -> None:
+        if lossless_endpoint is None and lossy_endpoint is None:
+            raise ValueError("Publisher needs at least one endpoint")
+        self.cfg = cfg
+        self._ctx = ctx if ctx is not None else zmq.Context.instance()
+        self._lossless: zmq.Socket | None = None
+        self._lossy: zmq.Socket | None = None
+        self._subs = {True: 0, False: 0}  # lossless? -> live subscriptions
+        try:
+            if lossless_endpoint is not None:
+                self._lossless = self._bind(lossless_endpoint, lossless=True)
+            if lossy_endpoint is not None:
+                self._lossy = self._bind(lossy_endpoint, lossless=False)
+        except BaseException:
+            self.close()
+            raise
+
+    def _bind(self, endpoint: str, lossless: bool) -> zmq.Socket:
+        cfg = self.cfg
+        sock = self._ctx.socket(zmq.XPUB)
+        try:
+            _common_options(sock, cfg)
+            sock.setsockopt(zmq.SNDHWM, cfg.sndhwm_msgs if lossless else cfg.lossy_sndhwm_msgs)
+            sock.setsockopt(zmq.SNDTIMEO, cfg.send_timeout_ms)
+            # VERBOSER: pass up every subscribe AND unsubscribe (also the implicit unsubscribe
+            # when a subscriber disconnects), not only the first/last per topic, so that
+            # counting them gives the number of live subscribers.
+            sock.setsockopt(zmq.XPUB_VERBOSER, 1)
+            if lossless:
+                # NODROP: a full subscriber queue makes send block (SNDTIMEO) instead of
+                # silently dropping the message for that subscriber as PUB/XPUB do.
+                sock.setsockopt(zmq.XPUB_NODROP, 1)
+            sock.bind(endpoint)
+        except BaseException:
+            sock.close(linger=0)
+            raise
+        return sock
+
+    @property
+    def lossless_endpoint(self) -> str | None:
+        """Actual bound address (port 0 / '*' resolved), or None."""
+        return None if self._lossless is None else self._lossless.getsockopt_string(
+            zmq.LAST_ENDPOINT)
+
+    @property
+    def lossy_endpoint(self) -> str | None:
+        """Actual bound address (port 0 / '*' resolved), or None."""
+        return None if self._lossy is None else self._lossy.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def poll_subscriptions(self) -> None:
+        """Read pending (un)subscription messages from both XPUB sockets and update counts."""
+        for lossless, sock in ((True, self._lossless), (False, self._lossy)):
+            if sock is None:
+                continue
+            while True:
+                try:
+                    msg = sock.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                # b"\x01" + topic = subscribe, b"\x00" + topic = unsubscribe; our
+                # Subscriber makes one subscription (topic b""), so subscriptions == peers.
+                if msg[:1] == b"\x01":
+                    self._subs[lossless] += 1
+                elif msg[:1] == b"\x00":
+                    self._subs[lossless] = max(0, self._subs[lossless] - 1)
+
+    def subscriber_count(self, lossless: bool = True) -> int:
+        """Live subscriptions on one endpoint (polls pending subscription messages first)."""
+        self.poll_subscriptions()
+        return self._subs[lossless]
+
+    def wait_for_subscribers(self, n: int, timeout_s: float, lossless: bool = True) -> bool:
+        """Block until >= n subscribers (lossless endpoint by default); False on timeout.
+
+        A subscription counted here is already active inside libzmq, so every later send
+        reaches that subscriber (this closes the slow-joiner race). Polls the socket; no sleeps.
+        """
+        sock = self._lossless if lossless else self._lossy
+        if sock is None:
+            raise ValueError(f"no {'lossless' if lossless else 'lossy'} endpoint")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.poll_subscriptions()
+            if self._subs[lossless] >= n:
+                return True
+            remaining_ms = (deadline - time.monotonic()) * 1000
+            if remaining_ms <= 0:
+                return False
+            sock.poll(max(1, int(remaining_ms)), zmq.POLLIN)
+
+    def send(self, frames: list[Any]) -> float:
+        """Send one multipart message (copy=False) to both endpoints.
+
+        Returns the seconds spent in the lossless send, i.e. blocked on a full subscriber.
+        Raises SendTimeout if that exceeded send_timeout_ms (the lossy endpoint is then
+        skipped too, so lossy consumers never see a message lossless ones missed). The frame
+        buffers must stay unmodified until libzmq has sent them.
+        """
+        self.poll_subscriptions()
+        blocked_s = 0.0
+        if self._lossless is not None:
+            t0 = time.perf_counter()
+            try:
+                self._lossless.send_multipart(frames, copy=False)
+            except zmq.Again:
+                raise SendTimeout(
+                    f"lossless subscriber full for {self.cfg.send_timeout_ms} ms") from None
+            blocked_s = time.perf_counter() - t0
+        if self._lossy is not None:
+            self._lossy.send_multipart(frames, copy=False)  # plain XPUB never blocks
+        return blocked_s
+
+    def close(self) -> None:
+        """Close both sockets (each lingers up to linger_ms). Idempotent."""
+        for sock in (self._lossless, self._lossy):
+            if sock is not None and not sock.closed:
+                sock.close(linger=self.cfg.linger_ms)
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Subscriber:
+    """Consumer side: a SUB socket connected to a Publisher endpoint, subscribed to all."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        lossy: bool = False,
+        cfg: TransportConfig = DEFAULT_TRANSPORT,
+        ctx: zmq.Context | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.endpoint = endpoint
+        self.lossy = lossy
+        ctx = ctx if ctx is not None else zmq.Context.instance()
+        self._sock = ctx.socket(zmq.SUB)
+        try:
+            _common_options(self._sock, cfg)
+            # For a lossless consumer this bounds its memory: when full it stops reading
+            # TCP and the backpressure reaches the producer (which then blocks, not drops).
+            self._sock.setsockopt(zmq.RCVHWM, cfg.lossy_rcvhwm_msgs if lossy else cfg.rcvhwm_msgs)
+            self._sock.setsockopt(zmq.SUBSCRIBE, b"")
+            self._sock.connect(endpoint)
+        except BaseException:
+            self._sock.close(linger=0)
+            raise
+
+    def recv(self, timeout_ms: int | None = None) -> list[zmq.Frame] | None:
+        """Next whole message as zmq.Frames (zero-copy), or None after timeout_ms (None=wait)."""
+        if not self._sock.poll(timeout_ms, zmq.POLLIN):
+            return None
+        try:
+            return self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:  # not expected after POLLIN; treat as a timeout
+            return None
+
+    def close(self) -> None:
+        """Close the socket. Idempotent."""
+        if not self._sock.closed:
+            self._sock.close(linger=self.cfg.linger_ms)
+
+    def __enter__(self) -> Subscriber:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SeqTracker:
+    """Counts lost messages of one producer stream from (epoch, seq).
+
+    Messages before the first one seen in an epoch are not counted (the consumer was not
+    there, or the producer restarted before it reconnected).
+    """
+
+    def __init__(self) -> None:
+        self.epoch: str | None = None
+        self.last_seq = -1
+        self.received = 0  # messages observed, duplicates included
+        self.lost_total = 0  # sum of seq gaps
+        self.out_of_order = 0  # duplicates or older seqs (not expected from one ZMQ stream)
+        self.epochs_seen = 0
+
+    def observe(self, epoch: str, seq: int) -> int:
+        """Record one message; returns how many were lost just before it."""
+        self.received += 1
+        if epoch != self.epoch:
+            self.epoch, self.last_seq = epoch, seq
+            self.epochs_seen += 1
+            return 0
+        if seq <= self.last_seq:
+            self.out_of_order += 1
+            return 0
+        lost = seq - self.last_seq - 1
+        self.last_seq = seq
+        self.lost_total += lost
+        return lost

@@ -1,0 +1,147 @@
+"""The `boardlens` command. Each command only builds its config and calls `run(cfg)`.
+
+Options are generated from the config dataclasses (name, type, default, docstring), so
+every config field is a flag and `--help` always tells the truth.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from typing import get_type_hints
+
+import click
+
+from services.config import EvaluatorConfig, ProducerConfig, TrainerConfig, field_docs, resolve
+
+
+def _options_from(cls: type, skip: tuple[str, ...] = ()):
+    """Decorator adding one --flag per dataclass field (defaults shown, None = not given)."""
+    hints = get_type_hints(cls)
+    docs = field_docs(cls)
+
+    def decorate(fn):
+        for f in reversed(dataclasses.fields(cls)):
+            if f.name in skip:
+                continue
+            flag = "--" + f.name.replace("_", "-")
+            hint = hints[f.name]
+            if hint == tuple[str, ...]:
+                fn = click.option(flag, f.name, multiple=True, type=str,
+                                  help=f"{docs.get(f.name, '')} Repeatable. [default: {'; '.join(f.default)}]")(fn)
+            else:
+                fn = click.option(flag, f.name, type=hint, default=None,
+                                  help=f"{docs.get(f.name, '')} [default: {f.default}]")(fn)
+        return fn
+
+    return decorate
+
+
+_config_file = click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+                            help="YAML or TOML config file (a [producer]/[trainer]/[evaluator] section or flat).")
+
+
+def _resolve(cls, config_file, options):
+    try:
+        return resolve(cls, config_file, options)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from e
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
+def main(log_level: str) -> None:
+    """BoardLens: stream game-LM activations, train SAEs online, measure them live.
+
+    Precedence of settings: defaults < --config file < BOARDLENS_<SERVICE>_<FIELD> environment
+    variables < flags.
+    """
+    from services.common import setup_logging
+
+    setup_logging(log_level)
+
+
+@main.command()
+@_config_file
+@_options_from(ProducerConfig)
+def produce(config_file, **options):
+    """Run a game LM over generated games and stream activations + board labels."""
+    from services import producer
+
+    producer.run(_resolve(ProducerConfig, config_file, options))
+
+
+@main.command()
+@_config_file
+@_options_from(TrainerConfig)
+def train(config_file, **options):
+    """Train a sweep of SAEs online from the producer's stream."""
+    from services import trainer
+
+    trainer.run(_resolve(TrainerConfig, config_file, options))
+
+
+@main.command()
+@_config_file
+@_options_from(EvaluatorConfig)
+def evaluate(config_file, **options):
+    """Evaluate SAE snapshots live: coverage, board reconstruction, L0, variance explained."""
+    from services import evaluator
+
+    evaluator.run(_resolve(EvaluatorConfig, config_file, options))
+
+
+@main.command()
+@_config_file
+@click.option("--tokens", type=int, default=2_000_000, show_default=True,
+              help="Tokens to stream before stopping (0 = until Ctrl-C).")
+@click.option("--run-dir", default=None, help="Run folder [default: runs/<timestamp>].")
+@click.option("--model", default=None, help="Bundled model folder [default: models/othello-gpt].")
+@click.option("--sae", "saes", multiple=True, help="Trainer spec, repeatable [default: standard + p_anneal].")
+@click.option("--d-sae", type=int, default=None, help="Dictionary size [default: 4096].")
+@click.option("--batch-size", type=int, default=None, help="SAE batch size [default: 2048 in up].")
+@click.option("--steps", type=int, default=None, help="SAE steps (schedule length) [default: from --tokens].")
+@click.option("--train-games", type=int, default=None, help="Eval train-split games [default: 200].")
+@click.option("--test-games", type=int, default=None, help="Eval test-split games [default: 200].")
+@click.option("--device", default=None, help="Producer and trainer device [default: auto].")
+@click.option("--base-port", type=int, default=0, help="First of 6 consecutive ports (0 = pick free ones).")
+@click.option("--quiet", is_flag=True, help="No live progress line.")
+def up(config_file, **options):
+    """Run producer, trainer and evaluator as separate processes on loopback, with live progress.
+
+    Stops after --tokens or on Ctrl-C, then prints the SAEs' final metrics.
+    """
+    from services import up as up_mod
+
+    sys.exit(up_mod.run(config_file=config_file, **options))
+
+
+@main.group()
+def lm() -> None:
+    """Game language models: train the bundled ones."""
+
+
+@lm.command("train")
+@click.option("--game", default="othello", show_default=True, type=click.Choice(["othello"]))
+@click.option("--out", default="runs/lm-othello", show_default=True, help="Output folder.")
+@click.option("--steps", default=6000, show_default=True, help="Optimiser steps.")
+@click.option("--batch-games", default=128, show_default=True, help="Games per step.")
+@click.option("--n-layer", default=6, show_default=True)
+@click.option("--n-embd", default=192, show_default=True)
+@click.option("--n-head", default=6, show_default=True)
+@click.option("--lr", default=1e-3, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from <out>/train_state.pt.")
+def lm_train(resume: bool, **options) -> None:
+    """Train a game LM on freshly generated games (progress bar, checkpoints, resume)."""
+    from boardlens.lm.train import LMTrainConfig, train as train_lm
+
+    try:
+        cfg = LMTrainConfig(**options)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from e
+    train_lm(cfg, resume=resume)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""What every service process shares: logging, stop signals, torch setup, transport options,
+and the receive loop that turns frames into batches and counts what it rejects or loses."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+
+import torch
+
+from protocol import ProtocolError, SeqTracker, Subscriber, TransportConfig, decode, decode_batch
+from services.config import TransportOptions, to_json
+from services.telemetry import Telemetry
+
+log = logging.getLogger("boardlens")
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def log_config(service: str, cfg) -> None:
+    """The one line of resolved config every service logs at start."""
+    log.info("%s config %s", service, to_json(cfg))
+
+
+def stop_on_signals() -> threading.Event:
+    """An Event set by SIGTERM or SIGINT: loops check it and shut down cleanly."""
+    stop = threading.Event()
+
+    def handler(signum, _frame):
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, handler)
+    return stop
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def set_threads(n: int) -> None:
+    if n:
+        torch.set_num_threads(n)
+
+
+def transport(cfg: TransportOptions) -> TransportConfig:
+    return TransportConfig(
+        sndhwm_msgs=cfg.sndhwm_msgs, send_timeout_ms=cfg.send_timeout_ms,
+        heartbeat_ivl_ms=cfg.heartbeat_ivl_ms, heartbeat_timeout_ms=cfg.heartbeat_timeout_ms,
+    )
+
+
+class MessageCounters:
+    """Per-consumer counters of received, rejected and lost messages."""
+
+    def __init__(self, tel: Telemetry, service: str) -> None:
+        self.received = tel.counter(f"{service}_messages_total", "Messages received and decoded")
+        self.rejected = tel.counter(f"{service}_messages_rejected_total",
+                                    "Messages rejected by the protocol decoder", ["reason"])
+        self.lost = tel.counter(f"{service}_batches_lost_total",
+                                "Batches missing from the producer's sequence (epoch, seq)")
+        self.bytes = tel.counter(f"{service}_received_bytes_total", "Bytes received")
+        self.tracker = SeqTracker()
+
+
+def receive(sub: Subscriber, counters: MessageCounters, timeout_ms: int,
+            on_message: Callable) -> bool:
+    """Receive one message, decode and validate it, hand it on. False when nothing came.
+
+    `on_message(kind, message_or_batch)` gets an ActivationBatch for kind 'batch' and the raw
+    protocol Message otherwise. Bad messages are counted by reason and skipped.
+    """
+    frames = sub.recv(timeout_ms)
+    if frames is None:
+        return False
+    counters.bytes.inc(sum(len(f.buffer) for f in frames))
+    try:
+        msg = decode(frames)
+        payload = decode_batch(msg) if msg.header.kind == "batch" else msg
+    except ProtocolError as e:
+        counters.rejected.labels(e.reason).inc()
+        log.warning("rejected message: %s", e)
+        return True
+    counters.received.inc()
+    if msg.header.kind == "batch":
+        lost = counters.tracker.observe(msg.header.epoch, msg.header.seq)
+        if lost:
+            counters.lost.inc(lost)
+            log.warning("lost %d batches before seq %d", lost, msg.header.seq)
+    on_message(msg.header.kind, payload)
+    return True

@@ -1,0 +1,241 @@
+"""Service configs: frozen dataclasses, one docstring per field, validated on creation.
+
+Precedence: defaults < config file (YAML or TOML, a section per service or flat) <
+environment (`BOARDLENS_<SERVICE>_<FIELD>`, e.g. BOARDLENS_PRODUCER_BATCH_GAMES=32) < CLI
+flags. Field docstrings are read from the source, so `--help` and the docs never drift.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import json
+import os
+import tomllib
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+DEFAULT_MODEL = str(Path(__file__).resolve().parent.parent / "models" / "othello-gpt")
+
+
+def _endpoint(value: str, what: str) -> None:
+    if not value.startswith(("tcp://", "ipc://", "inproc://")):
+        raise ValueError(f"{what} must be a ZeroMQ endpoint like tcp://127.0.0.1:5555, got {value!r}")
+
+
+def _positive(obj: Any, *names: str) -> None:
+    for n in names:
+        if getattr(obj, n) <= 0:
+            raise ValueError(f"{n} must be > 0, got {getattr(obj, n)}")
+
+
+@dataclass(frozen=True)
+class TransportOptions:
+    sndhwm_msgs: int = 64
+    """Messages queued per subscriber before a lossless send blocks (memory ~ hwm * batch bytes)."""
+    send_timeout_ms: int = 30_000
+    """How long a lossless send may block on a slow subscriber before it fails."""
+    heartbeat_ivl_ms: int = 1000
+    """ZMTP heartbeat interval; a silent peer is dropped after heartbeat_timeout_ms."""
+    heartbeat_timeout_ms: int = 5000
+    """ZMTP heartbeat timeout."""
+
+
+@dataclass(frozen=True)
+class ProducerConfig(TransportOptions):
+    model: str = DEFAULT_MODEL
+    """Folder of a bundled game LM (model.safetensors + config.json)."""
+    layer: int = -1
+    """Block whose output is streamed (0-based); -1 = the model's default SAE layer."""
+    device: str = "auto"
+    """'auto' (CUDA when present), 'cpu' or 'cuda[:i]'."""
+    dtype: str = "float32"
+    """Activation dtype on the wire and in the forward: float32, bfloat16 or float16."""
+    batch_games: int = 64
+    """Games per message (each game is 59 positions for Othello)."""
+    bind: str = "tcp://127.0.0.1:5555"
+    """Lossless endpoint (trainers): every subscriber sees every batch."""
+    bind_lossy: str = "tcp://127.0.0.1:5556"
+    """Lossy endpoint (evaluators): slow subscribers lose batches, never slow the producer."""
+    wait_consumers: int = 0
+    """Lossless subscribers to wait for before streaming."""
+    wait_lossy_consumers: int = 0
+    """Lossy subscribers to wait for before streaming."""
+    wait_timeout_s: float = 120.0
+    """Give up waiting for subscribers after this long."""
+    max_tokens: int = 0
+    """Stop after streaming this many tokens and send an end-of-stream message (0 = forever)."""
+    seed: int = 0
+    """Seed of the game generator (same seed, same games and game ids)."""
+    threads: int = 0
+    """torch intra-op threads (0 = torch's default)."""
+    metrics_port: int = 9101
+    """Port of /metrics and /healthz (0 = none)."""
+
+    def __post_init__(self) -> None:
+        _endpoint(self.bind, "bind")
+        _endpoint(self.bind_lossy, "bind_lossy")
+        _positive(self, "batch_games", "sndhwm_msgs", "send_timeout_ms", "wait_timeout_s")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.max_tokens < 0 or self.wait_consumers < 0 or self.wait_lossy_consumers < 0:
+            raise ValueError("max_tokens and wait_* must be >= 0")
+        if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
+            raise ValueError(f"device must be auto, cpu or cuda[:i], got {self.device!r}")
+
+
+@dataclass(frozen=True)
+class TrainerConfig(TransportOptions):
+    connect: str = "tcp://127.0.0.1:5555"
+    """Producer's lossless endpoint."""
+    snapshot_bind: str = "tcp://127.0.0.1:5557"
+    """Where SAE snapshots are published for evaluators."""
+    run_dir: str = "runs/default"
+    """Run folder: checkpoints/, train.jsonl, config.json."""
+    saes: tuple[str, ...] = ("standard:penalty=0.05", "p_anneal:penalty=0.05")
+    """Trainer specs `kind[:key=value,...]`, one SAE each, all trained on the same batches."""
+    d_sae: int = 4096
+    """Default dictionary size."""
+    penalty: float = 0.05
+    """Default sparsity penalty (lambda, or initial alpha for p-anneal)."""
+    lr: float = 3e-4
+    """Adam learning rate."""
+    warmup_steps: int = 1000
+    """Linear LR warmup steps."""
+    recon: str = "l2"
+    """Reconstruction loss: 'l2' (unsquared, paper era) or 'mse' (squared)."""
+    batch_size: int = 8192
+    """Activations per SAE step."""
+    buffer_activations: int = 60_000
+    """Shuffle buffer size; batches are drawn once at least half of it is unread."""
+    steps: int = 36_621
+    """Training length in steps (the p-anneal schedule spans it); the trainer stops there."""
+    checkpoint_every: int = 1000
+    """Steps between checkpoints."""
+    snapshot_every: int = 100
+    """Steps between SAE snapshots sent to evaluators."""
+    log_every: int = 10
+    """Steps between lines of train.jsonl."""
+    device: str = "auto"
+    """'auto', 'cpu' or 'cuda[:i]'."""
+    threads: int = 0
+    """torch intra-op threads (0 = torch's default)."""
+    metrics_port: int = 9102
+    """Port of /metrics and /healthz (0 = none)."""
+
+    def __post_init__(self) -> None:
+        _endpoint(self.connect, "connect")
+        _endpoint(self.snapshot_bind, "snapshot_bind")
+        _positive(self, "d_sae", "lr", "batch_size", "steps", "checkpoint_every", "snapshot_every",
+                  "log_every")
+        if not self.saes:
+            raise ValueError("saes must name at least one trainer spec")
+        if self.buffer_activations < 2 * self.batch_size:
+            raise ValueError(f"buffer_activations ({self.buffer_activations}) must be >= 2 x "
+                             f"batch_size ({self.batch_size})")
+        if self.recon not in ("l2", "mse"):
+            raise ValueError(f"recon must be 'l2' or 'mse', got {self.recon!r}")
+
+
+@dataclass(frozen=True)
+class EvaluatorConfig(TransportOptions):
+    connect: str = "tcp://127.0.0.1:5556"
+    """Producer's lossy endpoint (the evaluator never slows the producer)."""
+    snapshots: str = "tcp://127.0.0.1:5557"
+    """Trainer's snapshot endpoint."""
+    run_dir: str = "runs/default"
+    """Run folder: metrics.jsonl and final_metrics.json are written here."""
+    train_games: int = 200
+    """Games in the train split (statistics, coverage)."""
+    test_games: int = 200
+    """Games in the test split (board reconstruction)."""
+    threads: int = 0
+    """torch intra-op threads (0 = torch's default)."""
+    metrics_port: int = 9103
+    """Port of /metrics and /healthz (0 = none)."""
+
+    def __post_init__(self) -> None:
+        _endpoint(self.connect, "connect")
+        _endpoint(self.snapshots, "snapshots")
+        _positive(self, "train_games", "test_games")
+
+
+SECTIONS = {"producer": ProducerConfig, "trainer": TrainerConfig, "evaluator": EvaluatorConfig}
+
+
+@cache
+def field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings of a dataclass and its bases, read from the source."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        body = ast.parse(inspect.getsource(klass)).body[0].body
+        for prev, node in zip(body, body[1:]):
+            if (isinstance(prev, ast.AnnAssign) and isinstance(node, ast.Expr)
+                    and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)):
+                docs[prev.target.id] = node.value.value.strip()
+    return docs
+
+
+def _coerce(cls: type, name: str, value: Any) -> Any:
+    """Turn a file/env/CLI value into the field's type."""
+    hint = get_type_hints(cls)[name]
+    if hint in (tuple[str, ...], "tuple[str, ...]"):
+        if isinstance(value, str):
+            value = [v for v in value.split(";") if v.strip()]
+        return tuple(str(v) for v in value)
+    if hint is bool and isinstance(value, str):
+        return value.lower() in ("1", "true", "yes", "on")
+    try:
+        return hint(value)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name}: cannot read {value!r} as {hint.__name__}") from e
+
+
+def read_file(path: str | Path, section: str) -> dict:
+    """Read a YAML or TOML config file; takes `[section]` if present, else the top level."""
+    p = Path(path)
+    text = p.read_text()
+    try:
+        data = tomllib.loads(text) if p.suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as e:
+        raise ValueError(f"{p}: cannot parse config ({e})") from e
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{p}: a config file must hold a mapping")
+    if section in data and isinstance(data[section], dict):
+        data = data[section]
+    return {k: v for k, v in data.items() if k not in SECTIONS}
+
+
+def resolve(cls: type, file: str | None = None, cli: dict | None = None,
+            environ: dict | None = None) -> Any:
+    """defaults < file < environment < cli (cli entries that are None are ignored)."""
+    section = next(k for k, v in SECTIONS.items() if v is cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    layers = [read_file(file, section) if file else {}]
+    env = os.environ if environ is None else environ
+    prefix = f"BOARDLENS_{section.upper()}_"
+    layers.append({k[len(prefix):].lower(): v for k, v in env.items() if k.startswith(prefix)})
+    layers.append({k: v for k, v in (cli or {}).items() if v is not None and v != ()})
+    for layer in layers:
+        unknown = set(layer) - names
+        if unknown:
+            raise ValueError(f"unknown {section} option(s): {sorted(unknown)}")
+        values.update({k: _coerce(cls, k, v) for k, v in layer.items()})
+    return cls(**values)
+
+
+def to_json(cfg: Any) -> str:
+    return json.dumps(dataclasses.asdict(cfg), sort_keys=True)
+
+
+__all__ = ["ProducerConfig", "TrainerConfig", "EvaluatorConfig", "resolve", "field_docs",
+           "to_json", "read_file"]

@@ -1,0 +1,184 @@
+"""Evaluator: live supervised + unsupervised metrics of every SAE snapshot.
+
+    boardlens evaluate --train-games 200 --test-games 200
+
+It builds its evaluation set from the producer's lossy endpoint (it never slows the
+producer; batches it misses are simply other games), splitting games by a hash of their id,
+then closes that subscription. It keeps only the newest snapshot of each SAE (older queued
+ones are skipped, never evaluated late) and evaluates it: coverage and board reconstruction
+per family, L0, variance explained and friends. Results go to gauges and one JSON line per
+evaluation in `<run>/metrics.jsonl`; on the trainer's 'end' it evaluates what is pending,
+writes `<run>/final_metrics.json` and exits.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from boardlens.games import families
+from boardlens.metrics.evalset import EvalSet, evaluate_sae
+from boardlens.sae.io import ae_from_tensors
+from protocol import ActivationBatch, Message, Subscriber
+from services.common import MessageCounters, log, log_config, receive, set_threads, stop_on_signals, transport
+from services.config import EvaluatorConfig
+from services.telemetry import Telemetry
+
+_EVAL_SECONDS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
+
+
+class EvaluatorMetrics:
+    def __init__(self, tel: Telemetry) -> None:
+        self.counters = MessageCounters(tel, "evaluator")
+        self.snapshot_counters = MessageCounters(tel, "evaluator_snapshot")
+        self.coverage = tel.gauge("eval_coverage", "Coverage of the latest snapshot", ["sae", "family"])
+        self.reconstruction = tel.gauge("eval_reconstruction", "Board reconstruction F1 of the latest snapshot",
+                                        ["sae", "family"])
+        self.l0 = tel.gauge("eval_l0", "Mean active latents per position on the eval set", ["sae"])
+        self.fve = tel.gauge("eval_variance_explained", "Fraction of variance explained on the eval set", ["sae"])
+        self.alive = tel.gauge("eval_alive_fraction", "Latents that fire on the eval set", ["sae"])
+        self.step = tel.gauge("eval_snapshot_step", "Training step of the latest evaluated snapshot", ["sae"])
+        self.duration = tel.histogram("eval_duration_seconds", "Wall time of one SAE evaluation", _EVAL_SECONDS)
+        self.evaluations = tel.counter("eval_evaluations_total", "Snapshots evaluated", ["sae"])
+        self.skipped = tel.counter("eval_snapshots_skipped_total", "Snapshots superseded before evaluation")
+        self.games = tel.gauge("eval_set_games", "Games in the evaluation set", ["split"])
+
+
+class LiveEvaluator:
+    """The consumer: `on_batch` fills the eval set, `on_snapshot` queues, `evaluate_pending` scores."""
+
+    def __init__(self, cfg: EvaluatorConfig, metrics: EvaluatorMetrics) -> None:
+        self.cfg, self.m = cfg, metrics
+        self.evalset: EvalSet | None = None
+        self.pending: dict[str, Message] = {}
+        self.latest: dict[str, dict] = {}
+        self.run_dir = Path(cfg.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log = open(self.run_dir / "metrics.jsonl", "a")
+
+    def on_batch(self, batch: ActivationBatch) -> None:
+        if self.evalset is None:
+            self.evalset = EvalSet(families(batch.game), self.cfg.train_games, self.cfg.test_games)
+        if self.evalset.full:
+            return
+        self.evalset.add(batch.acts, batch.game_ids, batch.lengths, batch.label_pos, batch.labels)
+        for split, n in self.evalset.progress().items():
+            self.m.games.labels(split).set(n)
+
+    def on_snapshot(self, msg: Message) -> None:
+        name = str(msg.header.meta.get("sae", ""))
+        if name in self.pending:
+            self.m.skipped.inc()
+        # Frames are reused by zmq once we return: keep private copies.
+        tensors = {k: v.clone() for k, v in msg.tensors.items()}
+        self.pending[name] = Message(msg.header, tensors)
+
+    @property
+    def ready(self) -> bool:
+        return self.evalset is not None and self.evalset.full
+
+    def evaluate_pending(self, partial: bool = False) -> int:
+        """Evaluate the newest snapshot of each SAE; partial: even on an unfilled eval set."""
+        es = self.evalset
+        if es is None or not (es.full or (partial and all(es.progress().values()))):
+            return 0
+        done = 0
+        while self.pending:
+            name, msg = self.pending.popitem()
+            self.evaluate(name, msg)
+            done += 1
+        return done
+
+    def evaluate(self, name: str, msg: Message) -> dict:
+        t0 = time.perf_counter()
+        try:
+            ae = ae_from_tensors(msg.tensors)
+        except ValueError as e:
+            log.warning("snapshot %s is not a usable SAE: %s", name, e)
+            return {}
+        scores, stats = evaluate_sae(ae, self.evalset)
+        dt = time.perf_counter() - t0
+        step = int(msg.header.meta.get("step", 0))
+        for fam, s in scores.items():
+            self.m.coverage.labels(name, fam).set(s.coverage)
+            self.m.reconstruction.labels(name, fam).set(s.reconstruction)
+        self.m.l0.labels(name).set(stats.l0)
+        self.m.fve.labels(name).set(stats.var_explained)
+        self.m.alive.labels(name).set(stats.frac_alive)
+        self.m.step.labels(name).set(step)
+        self.m.duration.observe(dt)
+        self.m.evaluations.labels(name).inc()
+        record = {"time": time.time(), "sae": name, "step": step, "eval_seconds": round(dt, 3),
+                  "games": self.evalset.progress(),
+                  "families": {k: v._asdict() for k, v in scores.items()}, **stats._asdict()}
+        self.latest[name] = record
+        self.log.write(json.dumps(record) + "\n")
+        self.log.flush()
+        log.info("evaluated %s step %d in %.1f s: %s; L0 %.1f, FVE %.3f", name, step, dt,
+                 ", ".join(f"{k} cov {v.coverage:.3f} rec {v.reconstruction:.3f}" for k, v in scores.items()),
+                 stats.l0, stats.var_explained)
+        return record
+
+    def close(self) -> None:
+        (self.run_dir / "final_metrics.json").write_text(json.dumps(self.latest, indent=2))
+        self.log.close()
+
+
+def run(cfg: EvaluatorConfig) -> int:
+    """Evaluate until the trainer's 'end' or SIGTERM; returns the number of evaluations."""
+    log_config("evaluator", cfg)
+    set_threads(cfg.threads)
+    stop = stop_on_signals()
+    Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+    (Path(cfg.run_dir) / "evaluator_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    tel = Telemetry("evaluator", cfg.metrics_port, stall_after_s=300)
+    m = EvaluatorMetrics(tel)
+    ev = LiveEvaluator(cfg, m)
+    data: Subscriber | None = Subscriber(cfg.connect, lossy=True, cfg=transport(cfg))
+    snaps = Subscriber(cfg.snapshots, lossy=False, cfg=transport(cfg))
+    state = {"end": False, "evaluations": 0}
+
+    def on_data(kind: str, payload) -> None:
+        if kind == "batch":
+            ev.on_batch(payload)
+
+    def on_snap(kind: str, payload) -> None:
+        if kind == "snapshot":
+            ev.on_snapshot(payload)
+        elif kind == "end":
+            state["end"] = True
+
+    try:
+        while not stop.is_set():
+            if data is not None:
+                got = receive(data, m.counters, 0 if ev.pending else 100, on_data)
+                if ev.ready:  # eval set complete: stop taking data from the producer
+                    data.close()
+                    data = None
+                    log.info("evaluator: eval set complete %s", ev.evalset.progress())
+                if got:
+                    tel.progress()
+            # Drain every queued snapshot first so only the newest of each SAE is evaluated.
+            while receive(snaps, m.snapshot_counters, 0 if (ev.pending or data is not None) else 200, on_snap):
+                tel.progress()
+            if state["end"]:
+                state["evaluations"] += ev.evaluate_pending(partial=True)
+                break
+            n = ev.evaluate_pending()
+            state["evaluations"] += n
+            if n:
+                tel.progress()
+            elif data is None:
+                tel.idle("waiting for snapshots")
+        return state["evaluations"]
+    finally:
+        ev.close()
+        if data is not None:
+            data.close()
+        snaps.close()
+        tel.close()
+        log.info("evaluator: stopped after %d evaluations", state["evaluations"])

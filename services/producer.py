@@ -1,0 +1,177 @@
+"""Producer: games -> LM forward -> residual activations + board labels -> ZeroMQ.
+
+    boardlens produce --model models/othello-gpt --max-tokens 1000000
+
+Game generation and labelling for batch i+1 run in a worker thread while the LM forward of
+batch i runs (numpy and torch release the GIL), so labelling is never the bottleneck.
+Guarantees: lossless subscribers see every batch in order (the producer blocks, up to
+send_timeout_ms, rather than drop); lossy subscribers may miss batches. A restart starts a
+new epoch; with the same seed it replays the same games. 'end' is sent only when
+max_tokens is reached, never on SIGTERM (a restarted producer continues the stream).
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from boardlens.games.othello.lm_data import LabelledGames, labelled_games
+from boardlens.lm.checkpoint import load_model
+from protocol import ActivationBatch, Publisher, SendTimeout, encode, encode_batch, new_epoch
+from services.common import log, log_config, pick_device, set_threads, stop_on_signals, transport
+from services.config import ProducerConfig
+from services.telemetry import Telemetry
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class ProducerMetrics:
+    def __init__(self, tel: Telemetry) -> None:
+        self.tokens = tel.counter("producer_tokens_total", "Valid token positions streamed")
+        self.batches = tel.counter("producer_batches_total", "Batches sent")
+        self.bytes = tel.counter("producer_bytes_total", "Payload bytes sent (header + frames)")
+        self.games = tel.counter("producer_games_total", "Games streamed")
+        self.forward = tel.histogram("producer_forward_seconds", "LM forward time per batch", _SECONDS)
+        self.labelling = tel.histogram("producer_labelling_seconds",
+                                       "Game generation + labelling time per batch", _SECONDS)
+        self.blocked = tel.histogram("producer_send_blocked_seconds",
+                                     "Time a send spent blocked on slow lossless subscribers", _SECONDS)
+        self.send_timeouts = tel.counter("producer_send_timeouts_total",
+                                         "Sends that timed out on a full lossless subscriber")
+        self.subscribers = tel.gauge("producer_subscribers", "Connected subscribers", ["mode"])
+
+
+class Producer:
+    """Wires the game source and the LM to a Publisher; `run()` streams until stopped."""
+
+    def __init__(self, cfg: ProducerConfig, tel: Telemetry) -> None:
+        self.cfg, self.tel = cfg, tel
+        self.device = pick_device(cfg.device)
+        self.dtype = _DTYPES[cfg.dtype]
+        self.model, meta = load_model(cfg.model, self.device, self.dtype)
+        self.game = meta.get("game", "othello")
+        if self.game != "othello":
+            raise ValueError(f"{cfg.model}: game {self.game!r} is not supported by this producer yet")
+        self.layer = cfg.layer if cfg.layer >= 0 else int(meta.get("sae_layer", 0))
+        if not 0 <= self.layer < self.model.config.n_layer:
+            raise ValueError(f"layer {self.layer} out of range 0..{self.model.config.n_layer - 1}")
+        self.model_id = f"{Path(cfg.model).name}"
+        self.rng = np.random.default_rng(cfg.seed)
+        self.epoch = new_epoch()
+        self.seq = 0
+        self.next_game_id = 0
+        self.m = ProducerMetrics(tel)
+        self.pub = Publisher(cfg.bind, cfg.bind_lossy, transport(cfg))
+
+    def _games(self) -> LabelledGames:
+        t0 = time.perf_counter()
+        games = labelled_games(self.rng, self.cfg.batch_games)
+        self.m.labelling.observe(time.perf_counter() - t0)
+        return games
+
+    @torch.no_grad()
+    def _forward(self, tokens: np.ndarray) -> torch.Tensor:
+        """(B, T) tokens -> (B, T, D) residual after block `layer`, on the CPU."""
+        t0 = time.perf_counter()
+        x = torch.from_numpy(tokens).to(self.device)
+        _, resid = self.model(x, resid_layers=(self.layer,), stop_after=self.layer)
+        acts = resid[self.layer].cpu()
+        self.m.forward.observe(time.perf_counter() - t0)
+        return acts
+
+    def _wait_for_subscribers(self, stop) -> bool:
+        cfg = self.cfg
+        deadline = time.monotonic() + cfg.wait_timeout_s
+        for n, lossless in ((cfg.wait_consumers, True), (cfg.wait_lossy_consumers, False)):
+            while n and not stop.is_set():
+                self.tel.idle(f"waiting for {n} {'lossless' if lossless else 'lossy'} subscribers")
+                left = deadline - time.monotonic()
+                if self.pub.wait_for_subscribers(n, min(1.0, max(left, 0)), lossless=lossless):
+                    break
+                if left <= 0:
+                    log.error("gave up waiting for %d subscribers after %.0f s", n, cfg.wait_timeout_s)
+                    return False
+        return not stop.is_set()
+
+    def _update_subscriber_gauges(self) -> None:
+        self.pub.poll_subscriptions()
+        self.m.subscribers.labels("lossless").set(self.pub.subscriber_count(lossless=True))
+        self.m.subscribers.labels("lossy").set(self.pub.subscriber_count(lossless=False))
+
+    def _send(self, frames: list, stop) -> bool:
+        """Send, retrying on SendTimeout until stopped (a lossless consumer must not miss it)."""
+        while not stop.is_set():
+            try:
+                blocked = self.pub.send(frames)
+                self.m.blocked.observe(blocked)
+                return True
+            except SendTimeout:
+                self.m.send_timeouts.inc()
+                self.tel.idle("blocked on a slow lossless subscriber")
+                log.warning("send timed out on a slow lossless subscriber; retrying")
+        return False
+
+    def run(self, stop) -> int:
+        """Stream until `stop` is set or max_tokens is reached; returns tokens streamed."""
+        cfg = self.cfg
+        log.info("producer: model %s (%s), layer %d, device %s, lossless %s, lossy %s",
+                 cfg.model, self.game, self.layer, self.device, self.pub.lossless_endpoint,
+                 self.pub.lossy_endpoint)
+        if not self._wait_for_subscribers(stop):
+            return 0
+        streamed = 0
+        with ThreadPoolExecutor(1, thread_name_prefix="games") as pool:
+            pending = pool.submit(self._games)
+            while not stop.is_set() and (not cfg.max_tokens or streamed < cfg.max_tokens):
+                games = pending.result()
+                pending = pool.submit(self._games)  # overlaps with the forward below
+                acts = self._forward(games.tokens)
+                B = acts.shape[0]
+                ids = np.arange(self.next_game_id, self.next_game_id + B, dtype=np.int64)
+                self.next_game_id += B
+                batch = ActivationBatch(
+                    acts=acts, tokens=torch.from_numpy(games.tokens), game_ids=torch.from_numpy(ids),
+                    lengths=torch.from_numpy(games.lengths), label_pos=torch.from_numpy(games.label_pos),
+                    labels={k: torch.from_numpy(v) for k, v in games.labels.items()},
+                    epoch=self.epoch, seq=self.seq, game=self.game, model=self.model_id, layer=self.layer,
+                )
+                frames = encode_batch(batch)
+                self._update_subscriber_gauges()
+                if not self._send(frames, stop):
+                    break
+                self.seq += 1
+                n_tok = int(games.lengths.sum())
+                streamed += n_tok
+                self.m.tokens.inc(n_tok)
+                self.m.games.inc(B)
+                self.m.batches.inc()
+                self.m.bytes.inc(sum(memoryview(f).nbytes for f in frames))
+                self.tel.progress()
+        if cfg.max_tokens and streamed >= cfg.max_tokens:
+            end = encode("end", epoch=self.epoch, seq=self.seq, game=self.game, model=self.model_id,
+                         layer=self.layer, tensors={}, meta={"tokens": streamed})
+            self._send(end, stop)
+            log.info("producer: reached max_tokens (%d streamed), sent end of stream", streamed)
+        return streamed
+
+    def close(self) -> None:
+        self.pub.close()
+
+
+def run(cfg: ProducerConfig) -> int:
+    log_config("producer", cfg)
+    set_threads(cfg.threads)
+    stop = stop_on_signals()
+    tel = Telemetry("producer", cfg.metrics_port)
+    producer = Producer(cfg, tel)
+    try:
+        return producer.run(stop)
+    finally:
+        producer.close()
+        tel.close()
+        log.info("producer: stopped")

@@ -1,0 +1,93 @@
+"""Prometheus /metrics and a progress-aware /healthz, one HTTP server per service.
+
+Each service owns a private CollectorRegistry (so tests can run several in one process) and
+calls `progress()` whenever it does useful work; /healthz answers 200 only while the last
+progress is younger than `stall_after_s` (or the service says it is idle on purpose, e.g.
+waiting for subscribers), else 503 with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+NAMESPACE = "boardlens"
+
+
+class Telemetry:
+    def __init__(self, service: str, port: int, host: str = "0.0.0.0", stall_after_s: float = 60.0) -> None:
+        self.service = service
+        self.registry = CollectorRegistry()
+        self.stall_after_s = stall_after_s
+        self._last_progress = time.monotonic()
+        self._state = "starting"
+        self._server: ThreadingHTTPServer | None = None
+        self.up = self.gauge("up", "1 while the service runs", ["service"])
+        self.up.labels(service).set(1)
+        if port:
+            self._serve(host, port)
+
+    # --- metric constructors, all in the boardlens_ namespace -------------------------
+    def counter(self, name: str, doc: str, labels: list[str] | None = None) -> Counter:
+        return Counter(name, doc, labels or [], namespace=NAMESPACE, registry=self.registry)
+
+    def gauge(self, name: str, doc: str, labels: list[str] | None = None) -> Gauge:
+        return Gauge(name, doc, labels or [], namespace=NAMESPACE, registry=self.registry)
+
+    def histogram(self, name: str, doc: str, buckets: tuple[float, ...], labels: list[str] | None = None) -> Histogram:
+        return Histogram(name, doc, labels or [], namespace=NAMESPACE, registry=self.registry, buckets=buckets)
+
+    # --- health -----------------------------------------------------------------------
+    def progress(self, state: str = "running") -> None:
+        self._last_progress = time.monotonic()
+        self._state = state
+
+    def idle(self, state: str) -> None:
+        """Healthy while deliberately waiting (e.g. for subscribers or an eval set)."""
+        self.progress(state)
+
+    def health(self) -> tuple[bool, dict]:
+        age = time.monotonic() - self._last_progress
+        ok = age <= self.stall_after_s
+        return ok, {"service": self.service, "state": self._state, "seconds_since_progress": round(age, 3), "ok": ok}
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1] if self._server else 0
+
+    def _serve(self, host: str, port: int) -> None:
+        tel = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                if self.path.startswith("/metrics"):
+                    body, ctype, code = generate_latest(tel.registry), CONTENT_TYPE_LATEST, 200
+                elif self.path.startswith("/healthz"):
+                    ok, info = tel.health()
+                    body, ctype, code = json.dumps(info).encode(), "application/json", 200 if ok else 503
+                else:
+                    body, ctype, code = b"not found\n", "text/plain", 404
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:  # scrapes are not worth a log line
+                pass
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, name=f"{self.service}-metrics", daemon=True).start()
+
+    def close(self) -> None:
+        self.up.labels(self.service).set(0)
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

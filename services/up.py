@@ -1,0 +1,180 @@
+"""`boardlens up`: the three services as separate processes on loopback, with live progress.
+
+Writes `<run>/config.yaml` (all three resolved sections, also what the children read),
+starts evaluator, trainer and producer (the producer waits for both consumers), shows one
+progress line scraped from their /metrics, and stops after --tokens (end of stream flows
+producer -> trainer -> evaluator) or on Ctrl-C (SIGTERM to every child). Then it prints the
+final table from `<run>/final_metrics.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from services.config import EvaluatorConfig, ProducerConfig, TrainerConfig, resolve
+
+SERVICES = ("evaluator", "trainer", "producer")
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def build_configs(config_file: str | None, run_dir: str, tokens: int, base_port: int,
+                  model=None, saes=(), d_sae=None, batch_size=None, steps=None,
+                  train_games=None, test_games=None, device=None) -> dict:
+    """Resolve the three configs for a loopback run; flags given to `up` win over the file."""
+    ports = list(range(base_port, base_port + 6)) if base_port else _free_ports(6)
+    ep = [f"tcp://127.0.0.1:{p}" for p in ports[:3]]
+    batch = batch_size or 2048
+    prod = resolve(ProducerConfig, config_file, {
+        "model": model, "device": device, "bind": ep[0], "bind_lossy": ep[1], "max_tokens": tokens,
+        "wait_consumers": 1, "wait_lossy_consumers": 1, "metrics_port": ports[3]})
+    train = resolve(TrainerConfig, config_file, {
+        "connect": ep[0], "snapshot_bind": ep[2], "run_dir": run_dir, "saes": tuple(saes) or None,
+        "d_sae": d_sae, "batch_size": batch, "device": device, "metrics_port": ports[4],
+        "buffer_activations": max(16 * batch, 30_000),
+        "steps": steps or max(1, tokens // batch) if tokens else steps,
+        "warmup_steps": 100 if not config_file else None, "snapshot_every": 50 if not config_file else None})
+    ev = resolve(EvaluatorConfig, config_file, {
+        "connect": ep[1], "snapshots": ep[2], "run_dir": run_dir, "train_games": train_games,
+        "test_games": test_games, "metrics_port": ports[5]})
+    return {"producer": prod, "trainer": train, "evaluator": ev}
+
+
+def scrape(port: int) -> dict[tuple[str, tuple], float]:
+    """{(sample name, sorted labels): value} from a /metrics endpoint ({} if unreachable)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def _sum(samples: dict, name: str) -> float:
+    return sum(v for (n, _), v in samples.items() if n == name)
+
+
+def progress_line(cfgs: dict, t0: float) -> str:
+    p = scrape(cfgs["producer"].metrics_port)
+    t = scrape(cfgs["trainer"].metrics_port)
+    e = scrape(cfgs["evaluator"].metrics_port)
+    tokens = _sum(p, "boardlens_producer_tokens_total")
+    parts = [f"{time.time() - t0:5.0f}s", f"tokens {tokens:,.0f} ({tokens / max(time.time() - t0, 1e-9):,.0f}/s)"]
+    steps = {dict(k[1]).get("sae"): v for k, v in t.items() if k[0] == "boardlens_trainer_steps_total"}
+    if steps:
+        parts.append(f"step {int(max(steps.values()))}")
+    for (name, labels), v in sorted(t.items()):
+        lab = dict(labels)
+        if name == "boardlens_sae_loss" and lab.get("term") == "loss":
+            l0 = t.get(("boardlens_sae_l0", (("sae", lab["sae"]),)), float("nan"))
+            parts.append(f"{lab['sae']}: loss {v:.3f} L0 {l0:.1f}")
+    cov = [v for (n, _), v in e.items() if n == "boardlens_eval_coverage"]
+    rec = [v for (n, _), v in e.items() if n == "boardlens_eval_reconstruction"]
+    if cov:
+        parts.append(f"best cov {max(cov):.3f} rec {max(rec):.3f}")
+    games = _sum(e, "boardlens_eval_set_games")
+    if not cov:
+        parts.append(f"eval set {games:.0f} games")
+    return " | ".join(parts)
+
+
+def final_table(run_dir: Path) -> str:
+    path = run_dir / "final_metrics.json"
+    if not path.exists():
+        return f"(no evaluation finished: {path} is missing)"
+    latest = json.loads(path.read_text())
+    if not latest:
+        return "(no SAE was evaluated)"
+    fams = sorted({f for r in latest.values() for f in r["families"]})
+    head = ["sae", "step", "L0", "FVE", *[f"{f} cov" for f in fams], *[f"{f} rec" for f in fams]]
+    rows = []
+    for name, r in sorted(latest.items()):
+        rows.append([name, str(r["step"]), f"{r['l0']:.1f}", f"{r['var_explained']:.3f}",
+                     *[f"{r['families'][f]['coverage']:.3f}" for f in fams],
+                     *[f"{r['families'][f]['reconstruction']:.3f}" for f in fams]])
+    widths = [max(len(x) for x in col) for col in zip(head, *rows)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([fmt.format(*head), fmt.format(*["-" * w for w in widths])] + [fmt.format(*r) for r in rows])
+
+
+def run(config_file=None, tokens=2_000_000, run_dir=None, quiet=False, base_port=0, **flags) -> int:
+    run_path = Path(run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
+    run_path.mkdir(parents=True, exist_ok=True)
+    try:
+        cfgs = build_configs(config_file, str(run_path), tokens, base_port, **flags)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    cfg_file = run_path / "config.yaml"
+    cfg_file.write_text(yaml.safe_dump({k: _plain(dataclasses.asdict(v)) for k, v in cfgs.items()}, sort_keys=True))
+    (run_path / "logs").mkdir(exist_ok=True)
+    print(f"boardlens up: run folder {run_path}, config {cfg_file}", flush=True)
+    procs: dict[str, subprocess.Popen] = {}
+    for name in SERVICES:
+        cmd = {"evaluator": "evaluate", "trainer": "train", "producer": "produce"}[name]
+        logf = open(run_path / "logs" / f"{name}.log", "w")
+        procs[name] = subprocess.Popen([sys.executable, "-m", "services.cli", cmd, "--config", str(cfg_file)],
+                                       stdout=logf, stderr=subprocess.STDOUT)
+    interrupted = {"now": False}
+
+    def on_signal(signum, _frame):
+        interrupted["now"] = True
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    t0, code = time.time(), 0
+    try:
+        while not interrupted["now"]:
+            failed = [n for n, p in procs.items() if p.poll() not in (None, 0)]
+            if failed:
+                print(f"\nerror: {', '.join(failed)} exited with an error; see {run_path / 'logs'}", file=sys.stderr)
+                code = 1
+                break
+            if all(p.poll() is not None for p in procs.values()):
+                break
+            if not quiet:
+                sys.stderr.write("\r\033[K" + progress_line(cfgs, t0)[:200])
+                sys.stderr.flush()
+            time.sleep(1.0)
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for name, p in procs.items():
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                print(f"\n{name} did not stop within 60 s; killing it", file=sys.stderr)
+                p.kill()
+        for s, h in old.items():
+            signal.signal(s, h)
+    print("\n" + final_table(run_path), flush=True)
+    print(f"run folder: {run_path} (config.yaml, checkpoints/, train.jsonl, metrics.jsonl, logs/)")
+    return code
+
+
+def _plain(d: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}

@@ -1,0 +1,122 @@
+"""protocol.batch: ActivationBatch round trip and batch_schema errors."""
+
+import pytest
+import torch
+
+from protocol import ActivationBatch, ProtocolError, decode, decode_batch, encode, encode_batch
+
+B, T, D, P = 3, 7, 16, 4
+
+
+def make_batch(act_dtype=torch.float32, **changes) -> ActivationBatch:
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([7, 5, 0], dtype=torch.int16)
+    label_pos = torch.tensor([[0, 3, 6, -1], [1, 4, -1, -1], [-1, -1, -1, -1]], dtype=torch.int16)
+    fields = dict(
+        acts=torch.randn(B, T, D, generator=g).to(act_dtype),
+        tokens=torch.randint(0, 61, (B, T), generator=g),
+        game_ids=torch.tensor([10, 11, 2**40]),
+        lengths=lengths,
+        label_pos=label_pos,
+        labels={
+            "board": torch.randint(0, 3, (B, P, 8, 8), generator=g, dtype=torch.int8),
+            "player": torch.randint(0, 2, (B, P, 1, 1), generator=g, dtype=torch.int8),
+        },
+        epoch="c0ffee", seq=41, game="othello", model="othello-gpt-8l", layer=5, sent_ns=99,
+        meta={"split": "train"},
+    )
+    fields.update(changes)
+    return ActivationBatch(**fields)
+
+
+def round_trip(batch: ActivationBatch) -> ActivationBatch:
+    return decode_batch(decode([bytes(f) for f in encode_batch(batch)]))
+
+
+@pytest.mark.parametrize("act_dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_round_trip(act_dtype):
+    batch = make_batch(act_dtype)
+    out = round_trip(batch)
+    for name in ("acts", "tokens", "game_ids", "lengths", "label_pos"):
+        assert torch.equal(getattr(out, name), getattr(batch, name)), name
+        assert getattr(out, name).dtype == getattr(batch, name).dtype
+    assert out.labels.keys() == batch.labels.keys()
+    for fam in batch.labels:
+        assert torch.equal(out.labels[fam], batch.labels[fam])
+    assert (out.epoch, out.seq, out.game, out.model, out.layer, out.sent_ns, out.meta) == (
+        "c0ffee", 41, "othello", "othello-gpt-8l", 5, 99, {"split": "train"})
+    assert out.n_tokens == 12
+
+
+def test_empty_batch_and_no_labels_round_trip():
+    batch = make_batch(acts=torch.zeros(0, T, D), tokens=torch.zeros(0, T, dtype=torch.int64),
+                       game_ids=torch.zeros(0, dtype=torch.int64),
+                       lengths=torch.zeros(0, dtype=torch.int16),
+                       label_pos=torch.zeros(0, 0, dtype=torch.int16), labels={})
+    out = round_trip(batch)
+    assert out.acts.shape == (0, T, D) and out.labels == {} and out.n_tokens == 0
+
+
+def test_sent_ns_defaults_to_now():
+    import time
+
+    before = time.time_ns()
+    assert round_trip(make_batch(sent_ns=None)).sent_ns >= before
+
+
+BAD = {
+    "acts_int": dict(acts=torch.zeros(B, T, D, dtype=torch.int32)),
+    "acts_2d": dict(acts=torch.zeros(B, T)),
+    "tokens_dtype": dict(tokens=torch.zeros(B, T, dtype=torch.int32)),
+    "tokens_shape": dict(tokens=torch.zeros(B, T + 1, dtype=torch.int64)),
+    "game_ids_B": dict(game_ids=torch.zeros(B + 1, dtype=torch.int64)),
+    "lengths_dtype": dict(lengths=torch.tensor([7, 5, 0], dtype=torch.int32)),
+    "lengths_range": dict(lengths=torch.tensor([8, 5, 0], dtype=torch.int16)),
+    "lengths_negative": dict(lengths=torch.tensor([7, -1, 0], dtype=torch.int16)),
+    "label_pos_1d": dict(label_pos=torch.zeros(B, dtype=torch.int16)),
+    "label_pos_B": dict(label_pos=torch.zeros(B + 1, P, dtype=torch.int16)),
+    "label_pos_padding": dict(label_pos=torch.full((B, P), 5, dtype=torch.int16)),
+    "label_pos_below": dict(label_pos=torch.full((B, P), -2, dtype=torch.int16)),
+    "label_dtype": dict(labels={"board": torch.zeros(B, P, 8, 8, dtype=torch.int64)}),
+    "label_P": dict(labels={"board": torch.zeros(B, P + 1, 8, 8, dtype=torch.int8)}),
+    "label_R9": dict(labels={"board": torch.zeros(B, P, 9, 8, dtype=torch.int8)}),
+    "label_C0": dict(labels={"board": torch.zeros(B, P, 8, 0, dtype=torch.int8)}),
+    "label_3d": dict(labels={"board": torch.zeros(B, P, 64, dtype=torch.int8)}),
+    "family_empty": dict(labels={"": torch.zeros(B, P, 1, 1, dtype=torch.int8)}),
+    "not_tensor": dict(lengths=[7, 5, 0]),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_batch_schema_errors_on_both_sides(name):
+    batch = make_batch(**BAD[name])
+    with pytest.raises(ProtocolError) as info:
+        encode_batch(batch)
+    assert info.value.reason == "batch_schema"
+    if name == "not_tensor":
+        return
+    # The same batch forced onto the wire through the generic encoder: the consumer rejects it.
+    tensors = {n: getattr(batch, n) for n in ("acts", "tokens", "game_ids", "lengths",
+                                              "label_pos")}
+    tensors.update({f"label/{f}": v for f, v in batch.labels.items()})
+    frames = encode("batch", epoch="ab", seq=0, game="g", model="m", layer=0, tensors=tensors)
+    with pytest.raises(ProtocolError) as info:
+        decode_batch(decode(frames))
+    assert info.value.reason == "batch_schema"
+
+
+@pytest.mark.parametrize("tensors,kind", [
+    ({"acts": torch.zeros(1, 1, 1)}, "batch"),  # missing tensors
+    ({"acts": torch.zeros(1, 1, 1), "tokens": torch.zeros(1, 1, dtype=torch.int64),
+      "game_ids": torch.zeros(1, dtype=torch.int64), "lengths": torch.ones(1, dtype=torch.int16),
+      "label_pos": torch.zeros(1, 1, dtype=torch.int16), "extra": torch.zeros(1)}, "batch"),
+    ({"acts": torch.zeros(1, 1, 1), "tokens": torch.zeros(1, 1, dtype=torch.int64),
+      "game_ids": torch.zeros(1, dtype=torch.int64), "lengths": torch.ones(1, dtype=torch.int16),
+      "label_pos": torch.zeros(1, 1, dtype=torch.int16), "label/": torch.zeros(1)}, "batch"),
+    ({}, "snapshot"),
+])
+def test_decode_batch_rejects_wrong_names_and_kind(tensors, kind):
+    frames = encode(kind, epoch="ab", seq=0, game="g", model="m", layer=0, tensors=tensors)
+    with pytest.raises(ProtocolError) as info:
+        decode_batch(decode(frames))
+    assert info.value.reason == "batch_schema"

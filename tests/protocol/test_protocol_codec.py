@@ -1,0 +1,336 @@
+"""protocol.codec: round trips, golden bytes, one test per error reason, import hygiene."""
+
+import ast
+import pathlib
+import subprocess
+import sys
+import warnings
+
+import msgpack
+import numpy as np
+import pytest
+import torch
+
+from protocol import (
+    DTYPES,
+    PROTOCOL_VERSION,
+    REASONS,
+    Limits,
+    ProtocolError,
+    decode,
+    encode,
+    new_epoch,
+)
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+TORCH_DTYPES = {name: getattr(torch, name) for name in DTYPES}
+
+# The header of the SPEC.md example, checked in: any change to the wire layout fails here.
+GOLDEN_HEADER = bytes.fromhex(
+    "8aa17601a16ba56261746368a165b030313233343536373839616263646566a1"
+    "7307a174cf17979cfe362a0000a167a76f7468656c6c6fa16dab6f7468656c6c"
+    "6f2d677074a16c06a17881a573706c6974a5747261696ea1649194a461637473"
+    "a7666c6f6174333292020301"
+)
+
+
+def golden_frames():
+    return encode("batch", epoch="0123456789abcdef", seq=7, game="othello", model="othello-gpt",
+                  layer=6, tensors={"acts": np.zeros((2, 3), np.float32)},
+                  meta={"split": "train"}, sent_ns=1_700_000_000_000_000_000)
+
+
+def wire_map(**changes):
+    """A valid header map for one float32 (2, 3) tensor in frame 1, with keys replaced."""
+    m = {"v": 1, "k": "batch", "e": "ab", "s": 0, "t": 0, "g": "othello", "m": "m", "l": 0,
+         "x": {}, "d": [["a", "float32", [2, 3], 1]]}
+    m.update(changes)
+    return m
+
+
+def frames_of(header_map, *tensor_frames):
+    if not tensor_frames:
+        tensor_frames = (bytes(24),)
+    return [msgpack.packb(header_map, use_bin_type=True), *tensor_frames]
+
+
+def reason_of(frames, limits=Limits()):
+    with pytest.raises(ProtocolError) as info:
+        decode(frames, limits)
+    return info.value.reason
+
+
+def sample(name, shape):
+    """Deterministic non-trivial values of a wire dtype, as a torch tensor."""
+    n = int(np.prod(shape))
+    if name == "bool":
+        return (torch.arange(n) % 3 == 0).reshape(shape)
+    vals = torch.arange(n, dtype=torch.float64) * 0.5 - 3
+    if TORCH_DTYPES[name].is_floating_point:
+        return vals.to(TORCH_DTYPES[name]).reshape(shape)
+    return (torch.arange(n) % 100 - (0 if name == "uint8" else 50)).to(
+        TORCH_DTYPES[name]).reshape(shape)
+
+
+# --------------------------------------------------------------------------- round trips
+
+
+@pytest.mark.parametrize("name", DTYPES)
+@pytest.mark.parametrize("shape", [(3, 5), (0,), (2, 0, 3), (), (1, 2, 1, 2, 1, 2)])
+@pytest.mark.parametrize("as_numpy", [False, True])
+def test_round_trip_every_dtype(name, shape, as_numpy):
+    if as_numpy and name == "bfloat16":
+        pytest.skip("numpy has no bfloat16")
+    t = sample(name, shape)
+    frames = encode("snapshot", epoch="ab", seq=3, game="g", model="m", layer=1,
+                    tensors={"x": t.numpy() if as_numpy else t})
+    msg = decode([bytes(f) for f in frames])
+    out = msg.tensors["x"]
+    assert out.dtype == t.dtype and tuple(out.shape) == shape
+    assert torch.equal(out, t)
+    assert msg.header.tensors[0].dtype == name
+
+
+def test_encode_is_zero_copy_and_decode_views_frames():
+    t = torch.randn(4, 8)
+    frames = encode("batch", epoch="ab", seq=0, game="g", model="m", layer=0, tensors={"t": t})
+    assert frames[1].ctypes.data == t.data_ptr()  # the send buffer aliases the tensor
+    buf = bytearray(frames[1].tobytes())
+    out = decode([frames[0], buf]).tensors["t"]
+    assert out.data_ptr() == np.frombuffer(buf, np.uint8).ctypes.data
+
+
+def test_encode_copies_only_what_it_must():
+    t = torch.arange(12.0).reshape(3, 4)
+    be = np.arange(6, dtype=">i4").reshape(2, 3)
+    frames = encode("batch", epoch="ab", seq=0, game="g", model="m", layer=0,
+                    tensors={"nc": t.T, "be": be, "grad": torch.ones(2, requires_grad=True)})
+    msg = decode([bytes(f) for f in frames])
+    assert torch.equal(msg.tensors["nc"], t.T)
+    assert torch.equal(msg.tensors["be"], torch.arange(6, dtype=torch.int32).reshape(2, 3))
+    assert msg.header.tensors[1].dtype == "int32"
+
+
+def test_header_fields_round_trip():
+    meta = {"split": "test", "n": 3, "f": 0.25, "ok": True, "none": None, "xs": (1, "a", None)}
+    frames = encode("end", epoch="deadbeef", seq=2**63 - 1, game="chess", model="m1", layer=-1,
+                    tensors={}, meta=meta, sent_ns=123)
+    h = decode(frames).header
+    assert (h.version, h.kind, h.epoch, h.seq, h.sent_ns) == (1, "end", "deadbeef", 2**63 - 1, 123)
+    assert (h.game, h.model, h.layer, h.tensors) == ("chess", "m1", -1, ())
+    assert h.meta == {**meta, "xs": [1, "a", None]}
+
+
+def test_decode_accepts_memoryviews_and_bytearrays_without_warnings():
+    frames = golden_frames()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        decode([memoryview(frames[0]), memoryview(bytearray(frames[1].tobytes()))])
+        decode([bytes(f) for f in frames])  # read-only: the torch warning is suppressed
+
+
+def test_new_epoch_is_fresh_hex():
+    a, b = new_epoch(), new_epoch()
+    assert a != b and len(a) == 16 and int(a, 16) >= 0
+
+
+# --------------------------------------------------------------------------- golden bytes
+
+
+def test_golden_header_bytes():
+    frames = golden_frames()
+    assert frames[0] == GOLDEN_HEADER
+    assert PROTOCOL_VERSION == 1
+    assert bytes(frames[1]) == bytes(24)
+
+
+def test_spec_shows_the_golden_bytes():
+    spec = (ROOT / "protocol" / "SPEC.md").read_text()
+    hex_in_spec = "".join(line.strip() for line in spec.split("```golden")[1].split("```")[0]
+                          .splitlines())
+    assert bytes.fromhex(hex_in_spec) == GOLDEN_HEADER
+
+
+# --------------------------------------------------------------------------- error reasons
+
+
+def test_reason_tokens_are_fixed():
+    assert REASONS == ("frame_count", "header_size", "header_decode", "header_schema", "version",
+                       "kind", "dtype", "shape", "frame_size", "limits", "batch_schema")
+    err = ProtocolError("dtype", "boom")
+    assert str(err) == "dtype: boom" and isinstance(err, ValueError)
+    with pytest.raises(ValueError):
+        ProtocolError("no_such_reason", "x")
+    import pickle
+
+    assert pickle.loads(pickle.dumps(err)).reason == "dtype"
+
+
+@pytest.mark.parametrize("frames", [
+    [],
+    [b"x"] * 65,
+    frames_of(wire_map()) + [b""],  # a frame no descriptor uses
+    frames_of(wire_map())[:1],  # a descriptor without its frame
+    frames_of(wire_map(d=[["a", "float32", [2, 3], 2]])),  # index out of range
+    frames_of(wire_map(d=[["a", "int8", [1], 1], ["b", "int8", [1], 1]]), b"x", b"y"),
+], ids=["empty", "too_many", "extra_frame", "missing_frame", "bad_index", "reused_index"])
+def test_frame_count(frames):
+    assert reason_of(frames) == "frame_count"
+
+
+def test_frames_not_a_sequence():
+    assert reason_of(None) == "frame_count"
+
+
+def test_header_size_checked_before_unpacking():
+    big = msgpack.packb(wire_map(x={"pad": "y" * 4000, **{f"k{i}": "z" * 4000 for i in range(20)}}))
+    assert len(big) > 64 * 1024
+    assert reason_of([big, bytes(24)]) == "header_size"
+    assert reason_of([b"\xc1" * 101], Limits(max_header_bytes=100)) == "header_size"
+
+
+@pytest.mark.parametrize("head", [
+    b"", b"\xc1", msgpack.packb(wire_map())[:-3], msgpack.packb(wire_map()) + b"\x00",
+    b"\xa2\xff\xfe", b"\x91" * 5000 + b"\x00", b"\x81\x01\x02", b"\xd6\xff\x00\x00",
+], ids=["empty", "reserved", "truncated", "trailing", "bad_utf8", "deep", "int_key", "bad_ext"])
+def test_header_decode(head):
+    assert reason_of([head, bytes(24)]) == "header_decode"
+
+
+def test_ext_types_decode_but_fail_the_schema():
+    stamp = b"\xd6\xff\x00\x00\x00\x01"  # msgpack timestamp ext
+    assert reason_of([stamp]) == "header_schema"
+    assert reason_of(frames_of(wire_map(x={"a": msgpack.ExtType(5, b"xy")}))) == "header_schema"
+
+
+@pytest.mark.parametrize("change", [
+    {"s": True}, {"s": -1}, {"s": 2**63}, {"t": 1.5}, {"l": "3"}, {"e": "XYZ"}, {"e": ""},
+    {"e": "a" * 65}, {"g": b"othello"}, {"m": None}, {"x": []}, {"x": {"a": {"b": 1}}},
+    {"x": {"a": [[1]]}}, {"d": {}}, {"d": [["a", "float32", [2, 3]]]},
+    {"d": [["", "float32", [2, 3], 1]]}, {"d": [["a", "float32", [2, 3], True]]},
+    {"d": [["a", "float32", [2, 3], 1], ["a", "float32", [2, 3], 2]]}, {"zz": 1},
+])
+def test_header_schema(change):
+    assert reason_of(frames_of(wire_map(**change))) == "header_schema"
+
+
+def test_header_schema_missing_key_and_not_a_map():
+    m = wire_map()
+    del m["g"]
+    assert reason_of(frames_of(m)) == "header_schema"
+    assert reason_of([msgpack.packb([1, 2]), bytes(24)]) == "header_schema"
+
+
+@pytest.mark.parametrize("v", [2, 0, True, "1", None])
+def test_version(v):
+    assert reason_of(frames_of(wire_map(v=v))) == "version"
+    m = wire_map()
+    del m["v"]
+    assert reason_of(frames_of(m)) == "version"
+
+
+@pytest.mark.parametrize("k", ["nope", "", 1, None])
+def test_kind(k):
+    assert reason_of(frames_of(wire_map(k=k))) == "kind"
+
+
+@pytest.mark.parametrize("dtype", ["complex64", "float", "<f4", "uint16", 5, None])
+def test_dtype(dtype):
+    assert reason_of(frames_of(wire_map(d=[["a", dtype, [2, 3], 1]]))) == "dtype"
+
+
+def test_bool_frame_must_hold_0_or_1():
+    good = frames_of(wire_map(d=[["a", "bool", [3], 1]]), b"\x00\x01\x01")
+    assert decode(good).tensors["a"].tolist() == [False, True, True]
+    assert reason_of(frames_of(wire_map(d=[["a", "bool", [3], 1]]), b"\x00\x02\x01")) == "dtype"
+
+
+@pytest.mark.parametrize("shape", [[-1, 3], [2.0, 3], [True, 3], "23", None, [[2], 3]])
+def test_shape(shape):
+    assert reason_of(frames_of(wire_map(d=[["a", "float32", shape, 1]]))) == "shape"
+
+
+@pytest.mark.parametrize("frame", [bytes(23), bytes(25), b""])
+def test_frame_size(frame):
+    assert reason_of(frames_of(wire_map(), frame)) == "frame_size"
+
+
+def test_frame_not_a_buffer():
+    assert reason_of([msgpack.packb(wire_map()), 12345]) == "frame_size"
+    noncontig = np.zeros((4, 6), np.uint8)[:, ::2]
+    assert reason_of([msgpack.packb(wire_map()), noncontig]) == "frame_size"
+
+
+@pytest.mark.parametrize("change,limits", [
+    ({"d": [["a", "uint8", [1] * 7, 1]]}, Limits()),
+    ({"d": [["a", "uint8", [0, 2**40, 2**40], 1]]}, Limits()),
+    ({"g": "x" * 5000}, Limits()),
+    ({"x": {f"k{i}": i for i in range(257)}}, Limits()),
+    ({"x": {"k": list(range(257))}}, Limits()),
+    ({"x": {"k": "é" * 3000}}, Limits()),
+    ({}, Limits(max_frame_bytes=16)),
+])
+def test_limits(change, limits):
+    m = wire_map(**change)
+    tensor = bytes(1) if m["d"][0][1] == "uint8" else bytes(24)
+    assert reason_of(frames_of(m, tensor), limits) == "limits"
+
+
+def test_limits_validation():
+    with pytest.raises(ValueError):
+        Limits(max_frames=0)
+    with pytest.raises(ValueError):
+        Limits(max_header_bytes=True)
+
+
+# --------------------------------------------------------------------------- encode errors
+
+
+def test_encode_rejects_what_decode_would():
+    kw = dict(epoch="ab", seq=0, game="g", model="m", layer=0)
+    with pytest.raises(ValueError, match="cpu"):  # plain ValueError: a caller bug
+        encode("batch", tensors={"a": torch.zeros(2, device="meta")}, **kw)
+    with pytest.raises(TypeError):
+        encode("batch", tensors={"a": [1, 2]}, **kw)
+    cases = [
+        ("dtype", dict(tensors={"a": torch.zeros(2, dtype=torch.complex64)})),
+        ("dtype", dict(tensors={"a": np.zeros(2, np.uint16)})),
+        ("kind", dict(kind="nope", tensors={})),
+        ("header_schema", dict(tensors={}, epoch="not hex")),
+        ("header_schema", dict(tensors={}, seq=-1)),
+        ("header_schema", dict(tensors={}, meta={"a": np.float32(1)})),
+        ("header_schema", dict(tensors={}, meta={"a": 2**64})),
+        ("header_schema", dict(tensors={}, game="\ud800")),
+        ("limits", dict(tensors={"a": torch.zeros([1] * 7)})),
+        ("limits", dict(tensors={"a": torch.zeros(5)}, limits=Limits(max_frame_bytes=16))),
+        ("frame_count", dict(tensors={f"t{i}": torch.zeros(1) for i in range(64)})),
+        ("header_size", dict(tensors={}, meta={"a": "b" * 100}, limits=Limits(
+            max_header_bytes=100))),
+    ]
+    for reason, change in cases:
+        args = {**kw, "kind": "batch", **change}
+        kind = args.pop("kind")
+        with pytest.raises(ProtocolError) as info:
+            encode(kind, **args)
+        assert info.value.reason == reason, change
+
+
+# --------------------------------------------------------------------------- import hygiene
+
+
+def test_codec_and_batch_do_not_import_zmq():
+    code = ("import sys, protocol, protocol.codec, protocol.batch; "
+            "assert 'zmq' not in sys.modules, 'zmq imported'; protocol.Publisher; "
+            "assert 'zmq' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
+
+
+def test_boardlens_does_not_import_protocol():
+    for path in (ROOT / "boardlens").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            assert not any(n == "protocol" or n.startswith("protocol.") for n in names), path

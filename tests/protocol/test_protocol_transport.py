@@ -1,0 +1,184 @@
+"""protocol.transport over real ZeroMQ sockets on tcp://127.0.0.1 (ephemeral ports)."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+import zmq
+
+from protocol import decode, encode
+from protocol.transport import (
+    Publisher,
+    SendTimeout,
+    SeqTracker,
+    Subscriber,
+    TransportConfig,
+)
+
+ANY = "tcp://127.0.0.1:0"
+
+
+def message(seq: int, nbytes: int = 64 * 1024, epoch: str = "ab") -> list:
+    payload = np.full(nbytes // 4, seq, dtype=np.int32)
+    return encode("batch", epoch=epoch, seq=seq, game="g", model="m", layer=0,
+                  tensors={"x": payload})
+
+
+def wait_until(pred, timeout_s: float = 10.0) -> bool:
+    """Bounded polling for conditions the library exposes no blocking wait for (tests only)."""
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def reader(sub: Subscriber, n: int, out: list, delay_s: float = 0.0) -> threading.Thread:
+    """Thread receiving n messages into out as (seq, first payload value)."""
+
+    def run():
+        while len(out) < n:
+            frames = sub.recv(timeout_ms=10_000)
+            if frames is None:
+                return
+            msg = decode(frames)
+            out.append((msg.header.seq, int(msg.tensors["x"][0])))
+            if delay_s:
+                time.sleep(delay_s)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.timeout(30)
+def test_lossless_fan_out_with_a_slow_subscriber():
+    cfg = TransportConfig(sndhwm_msgs=4, rcvhwm_msgs=4, send_timeout_ms=10_000)
+    n = 150
+    with Publisher(ANY, None, cfg) as pub:
+        assert not pub.lossless_endpoint.endswith(":0")
+        with Subscriber(pub.lossless_endpoint, cfg=cfg) as fast, \
+                Subscriber(pub.lossless_endpoint, cfg=cfg) as slow:
+            assert pub.wait_for_subscribers(2, timeout_s=10)
+            got_fast, got_slow = [], []
+            threads = [reader(fast, n, got_fast), reader(slow, n, got_slow, delay_s=0.002)]
+            blocked = sum(pub.send(message(seq, 256 * 1024)) for seq in range(n))
+            for t in threads:
+                t.join(timeout=20)
+            expected = [(seq, seq) for seq in range(n)]
+            assert got_fast == expected
+            assert got_slow == expected
+            assert blocked > 0.05  # the slow reader (>= 0.3 s in total) throttled the producer
+
+
+@pytest.mark.timeout(30)
+def test_lossy_subscriber_never_blocks_and_loses():
+    cfg = TransportConfig(sndhwm_msgs=4, rcvhwm_msgs=4, send_timeout_ms=10_000)
+    n, nbytes = 300, 256 * 1024  # 75 MiB in total: more than any socket buffering in between
+    with Publisher(ANY, ANY, cfg) as pub:
+        with Subscriber(pub.lossless_endpoint, cfg=cfg) as good, \
+                Subscriber(pub.lossy_endpoint, lossy=True, cfg=cfg) as idle:
+            assert pub.wait_for_subscribers(1, timeout_s=10)
+            assert pub.wait_for_subscribers(1, timeout_s=10, lossless=False)
+            got = []
+            thread = reader(good, n, got)
+            for seq in range(n):
+                pub.send(message(seq, nbytes))
+            thread.join(timeout=20)
+            assert [s for s, _ in got] == list(range(n))
+
+            # The idle lossy consumer now drains what was queued for it, then gets one more.
+            tracker = SeqTracker()
+            seqs = []
+            while (frames := idle.recv(timeout_ms=300)) is not None:
+                seqs.append(decode(frames).header.seq)
+                tracker.observe("ab", seqs[-1])
+            assert 0 < len(seqs) < n // 2
+            assert seqs == sorted(seqs)  # whole messages dropped, order kept
+            pub.send(message(n, nbytes))
+            last = idle.recv(timeout_ms=5000)
+            assert last is not None and decode(last).header.seq == n
+            assert tracker.observe("ab", n) == n - seqs[-1] - 1 > 0
+            assert tracker.lost_total == n - len(seqs)
+
+
+@pytest.mark.timeout(30)
+def test_wait_for_subscribers_and_unsubscribe_on_disconnect():
+    with Publisher(ANY, ANY) as pub:
+        t0 = time.monotonic()
+        assert pub.wait_for_subscribers(1, timeout_s=0.2) is False
+        assert 0.15 < time.monotonic() - t0 < 5
+        sub = Subscriber(pub.lossless_endpoint)
+        try:
+            assert pub.wait_for_subscribers(1, timeout_s=10)
+            assert pub.subscriber_count() == 1 and pub.subscriber_count(lossless=False) == 0
+            with Subscriber(pub.lossy_endpoint, lossy=True):
+                assert pub.wait_for_subscribers(1, timeout_s=10, lossless=False)
+        finally:
+            sub.close()
+        # XPUB_VERBOSER passes up the implicit unsubscribe of a disconnected peer.
+        assert wait_until(lambda: pub.subscriber_count() == 0)
+        assert wait_until(lambda: pub.subscriber_count(lossless=False) == 0)
+        # With nobody subscribed, a lossless send drops the message instead of blocking.
+        assert pub.send(message(0)) < 1.0
+
+
+@pytest.mark.timeout(30)
+def test_send_timeout_when_a_lossless_subscriber_stops_reading():
+    cfg = TransportConfig(sndhwm_msgs=1, rcvhwm_msgs=1, send_timeout_ms=200)
+    with Publisher(ANY, None, cfg) as pub:
+        sub = Subscriber(pub.lossless_endpoint, cfg=cfg)
+        assert pub.wait_for_subscribers(1, timeout_s=10)
+        big = message(0, nbytes=1 << 20)
+        with pytest.raises(SendTimeout):
+            for _ in range(200):  # socket buffers absorb a few MiB, then the queue is full
+                pub.send(big)
+        # Once the stuck subscriber is gone, the producer is free again.
+        sub.close()
+        assert wait_until(lambda: pub.subscriber_count() == 0)
+        assert pub.send(big) < 1.0
+
+
+@pytest.mark.timeout(30)
+def test_zero_copy_frames_decode_to_equal_tensors():
+    with Publisher(ANY, None) as pub, Subscriber(pub.lossless_endpoint) as sub:
+        assert pub.wait_for_subscribers(1, timeout_s=10)
+        acts = torch.randn(8, 59, 64).to(torch.bfloat16)
+        pub.send(encode("snapshot", epoch="ab", seq=5, game="g", model="m", layer=2,
+                        tensors={"acts": acts, "ids": torch.arange(8)}))
+        frames = sub.recv(timeout_ms=5000)
+        assert all(isinstance(f, zmq.Frame) for f in frames)
+        msg = decode(frames)
+        assert torch.equal(msg.tensors["acts"], acts)
+        assert torch.equal(msg.tensors["ids"], torch.arange(8))
+        assert sub.recv(timeout_ms=50) is None
+
+
+def test_publisher_and_config_validation():
+    with pytest.raises(ValueError):
+        Publisher(None, None)
+    with pytest.raises(ValueError):
+        TransportConfig(sndhwm_msgs=0)
+    with pytest.raises(ValueError):
+        TransportConfig(heartbeat_ivl_ms=1000, heartbeat_timeout_ms=10)
+    with pytest.raises(zmq.ZMQError):
+        Publisher("nonsense://x", None)
+    with Publisher(None, ANY) as pub, pytest.raises(ValueError):
+        pub.wait_for_subscribers(1, 0.1)
+
+
+def test_seq_tracker_arithmetic():
+    t = SeqTracker()
+    assert t.observe("a", 5) == 0  # first message of an epoch: nothing counted before it
+    assert t.observe("a", 6) == 0
+    assert t.observe("a", 9) == 2
+    assert t.observe("a", 9) == 0 and t.out_of_order == 1  # duplicate
+    assert t.observe("a", 7) == 0 and t.out_of_order == 2  # older
+    assert t.observe("a", 10) == 0
+    assert t.observe("b", 3) == 0 and t.epochs_seen == 2  # producer restart resets
+    assert t.observe("b", 4) == 0
+    assert t.observe("b", 14) == 9
+    assert (t.lost_total, t.received, t.epochs_seen) == (11, 9, 2)
