@@ -57,9 +57,8 @@ class ActivationBatch:
         return int(self.lengths.sum())
 
 
-def _require(ok: bool, detail: str) -> None:
-    if not ok:
-        raise ProtocolError("batch_schema", detail)
+def _fail(detail: str) -> None:
+    raise ProtocolError("batch_schema", detail)
 
 
 def _spec(t: torch.Tensor) -> str:
@@ -69,34 +68,49 @@ def _spec(t: torch.Tensor) -> str:
 def validate_batch(
     acts: Any, tokens: Any, game_ids: Any, lengths: Any, label_pos: Any, labels: dict[str, Any]
 ) -> None:
-    """Check dtypes, cross-tensor shapes and index ranges; raises ProtocolError(batch_schema)."""
-    for name, t in zip(_CORE, (acts, tokens, game_ids, lengths, label_pos), strict=True):
-        _require(isinstance(t, torch.Tensor), f"{name} must be a torch.Tensor, got {type(t)}")
-    _require(acts.ndim == 3 and acts.dtype in ACT_DTYPES, f"acts {_spec(acts)}: want float (B,T,D)")
+    """Check dtypes, cross-tensor shapes and index ranges; raises ProtocolError(batch_schema).
+
+    Runs on every message on both sides, so details are only formatted on failure.
+    """
+    for name, x in zip(_CORE, (acts, tokens, game_ids, lengths, label_pos), strict=True):
+        if not isinstance(x, torch.Tensor):
+            _fail(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if acts.ndim != 3 or acts.dtype not in ACT_DTYPES:
+        _fail(f"acts {_spec(acts)}: want float32/float16/bfloat16 (B,T,D)")
     b, t, _ = acts.shape
-    _require(t <= _MAX_T, f"T={t} > {_MAX_T}: positions do not fit int16")
-    _require(tokens.dtype == torch.int64 and tokens.shape == (b, t),
-             f"tokens {_spec(tokens)}: want int64 (B,T)=({b},{t})")
-    _require(game_ids.dtype == torch.int64 and game_ids.shape == (b,),
-             f"game_ids {_spec(game_ids)}: want int64 (B,)=({b},)")
-    _require(lengths.dtype == torch.int16 and lengths.shape == (b,),
-             f"lengths {_spec(lengths)}: want int16 (B,)=({b},)")
-    _require(label_pos.dtype == torch.int16 and label_pos.ndim == 2 and label_pos.shape[0] == b,
-             f"label_pos {_spec(label_pos)}: want int16 (B,P) with B={b}")
+    if t > _MAX_T:
+        _fail(f"T={t} > {_MAX_T}: positions do not fit int16")
+    if tokens.dtype != torch.int64 or tokens.shape != (b, t):
+        _fail(f"tokens {_spec(tokens)}: want int64 (B,T)=({b},{t})")
+    if game_ids.dtype != torch.int64 or game_ids.shape != (b,):
+        _fail(f"game_ids {_spec(game_ids)}: want int64 (B,)=({b},)")
+    if lengths.dtype != torch.int16 or lengths.shape != (b,):
+        _fail(f"lengths {_spec(lengths)}: want int16 (B,)=({b},)")
+    if label_pos.dtype != torch.int16 or label_pos.ndim != 2 or label_pos.shape[0] != b:
+        _fail(f"label_pos {_spec(label_pos)}: want int16 (B,P) with B={b}")
     p = label_pos.shape[1]
     for fam, lab in labels.items():
-        _require(type(fam) is str and fam != "", f"family name {fam!r} must be a non-empty str")
-        _require(isinstance(lab, torch.Tensor), f"labels[{fam!r}] must be a torch.Tensor")
-        _require(lab.dtype == torch.int8 and lab.ndim == 4 and lab.shape[:2] == (b, p)
-                 and 1 <= lab.shape[2] <= _MAX_BOARD and 1 <= lab.shape[3] <= _MAX_BOARD,
-                 f"labels[{fam!r}] {_spec(lab)}: want int8 (B,P,R,C)=({b},{p},1..8,1..8)")
+        if type(fam) is not str or not fam:
+            _fail(f"family name {fam!r} must be a non-empty str")
+        if not isinstance(lab, torch.Tensor):
+            _fail(f"labels[{fam!r}] must be a torch.Tensor")
+        if (lab.dtype != torch.int8 or lab.ndim != 4 or lab.shape[:2] != (b, p)
+                or not 1 <= lab.shape[2] <= _MAX_BOARD or not 1 <= lab.shape[3] <= _MAX_BOARD):
+            _fail(f"labels[{fam!r}] {_spec(lab)}: want int8 (B,P,R,C)=({b},{p},1..8,1..8)")
+    # Value checks keep consumers from indexing out of range with positions a hostile or
+    # buggy producer sent. numpy: ~5 us here vs ~20 us for the same torch ops on tiny tensors.
     if b == 0:
         return
-    # Value checks: B and B*P elements, a few microseconds; they keep consumers from indexing
-    # out of range with positions a hostile or buggy producer sent.
-    _require(bool(((lengths >= 0) & (lengths <= t)).all()), f"lengths outside 0..T={t}")
-    valid = (label_pos == -1) | ((label_pos >= 0) & (label_pos < lengths[:, None]))  # (B, P)
-    _require(bool(valid.all()), "label_pos must be -1 or in 0..lengths[b]-1")
+    lens = lengths.detach().cpu().numpy()  # (B,) int16
+    if lens.min() < 0 or lens.max() > t:
+        _fail(f"lengths outside 0..T={t}")
+    if p == 0:
+        return
+    pos = label_pos.detach().cpu().numpy()  # (B, P) int16
+    # pos == -1 (none) or 0 <= pos < lengths[b]. Given pos >= -1 and 0 <= len <= 32767,
+    # pos - len fits int16 and is < 0 exactly for the valid entries (-1 - len < 0 always).
+    if pos.min() < -1 or (pos - lens[:, None]).max() >= 0:
+        _fail("label_pos must be -1 or in 0..lengths[b]-1")
 
 
 def encode_batch(batch: ActivationBatch, limits: Limits = DEFAULT_LIMITS) -> list:
@@ -122,15 +136,17 @@ def encode_batch(batch: ActivationBatch, limits: Limits = DEFAULT_LIMITS) -> lis
 def decode_batch(message: Message) -> ActivationBatch:
     """Check a decoded message against the batch schema; raises only ProtocolError."""
     h, ts = message.header, message.tensors
-    _require(h.kind == "batch", f"kind {h.kind!r} is not 'batch'")
+    if h.kind != "batch":
+        _fail(f"kind {h.kind!r} is not 'batch'")
     missing = [name for name in _CORE if name not in ts]
-    _require(not missing, f"missing tensors {missing}")
+    if missing:
+        _fail(f"missing tensors {missing}")
     labels = {}
     for name, tensor in ts.items():
         if name in _CORE:
             continue
-        _require(name.startswith(LABEL_PREFIX) and len(name) > len(LABEL_PREFIX),
-                 f"unexpected tensor {name[:80]!r}")
+        if not name.startswith(LABEL_PREFIX) or len(name) == len(LABEL_PREFIX):
+            _fail(f"unexpected tensor {name[:80]!r}")
         labels[name[len(LABEL_PREFIX):]] = tensor
     validate_batch(ts["acts"], ts["tokens"], ts["game_ids"], ts["lengths"], ts["label_pos"],
                    labels)

@@ -78,10 +78,11 @@ def _sum(samples: dict, name: str) -> float:
     return sum(v for (n, _), v in samples.items() if n == name)
 
 
-def progress_line(cfgs: dict, t0: float) -> str:
-    p = scrape(cfgs["producer"].metrics_port)
-    t = scrape(cfgs["trainer"].metrics_port)
-    e = scrape(cfgs["evaluator"].metrics_port)
+def progress_line(cfgs: dict, t0: float, last: dict) -> str:
+    """One status line; `last` keeps each service's latest scrape once it has exited."""
+    for name in SERVICES:
+        last[name] = scrape(cfgs[name].metrics_port) or last.get(name, {})
+    p, t, e = last["producer"], last["trainer"], last["evaluator"]
     tokens = _sum(p, "boardlens_producer_tokens_total")
     parts = [f"{time.time() - t0:5.0f}s", f"tokens {tokens:,.0f} ({tokens / max(time.time() - t0, 1e-9):,.0f}/s)"]
     steps = {dict(k[1]).get("sae"): v for k, v in t.items() if k[0] == "boardlens_trainer_steps_total"}
@@ -145,7 +146,7 @@ def run(config_file=None, tokens=2_000_000, run_dir=None, quiet=False, base_port
         interrupted["now"] = True
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    t0, code = time.time(), 0
+    t0, code, last = time.time(), 0, {}
     try:
         while not interrupted["now"]:
             failed = [n for n, p in procs.items() if p.poll() not in (None, 0)]
@@ -156,7 +157,7 @@ def run(config_file=None, tokens=2_000_000, run_dir=None, quiet=False, base_port
             if all(p.poll() is not None for p in procs.values()):
                 break
             if not quiet:
-                sys.stderr.write("\r\033[K" + progress_line(cfgs, t0)[:200])
+                sys.stderr.write("\r\033[K" + progress_line(cfgs, t0, last)[:200])
                 sys.stderr.flush()
             time.sleep(1.0)
     finally:

@@ -3,6 +3,10 @@
 config.json = {"format": "boardlens-gpt", "gpt": GPTConfig fields, "game": "othello",
 "sae_layer": default block whose output is streamed, ...free-form card facts}. Loading never
 unpickles anything (safetensors).
+
+A folder whose config.json has `"random_init_seed": s` and no weights file is the paper's
+random-init control: the same architecture with GPT's initialisation under torch seed s,
+created deterministically on load (nothing to ship but the JSON).
 """
 
 from __future__ import annotations
@@ -60,6 +64,12 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu", dtype: to
         gpt_cfg = GPTConfig(**cfg["gpt"])
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{Path(folder) / 'config.json'}: bad 'gpt' section ({e})") from e
+    if "random_init_seed" in cfg:
+        gen_state = torch.random.get_rng_state()
+        torch.manual_seed(int(cfg["random_init_seed"]))
+        model = GPT(gpt_cfg)
+        torch.random.set_rng_state(gen_state)
+        return model.to(device=device, dtype=dtype).eval(), cfg
     path = Path(folder) / "model.safetensors"
     try:
         state = load_file(str(path))

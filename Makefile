@@ -1,0 +1,40 @@
+# BoardLens: `make demo` runs the main job on the bundled model, `make test` runs the suite.
+# Both create .venv and install everything first. TORCH_SPEC pins the CPU wheel that lies
+# on this machine; GPU users set it to a CUDA build (e.g. TORCH_SPEC='torch==2.13.0' with
+# PIP_INDEX_URL pointing at a CUDA index) or install torch themselves first.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.13.0
+TOKENS ?= 1000000
+
+.PHONY: venv deps demo test e2e lint bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+# System packages the dashboard test needs (a real Prometheus server and promtool).
+deps:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
+
+demo: venv
+	$(BIN)/boardlens up --tokens $(TOKENS)
+
+test: venv deps
+	$(BIN)/python -m pytest -q
+
+lint: venv
+	$(BIN)/ruff check .
+
+bench: venv
+	for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
