@@ -8,18 +8,22 @@ activation batch of ~1 MiB: acts (64, 59, 64) float32 + tokens (64, 59) int64 + 
 lengths, label_pos (64, 4) and label/board (64, 4, 8, 8) int8, 7 frames.
 
   raw:  XPUB(NODROP) send_multipart(copy=False) of the same 7 prebuilt buffers
-        -> SUB recv_multipart(copy=False); the receiver only counts messages.
+        -> SUB recv_multipart(copy=False); the receiver only counts bytes.
   ours: encode_batch (per message, new seq) -> Publisher.send -> Subscriber.recv -> decode
         -> decode_batch (validated tensors viewing the frames); neither side reads the payload.
-Both use the same socket types, HWMs and options. Throughput is measured at the receiver from
-the first to the last message (GB = 1e9 bytes); raw and ours alternate;
-medians, bests and the median of the per-pair ratios are reported.
+Both use the same socket types and HWMs. Throughput is measured at the receiver from the first
+to the last message (GB = 1e9 bytes); CPU us/msg from getrusage (all threads, incl. libzmq's
+I/O thread) on each side. raw and ours alternate; the median of the per-pair ratios is
+reported, since back-to-back pairs see similar load on a shared 2-core machine.
+Two receiver allocator settings: glibc defaults, and protocol.transport.tune_malloc(), which
+stops glibc from trimming and re-faulting the 1 MiB receive buffers (applied to both modes).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -31,6 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import zmq  # noqa: E402
 
 HWM = 64
+
+
+def cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def make_batch():
@@ -50,8 +59,12 @@ def make_batch():
     )
 
 
-def receive(mode: str, endpoint: str, n: int) -> None:
-    """Receiver subprocess: take n messages, print {"seconds": first->last, "bytes": ...}."""
+def receive(mode: str, endpoint: str, n: int, tuned: bool) -> None:
+    """Receiver subprocess: take n messages, print JSON timings of messages 2..n."""
+    from protocol.transport import tune_malloc
+
+    if tuned and not tune_malloc():
+        raise RuntimeError("mallopt unavailable")
     if mode == "raw":
         sock = zmq.Context.instance().socket(zmq.SUB)
         sock.setsockopt(zmq.RCVHWM, HWM)
@@ -72,20 +85,16 @@ def receive(mode: str, endpoint: str, n: int) -> None:
             assert batch.acts.shape == (64, 59, 64)
             return sum(len(f.buffer) for f in frames)
 
-    nbytes = recv_one()
-    import resource
-    r0 = resource.getrusage(resource.RUSAGE_SELF)
-    t0 = time.perf_counter()
+    nbytes = recv_one()  # the clock starts at the first message: startup is not measured
+    c0, t0 = cpu_s(), time.perf_counter()
     for _ in range(n - 1):
         recv_one()
-    dt = time.perf_counter() - t0
-    r1 = resource.getrusage(resource.RUSAGE_SELF)
-    print(json.dumps({"seconds": dt, "bytes": nbytes * (n - 1), "msg_bytes": nbytes,
-                      "rx_cpu_us": (r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime) / n * 1e6,
-                      "rx_minflt": (r1.ru_minflt - r0.ru_minflt) / n}))
+    dt, cpu = time.perf_counter() - t0, cpu_s() - c0
+    print(json.dumps({"gbps": nbytes * (n - 1) / dt / 1e9, "msg_bytes": nbytes,
+                      "rx_cpu_us": cpu / (n - 1) * 1e6}))
 
 
-def send(mode: str, n: int) -> dict:
+def send(mode: str, n: int, tuned: bool) -> dict:
     """Bind, start the receiver subprocess, wait for its subscription, send n messages."""
     from protocol import encode_batch
     from protocol.transport import Publisher, TransportConfig
@@ -102,57 +111,62 @@ def send(mode: str, n: int) -> dict:
     else:
         pub = Publisher("tcp://127.0.0.1:0", None, TransportConfig(sndhwm_msgs=HWM))
         endpoint = pub.lossless_endpoint
-    proc = subprocess.Popen([sys.executable, __file__, "--receive", mode, endpoint, str(n)],
-                            stdout=subprocess.PIPE, text=True)
+    cmd = [sys.executable, __file__, "--receive", mode, endpoint, str(n), str(int(tuned))]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     try:
-        import resource
-        r0 = resource.getrusage(resource.RUSAGE_SELF)
         if mode == "raw":
             assert sock.poll(30_000), "receiver did not subscribe"
             sock.recv()  # the subscription: from now on every message reaches it
+            c0 = cpu_s()
             for _ in range(n):
                 sock.send_multipart(frames, copy=False)
         else:
             assert pub.wait_for_subscribers(1, timeout_s=30), "receiver did not subscribe"
+            c0 = cpu_s()
             for seq in range(n):
                 batch.seq = seq
                 pub.send(encode_batch(batch))
-        r1 = resource.getrusage(resource.RUSAGE_SELF)
-        tx = {"tx_cpu_us": (r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime) / n * 1e6,
-              "tx_minflt": (r1.ru_minflt - r0.ru_minflt) / n}
+        tx_cpu_us = (cpu_s() - c0) / n * 1e6  # until the last send was queued
         out, _ = proc.communicate(timeout=60)
     finally:
-        proc.kill() if proc.poll() is None else None
+        if proc.poll() is None:
+            proc.kill()
         sock.close() if mode == "raw" else pub.close()
     if proc.returncode != 0:
         raise RuntimeError(f"{mode} receiver failed with {proc.returncode}")
-    return {**json.loads(out), **tx}
+    return {**json.loads(out), "tx_cpu_us": tx_cpu_us}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=2000, help="messages per measurement")
-    ap.add_argument("--reps", type=int, default=5, help="alternating raw/ours repetitions")
-    ap.add_argument("--receive", nargs=3, metavar=("MODE", "ENDPOINT", "N"), help=argparse.SUPPRESS)
+    ap.add_argument("--reps", type=int, default=3, help="raw/ours pairs per allocator setting")
+    ap.add_argument("--receive", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.receive:
-        receive(args.receive[0], args.receive[1], int(args.receive[2]))
+        mode, endpoint, n, tuned = args.receive
+        receive(mode, endpoint, int(n), tuned == "1")
         return
 
-    rates: dict[str, list[float]] = {"raw": [], "ours": []}
-    for rep in range(args.reps):
-        for mode in ("raw", "ours"):
-            r = send(mode, args.n)
-            rates[mode].append(r["bytes"] / r["seconds"] / 1e9)
-            print(f"rep {rep} {mode:4s}: {rates[mode][-1]:.2f} GB/s "
-                  f"({args.n} x {r['msg_bytes']} B in {r['seconds']:.2f} s)", r, flush=True)
-    # Back-to-back pairs see similar machine load (2 shared cores), so the median of the
-    # per-pair ratios is steadier than the ratio of the medians.
-    ratio = statistics.median(o / r for r, o in zip(rates["raw"], rates["ours"], strict=True))
-    for mode, label in (("raw", "raw pyzmq zero-copy"), ("ours", "protocol full path ")):
-        print(f"{label}: median {statistics.median(rates[mode]):.2f} GB/s, "
-              f"best {max(rates[mode]):.2f} GB/s")
-    print(f"ratio ours / raw (median of pairs): {ratio:.2f}  (target >= 0.8)")
+    for tuned in (False, True):
+        runs: dict[str, list[dict]] = {"raw": [], "ours": []}
+        setting = "tune_malloc()" if tuned else "glibc default"
+        for rep in range(args.reps):
+            for mode in ("raw", "ours"):
+                r = send(mode, args.n, tuned)
+                runs[mode].append(r)
+                print(f"[{setting}] rep {rep} {mode:4s}: {r['gbps']:.2f} GB/s, CPU/msg "
+                      f"tx {r['tx_cpu_us']:.0f} us rx {r['rx_cpu_us']:.0f} us "
+                      f"({args.n} x {r['msg_bytes']} B)", flush=True)
+        for mode, label in (("raw", "raw pyzmq zero-copy"), ("ours", "protocol full path ")):
+            med = {k: statistics.median(r[k] for r in runs[mode])
+                   for k in ("gbps", "tx_cpu_us", "rx_cpu_us")}
+            print(f"[{setting}] {label}: median {med['gbps']:.2f} GB/s (best "
+                  f"{max(r['gbps'] for r in runs[mode]):.2f}), CPU/msg tx "
+                  f"{med['tx_cpu_us']:.0f} us rx {med['rx_cpu_us']:.0f} us")
+        ratio = statistics.median(o["gbps"] / r["gbps"]
+                                  for r, o in zip(runs["raw"], runs["ours"], strict=True))
+        print(f"[{setting}] ratio ours / raw (median of pairs): {ratio:.2f}  (target >= 0.8)")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import secrets
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from protocol.errors import ProtocolError
 
@@ -64,14 +64,21 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
-@dataclass(frozen=True)
-class TensorDesc:
-    """Where one tensor lives in the message and how to view its bytes."""
+class TensorDesc(NamedTuple):
+    """Where one tensor lives in the message and how to view its bytes.
+
+    A NamedTuple, not a frozen dataclass: built 2x per tensor per message, and frozen
+    dataclass construction costs ~0.7 us against ~0.2 us.
+    """
 
     name: str
-    dtype: str  # one of DTYPES
+    """Unique within the message."""
+    dtype: str
+    """One of DTYPES."""
     shape: tuple[int, ...]
-    frame: int  # index into the multipart message; 1-based because frame 0 is the header
+    """Non-negative dims, at most Limits.max_tensor_dims of them."""
+    frame: int
+    """Index into the multipart message; 1-based because frame 0 is the header."""
 
     @property
     def nbytes(self) -> int:

@@ -49,7 +49,7 @@ class LabelledGames(NamedTuple):
 
     tokens: np.ndarray  # (G, 59) int64 input tokens (0 = pad after the end)
     lengths: np.ndarray  # (G,) int16 valid positions
-    label_pos: np.ndarray  # (G, 59) int16 labelled positions (all of them for Othello)
+    label_pos: np.ndarray  # (G, 59) int16 labelled positions (every valid one), -1 = none
     labels: dict[str, np.ndarray]  # family -> (G, 59, 8, 8) int8
 
 
@@ -59,5 +59,6 @@ def labelled_games(rng: np.random.Generator, num_games: int) -> LabelledGames:
     T = tokenizer.CONTEXT
     tokens = tokens_of(rec)[:, :T]
     lengths = np.minimum(rec.lengths, T).astype(np.int16)
-    label_pos = np.broadcast_to(np.arange(T, dtype=np.int16), (num_games, T)).copy()
+    pos = np.arange(T, dtype=np.int16)[None, :]
+    label_pos = np.where(pos < lengths[:, None], pos, np.int16(-1)).astype(np.int16)  # -1 = none
     return LabelledGames(tokens, lengths, label_pos, label_games(rec, T))

@@ -1,0 +1,89 @@
+"""Real service processes for the e2e tests: start, scrape, stop (always bounded)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def start(command: str, *args: str, log_path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "services.cli", command, *args],
+                            stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env=env)
+
+
+@contextmanager
+def services(procs: dict[str, subprocess.Popen], logs: dict):
+    """Terminate (then kill) every process on exit; print logs of failures."""
+    try:
+        yield procs
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for name, p in procs.items():
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            if p.returncode != 0:
+                print(f"--- {name} exited {p.returncode}:\n{open(logs[name]).read()[-3000:]}")
+
+
+def scrape(port: int) -> dict[tuple[str, tuple], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+        text = r.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def value(samples: dict, name: str, **labels) -> float:
+    """Sum of samples named `name` whose labels include `labels`."""
+    want = set(labels.items())
+    return sum(v for (n, lab), v in samples.items() if n == name and want <= set(lab))
+
+
+def healthz(port: int) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def wait_for(predicate, timeout_s: float, what: str, procs=None, interval_s: float = 0.5):
+    """Poll until predicate() is truthy; fail with `what` on timeout or a dead process."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for name, p in (procs or {}).items():
+            if p.poll() is not None:
+                raise AssertionError(f"{name} exited early with {p.returncode} while waiting for {what}")
+        try:
+            got = predicate()
+        except OSError:
+            got = None
+        if got:
+            return got
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")

@@ -1,0 +1,115 @@
+"""End to end: real producer, trainer and evaluator processes on loopback."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from protocol import ActivationBatch, Publisher, TransportConfig, encode, encode_batch, new_epoch
+from tests.services.helpers import free_ports, healthz, scrape, services, start, value, wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
+MODEL = os.path.join(os.path.dirname(__file__), "..", "..", "models", "othello-gpt-random")
+
+
+def test_pipeline_trains_and_evaluates_live(tmp_path):
+    lossless, lossy, snaps, pm, tm, em = free_ports(6)
+    ep = lambda p: f"tcp://127.0.0.1:{p}"  # noqa: E731
+    run = str(tmp_path / "run")
+    logs = {n: tmp_path / f"{n}.log" for n in ("producer", "trainer", "evaluator")}
+    procs = {
+        "evaluator": start("evaluate", "--connect", ep(lossy), "--snapshots", ep(snaps), "--run-dir", run,
+                           "--train-games", "30", "--test-games", "30", "--threads", "1",
+                           "--metrics-port", str(em), log_path=logs["evaluator"]),
+        "trainer": start("train", "--connect", ep(lossless), "--snapshot-bind", ep(snaps), "--run-dir", run,
+                         "--saes", "standard:penalty=0.05", "--saes", "p_anneal:penalty=0.05,anneal_start=50",
+                         "--d-sae", "256", "--batch-size", "256", "--buffer-activations", "4096",
+                         "--steps", "100000", "--warmup-steps", "20", "--snapshot-every", "50",
+                         "--checkpoint-every", "100", "--threads", "1", "--metrics-port", str(tm),
+                         log_path=logs["trainer"]),
+        "producer": start("produce", "--model", MODEL, "--bind", ep(lossless), "--bind-lossy", ep(lossy),
+                          "--wait-consumers", "1", "--wait-lossy-consumers", "1", "--batch-games", "16",
+                          "--threads", "1", "--metrics-port", str(pm), log_path=logs["producer"]),
+    }
+    with services(procs, logs):
+        first = wait_for(lambda: value(scrape(pm), "boardlens_producer_tokens_total") > 0 and scrape(pm),
+                         120, "the producer to stream", procs)
+        t = wait_for(lambda: (s := scrape(tm)) and value(s, "boardlens_trainer_steps_total",
+                                                          sae="standard-256-0.05") >= 200 and s,
+                     300, "200 SAE steps", procs)
+        e = wait_for(lambda: (s := scrape(em)) and value(s, "boardlens_eval_evaluations_total") >= 2 and s,
+                     120, "evaluations", procs)
+        p = scrape(pm)
+        for name in ("tokens", "batches", "bytes", "games"):
+            metric = f"boardlens_producer_{name}_total"
+            assert value(p, metric) > value(first, metric) > 0, metric
+        assert value(p, "boardlens_producer_forward_seconds_count") > 0
+        assert value(p, "boardlens_producer_subscribers", mode="lossless") == 1
+        assert value(t, "boardlens_trainer_tokens_total") >= 200 * 256
+        assert value(t, "boardlens_trainer_batches_lost_total") == 0
+        for sae in ("standard-256-0.05", "p_anneal-256-0.05"):
+            assert value(t, "boardlens_sae_l0", sae=sae) > 0
+            assert ("boardlens_sae_alpha", (("sae", sae),)) in t
+        for fam in ("mine_theirs_empty", "legal_moves"):
+            for metric in ("boardlens_eval_coverage", "boardlens_eval_reconstruction"):
+                assert any(n == metric and dict(lab).get("family") == fam for n, lab in e), (metric, fam)
+        assert value(e, "boardlens_eval_set_games", split="train") == 30
+        for port in (pm, tm, em):
+            code, info = healthz(port)
+            assert code == 200 and info["ok"], info
+    # SIGTERM (sent by `services`) stops everything cleanly.
+    assert all(proc.returncode == 0 for proc in procs.values()), {n: q.returncode for n, q in procs.items()}
+    records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert records and {"families", "l0", "var_explained", "sae", "step"} <= set(records[-1])
+    assert (tmp_path / "run" / "checkpoints" / "standard-256-0.05.safetensors").exists()
+
+
+def _batch(epoch: str, seq: int, d: int = 32) -> ActivationBatch:
+    B, T = 16, 59
+    return ActivationBatch(
+        acts=torch.randn(B, T, d), tokens=torch.randint(1, 61, (B, T)),
+        game_ids=torch.arange(seq * B, (seq + 1) * B), lengths=torch.full((B,), T, dtype=torch.int16),
+        label_pos=torch.arange(T, dtype=torch.int16).repeat(B, 1),
+        labels={"mine_theirs_empty": torch.randint(0, 3, (B, T, 8, 8), dtype=torch.int8),
+                "legal_moves": torch.randint(0, 2, (B, T, 8, 8), dtype=torch.int8)},
+        epoch=epoch, seq=seq, game="othello", model="test", layer=0)
+
+
+def test_garbage_is_rejected_and_training_goes_on(tmp_path):
+    data, snaps, tm = free_ports(3)
+    logs = {"trainer": tmp_path / "trainer.log"}
+    pub = Publisher(f"tcp://127.0.0.1:{data}", None, TransportConfig(send_timeout_ms=5000))
+    procs = {"trainer": start("train", "--connect", f"tcp://127.0.0.1:{data}",
+                              "--snapshot-bind", f"tcp://127.0.0.1:{snaps}", "--run-dir", str(tmp_path / "run"),
+                              "--saes", "standard", "--d-sae", "64", "--batch-size", "128",
+                              "--buffer-activations", "1024", "--warmup-steps", "1", "--threads", "1",
+                              "--metrics-port", str(tm), log_path=logs["trainer"])}
+    try:
+        with services(procs, logs):
+            assert pub.wait_for_subscribers(1, 60), "trainer never subscribed"
+            epoch = new_epoch()
+            good = encode_batch(_batch(epoch, 0))
+            wrong_dtype = encode("batch", epoch=epoch, seq=1, game="othello", model="m", layer=0,
+                                 tensors={"acts": torch.zeros(2, 3, dtype=torch.int32)})
+            header = bytes(memoryview(good[0]))
+            garbage = {
+                "header_decode": [os.urandom(64)],
+                "header_size": [b"\x00" * (65 * 1024)],
+                "frame_size": [header, memoryview(good[1]).tobytes()[:-4], *good[2:]],
+                "batch_schema": wrong_dtype,
+            }
+            for frames in garbage.values():
+                pub.send(frames)
+            for seq in range(1, 40):
+                pub.send(encode_batch(_batch(epoch, seq)))
+            t = wait_for(lambda: (s := scrape(tm)) and value(s, "boardlens_trainer_messages_total") >= 39
+                         and value(s, "boardlens_trainer_steps_total") >= 5 and s,
+                         120, "training on the valid batches", procs)
+            for reason in garbage:
+                assert value(t, "boardlens_trainer_messages_rejected_total", reason=reason) == 1, reason
+            assert value(t, "boardlens_trainer_messages_total") == 39
+            assert value(t, "boardlens_trainer_batches_lost_total") == 0  # seq 0 was damaged, not lost
+    finally:
+        pub.close()
+    assert procs["trainer"].returncode == 0
