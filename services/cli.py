@@ -134,7 +134,8 @@ def lm() -> None:
 @click.option("--resume", is_flag=True, help="Continue from <out>/train_state.pt.")
 def lm_train(resume: bool, **options) -> None:
     """Train a game LM on freshly generated games (progress bar, checkpoints, resume)."""
-    from boardlens.lm.train import LMTrainConfig, train as train_lm
+    from boardlens.lm.train import LMTrainConfig
+    from boardlens.lm.train import train as train_lm
 
     try:
         cfg = LMTrainConfig(**options)

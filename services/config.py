@@ -176,7 +176,7 @@ def field_docs(cls: type) -> dict[str, str]:
         if not dataclasses.is_dataclass(klass):
             continue
         body = ast.parse(inspect.getsource(klass)).body[0].body
-        for prev, node in zip(body, body[1:]):
+        for prev, node in zip(body, body[1:], strict=False):
             if (isinstance(prev, ast.AnnAssign) and isinstance(node, ast.Expr)
                     and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)):
                 docs[prev.target.id] = node.value.value.strip()

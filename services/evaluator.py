@@ -18,13 +18,19 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
-
 from boardlens.games import families
 from boardlens.metrics.evalset import EvalSet, evaluate_sae
 from boardlens.sae.io import ae_from_tensors
 from protocol import ActivationBatch, Message, Subscriber
-from services.common import MessageCounters, log, log_config, receive, set_threads, stop_on_signals, transport
+from services.common import (
+    MessageCounters,
+    log,
+    log_config,
+    receive,
+    set_threads,
+    stop_on_signals,
+    transport,
+)
 from services.config import EvaluatorConfig
 from services.telemetry import Telemetry
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from boardlens.sae.buffer import ShuffleBuffer
-from boardlens.sae.io import save_sae, sae_tensors
+from boardlens.sae.io import sae_tensors, save_sae
 from boardlens.sae.sweep import TrainerSpec, build_trainers
 from protocol import ActivationBatch, Publisher, SendTimeout, Subscriber, encode, new_epoch
 from services.common import (

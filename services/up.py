@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -45,18 +46,24 @@ def build_configs(config_file: str | None, run_dir: str, tokens: int, base_port:
     ports = list(range(base_port, base_port + 6)) if base_port else _free_ports(6)
     ep = [f"tcp://127.0.0.1:{p}" for p in ports[:3]]
     batch = batch_size or 2048
+    # Three processes share the cores: oversubscribed torch threads spin and slow everyone.
+    ncpu = os.cpu_count() or 2
+    threads = None if config_file else {"producer": 1, "evaluator": 1, "trainer": max(1, ncpu - 2)}
+    th = (lambda name: threads[name]) if threads else (lambda name: None)
     prod = resolve(ProducerConfig, config_file, {
         "model": model, "device": device, "bind": ep[0], "bind_lossy": ep[1], "max_tokens": tokens,
-        "wait_consumers": 1, "wait_lossy_consumers": 1, "metrics_port": ports[3]})
+        "wait_consumers": 1, "wait_lossy_consumers": 1, "metrics_port": ports[3],
+        "threads": th("producer")})
     train = resolve(TrainerConfig, config_file, {
         "connect": ep[0], "snapshot_bind": ep[2], "run_dir": run_dir, "saes": tuple(saes) or None,
         "d_sae": d_sae, "batch_size": batch, "device": device, "metrics_port": ports[4],
         "buffer_activations": max(16 * batch, 30_000),
         "steps": steps or max(1, tokens // batch) if tokens else steps,
-        "warmup_steps": 100 if not config_file else None, "snapshot_every": 50 if not config_file else None})
+        "warmup_steps": 100 if not config_file else None, "snapshot_every": 50 if not config_file else None,
+        "threads": th("trainer")})
     ev = resolve(EvaluatorConfig, config_file, {
         "connect": ep[1], "snapshots": ep[2], "run_dir": run_dir, "train_games": train_games,
-        "test_games": test_games, "metrics_port": ports[5]})
+        "test_games": test_games, "metrics_port": ports[5], "threads": th("evaluator")})
     return {"producer": prod, "trainer": train, "evaluator": ev}
 
 
@@ -117,7 +124,7 @@ def final_table(run_dir: Path) -> str:
         rows.append([name, str(r["step"]), f"{r['l0']:.1f}", f"{r['var_explained']:.3f}",
                      *[f"{r['families'][f]['coverage']:.3f}" for f in fams],
                      *[f"{r['families'][f]['reconstruction']:.3f}" for f in fams]])
-    widths = [max(len(x) for x in col) for col in zip(head, *rows)]
+    widths = [max(len(x) for x in col) for col in zip(head, *rows, strict=True)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     return "\n".join([fmt.format(*head), fmt.format(*["-" * w for w in widths])] + [fmt.format(*r) for r in rows])
 

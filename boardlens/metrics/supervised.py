@@ -156,7 +156,7 @@ def score_families(encode: Encoder, x_train: torch.Tensor, labels_train: dict[st
     rec_counts = reconstruction(encode, x_test, torch.cat([labels_test[n] for n in names], 1),
                                 fmax, hpc, thresholds)
     out, start = {}, 0
-    for name, w in zip(names, widths):
+    for name, w in zip(names, widths, strict=True):
         cols = slice(start, start + w)
         start += w
         total = labels_train[name].float().sum(0)

@@ -54,7 +54,7 @@ def test_random_control_is_deterministic(tmp_path):
     (tmp_path / "r" / "config.json").write_text(json.dumps(cfg))
     a, _ = load_model(tmp_path / "r")
     b, _ = load_model(tmp_path / "r")
-    for (k, v), (_, w) in zip(a.state_dict().items(), b.state_dict().items()):
+    for (k, v), (_, w) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.equal(v, w), k
 
 

@@ -1,0 +1,101 @@
+"""Producer tokens/s alone, trainer steps/s alone, and end-to-end `boardlens up` tokens/s.
+
+    .venv/bin/python benchmarks/pipeline_throughput.py [--tokens 400000] [--d-sae 4096] [--batch 2048]
+
+All three are measured in this one run on this machine with the same settings; the target is
+end-to-end >= 0.8 x the slower of the producer and the trainer. Threads: each component
+alone gets the threads it gets inside `up` (1 each on 2 cores), so the ratio compares like
+with like.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from services.config import DEFAULT_MODEL, ProducerConfig, TrainerConfig  # noqa: E402
+from services.producer import Producer  # noqa: E402
+from services.telemetry import Telemetry  # noqa: E402
+from services.trainer import SweepTrainer, TrainerMetrics  # noqa: E402
+from services.up import run as up_run  # noqa: E402
+
+
+def producer_tokens_per_s(model: str, tokens: int, threads: int) -> float:
+    torch.set_num_threads(threads)
+    cfg = ProducerConfig(model=model, bind="tcp://127.0.0.1:0", bind_lossy="tcp://127.0.0.1:0",
+                         max_tokens=tokens, metrics_port=0)
+    prod = Producer(cfg, Telemetry("bench-producer", 0))
+    try:
+        t0 = time.perf_counter()
+        n = prod.run(threading.Event())
+        return n / (time.perf_counter() - t0)
+    finally:
+        prod.close()
+
+
+def trainer_steps_per_s(d_in: int, d_sae: int, batch: int, steps: int, threads: int) -> float:
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = TrainerConfig(run_dir=tmp, d_sae=d_sae, batch_size=batch, buffer_activations=4 * batch,
+                            steps=10**9, warmup_steps=10, metrics_port=0)
+        sweep = SweepTrainer(cfg, d_in, TrainerMetrics(Telemetry("bench-trainer", 0)), torch.device("cpu"))
+        xs = [torch.randn(batch, d_in) for _ in range(4)]
+        sweep.train_step(xs[0])  # warm-up
+        t0 = time.perf_counter()
+        for i in range(steps):
+            sweep.train_step(xs[i % 4])
+        dt = time.perf_counter() - t0
+        sweep.close()
+        return steps / dt
+
+
+def up_tokens_per_s(model: str, tokens: int, d_sae: int, batch: int) -> tuple[float, float]:
+    """(tokens trained per second, wall seconds) of a whole `up` run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        code = up_run(tokens=tokens, run_dir=tmp, quiet=True, model=model, d_sae=d_sae,
+                      batch_size=batch, train_games=50, test_games=50)
+        wall = time.perf_counter() - t0
+        if code:
+            raise SystemExit(f"up failed ({code}); logs in {tmp}/logs")
+        lines = [json.loads(x) for x in open(Path(tmp) / "train.jsonl")]
+        steps = lines[-1]["step"]
+        # Steady state: from the first logged step to the last (excludes start-up and the final eval).
+        span = lines[-1]["time"] - lines[0]["time"]
+        return (steps - lines[0]["step"]) * batch / span, wall
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=DEFAULT_MODEL)
+    ap.add_argument("--tokens", type=int, default=300_000)
+    ap.add_argument("--d-sae", type=int, default=4096)
+    ap.add_argument("--batch", type=int, default=2048)
+    ap.add_argument("--steps", type=int, default=20)
+    args = ap.parse_args()
+    threads = 1 if (os.cpu_count() or 1) <= 2 else 2
+    d_in = json.loads((Path(args.model) / "config.json").read_text())["gpt"]["n_embd"]
+    prod = producer_tokens_per_s(args.model, args.tokens, threads)
+    print(f"producer alone: {prod:,.0f} tokens/s ({threads} thread(s))")
+    sps = trainer_steps_per_s(d_in, args.d_sae, args.batch, args.steps, threads)
+    trn = sps * args.batch
+    print(f"trainer alone:  {sps:.2f} steps/s = {trn:,.0f} tokens/s (2 SAEs, d={d_in}, "
+          f"{args.d_sae} latents, batch {args.batch})")
+    e2e, wall = up_tokens_per_s(args.model, args.tokens, args.d_sae, args.batch)
+    slower = min(prod, trn)
+    print(f"up end-to-end:  {e2e:,.0f} tokens/s trained (run of {args.tokens:,} tokens took {wall:.0f} s)")
+    print(f"ratio end-to-end / slower component = {e2e / slower:.2f} (target >= 0.8)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""Config precedence, validation and the generated CLI."""
+
+import pytest
+from click.testing import CliRunner
+
+from services.cli import main
+from services.config import EvaluatorConfig, ProducerConfig, TrainerConfig, field_docs, resolve
+
+
+def test_precedence_defaults_file_env_cli(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("producer:\n  batch_games: 8\n  seed: 3\ntrainer:\n  d_sae: 128\n")
+    cfg = resolve(ProducerConfig, str(f), {"seed": None}, environ={})
+    assert (cfg.batch_games, cfg.seed) == (8, 3)
+    cfg = resolve(ProducerConfig, str(f), {}, environ={"BOARDLENS_PRODUCER_BATCH_GAMES": "16"})
+    assert cfg.batch_games == 16
+    cfg = resolve(ProducerConfig, str(f), {"batch_games": 32}, environ={"BOARDLENS_PRODUCER_BATCH_GAMES": "16"})
+    assert cfg.batch_games == 32
+    t = resolve(TrainerConfig, str(f), {"saes": ("standard", "p_anneal")}, environ={})
+    assert t.d_sae == 128 and t.saes == ("standard", "p_anneal")
+    toml = tmp_path / "c.toml"
+    toml.write_text("[evaluator]\ntrain_games = 7\n")
+    assert resolve(EvaluatorConfig, str(toml), {}, environ={}).train_games == 7
+
+
+@pytest.mark.parametrize("bad", [
+    {"batch_games": 0}, {"dtype": "int8"}, {"bind": "127.0.0.1:5"}, {"device": "tpu"}, {"max_tokens": -1},
+])
+def test_bad_producer_values(bad):
+    with pytest.raises(ValueError):
+        resolve(ProducerConfig, None, bad, environ={})
+
+
+def test_bad_trainer_values_and_unknown_keys(tmp_path):
+    with pytest.raises(ValueError, match="buffer_activations"):
+        resolve(TrainerConfig, None, {"batch_size": 100, "buffer_activations": 150}, environ={})
+    with pytest.raises(ValueError, match="unknown"):
+        resolve(TrainerConfig, None, {}, environ={"BOARDLENS_TRAINER_NOPE": "1"})
+    with pytest.raises(ValueError, match="cannot read"):
+        resolve(TrainerConfig, None, {}, environ={"BOARDLENS_TRAINER_D_SAE": "many"})
+    f = tmp_path / "bad.yaml"
+    f.write_text("producer: [1, 2\n")
+    with pytest.raises(ValueError, match="cannot parse"):
+        resolve(ProducerConfig, str(f), {}, environ={})
+
+
+def test_every_field_is_documented_and_a_flag():
+    runner = CliRunner()
+    for cls, cmd in ((ProducerConfig, "produce"), (TrainerConfig, "train"), (EvaluatorConfig, "evaluate")):
+        docs = field_docs(cls)
+        help_text = runner.invoke(main, [cmd, "--help"]).output
+        for name in cls.__dataclass_fields__:
+            assert docs.get(name), f"{cls.__name__}.{name} has no docstring"
+            assert "--" + name.replace("_", "-") in help_text
+    out = runner.invoke(main, ["produce", "--batch-games", "0"])
+    assert out.exit_code == 2 and "batch_games must be > 0" in out.output
