@@ -23,7 +23,9 @@ from typing import Any
 import zmq
 
 
-def tune_malloc(trim_threshold_bytes: int = 128 << 20, mmap_threshold_bytes: int = 32 << 20) -> bool:
+def tune_malloc(
+    trim_threshold_bytes: int = 128 << 20, mmap_threshold_bytes: int = 32 << 20
+) -> bool:
     """Keep glibc from handing large freed message buffers back to the OS; call once at start.
 
     libzmq mallocs a fresh buffer for every large received message. With glibc's defaults

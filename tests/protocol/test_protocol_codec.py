@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from protocol import (
+    DEFAULT_LIMITS,
     DTYPES,
     PROTOCOL_VERSION,
     REASONS,
@@ -54,7 +55,7 @@ def frames_of(header_map, *tensor_frames):
     return [msgpack.packb(header_map, use_bin_type=True), *tensor_frames]
 
 
-def reason_of(frames, limits=Limits()):
+def reason_of(frames, limits=DEFAULT_LIMITS):
     with pytest.raises(ProtocolError) as info:
         decode(frames, limits)
     return info.value.reason
@@ -98,6 +99,14 @@ def test_encode_is_zero_copy_and_decode_views_frames():
     buf = bytearray(frames[1].tobytes())
     out = decode([frames[0], buf]).tensors["t"]
     assert out.data_ptr() == np.frombuffer(buf, np.uint8).ctypes.data
+
+
+def test_misaligned_frames_are_copied_to_aligned_memory():
+    frames = encode("batch", epoch="ab", seq=0, game="g", model="m", layer=0,
+                    tensors={"f": torch.arange(6.0, dtype=torch.float64)})
+    shifted = memoryview(bytearray(1) + bytes(frames[1]))[1:]  # starts at an odd address
+    out = decode([frames[0], shifted]).tensors["f"]
+    assert out.data_ptr() % 8 == 0 and out.tolist() == list(range(6))
 
 
 def test_encode_copies_only_what_it_must():

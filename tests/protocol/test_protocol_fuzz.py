@@ -7,7 +7,16 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocol import DTYPES, KINDS, Limits, ProtocolError, decode, decode_batch, encode
+from protocol import (
+    DEFAULT_LIMITS,
+    DTYPES,
+    KINDS,
+    Limits,
+    ProtocolError,
+    decode,
+    decode_batch,
+    encode,
+)
 
 SETTINGS = settings(max_examples=300, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -64,7 +73,7 @@ def fitting_size(desc) -> int:
     return n if type(n) is int and 0 <= n <= 4096 else 3
 
 
-def check(frames, limits=Limits()):
+def check(frames, limits=DEFAULT_LIMITS):
     """decode (and decode_batch when decode succeeds) may only raise ProtocolError."""
     try:
         msg = decode(frames, limits)

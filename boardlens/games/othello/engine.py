@@ -74,9 +74,8 @@ def flips(me: np.ndarray, opp: np.ndarray, move: np.ndarray) -> np.ndarray:
 def bits_to_bool(boards: np.ndarray) -> np.ndarray:
     """(...,) uint64 bitboards -> (..., 64) bool, index s = square s."""
     b = np.ascontiguousarray(boards, dtype="<u8")
-    return np.unpackbits(b.view(np.uint8).reshape(*b.shape, 8), axis=-1, bitorder="little").astype(
-        bool
-    )
+    bits = np.unpackbits(b.view(np.uint8).reshape(*b.shape, 8), axis=-1, bitorder="little")
+    return bits.view(bool)  # unpackbits gives 0/1 uint8: same bytes as bool, no copy
 
 
 def popcount(boards: np.ndarray) -> np.ndarray:
