@@ -79,7 +79,8 @@ ROWS: list[tuple[str, list[Panel]]] = [
         Panel("Bytes / s: sent and received", (
             (rate("boardlens_producer_bytes_total"), "producer sent"),
             (rate("boardlens_trainer_received_bytes_total"), "trainer received"),
-            (rate("boardlens_evaluator_received_bytes_total"), "evaluator received"),
+            (rate("boardlens_evaluator_received_bytes_total"), "evaluator received (data)"),
+            (rate("boardlens_evaluator_snapshot_received_bytes_total"), "evaluator received (snapshots)"),
         ), "Bps"),
         Panel("LM forward time per batch", p50_p95("boardlens_producer_forward_seconds"), "s"),
         Panel("Game generation + labelling time per batch",
@@ -116,7 +117,8 @@ ROWS: list[tuple[str, list[Panel]]] = [
             (f"boardlens_sae_p{{{SAE}}}", "{{sae}} p"),
             (f"boardlens_sae_alpha{{{SAE}}}", "{{sae}} alpha"),
         ), "short"),
-        Panel("Lost and rejected messages / s", (
+        Panel("Trainer messages / s: received, lost, rejected", (
+            (rate("boardlens_trainer_messages_total"), "received"),
             (rate("boardlens_trainer_batches_lost_total"), "lost batches"),
             by_reason_or_zero("boardlens_trainer_messages_rejected_total", "rejected"),
         ), "short"),
