@@ -1,28 +1,42 @@
 """BoardLens wire protocol: the only place that knows the bytes on the wire (see SPEC.md).
 
-codec and batch are importable without ZeroMQ; transport (Publisher, Subscriber, ...) needs
-pyzmq and is imported lazily here so that `from protocol import decode` works without it.
+    from protocol import encode_batch, decode, decode_batch, Publisher, Subscriber
+
+Names are imported lazily (PEP 562) so that `import protocol.transport` or `protocol.header`
+does not pull in torch (~2 s) and `protocol.codec` / `protocol.batch` never pull in zmq.
 """
 
-from protocol.batch import ActivationBatch, decode_batch, encode_batch, validate_batch
-from protocol.codec import (
-    DEFAULT_LIMITS,
-    DTYPES,
-    KINDS,
-    PROTOCOL_VERSION,
-    Header,
-    Limits,
-    Message,
-    TensorDesc,
-    decode,
-    encode,
-    new_epoch,
-)
-from protocol.errors import REASONS, ProtocolError
+from __future__ import annotations
 
-_TRANSPORT = ("Publisher", "Subscriber", "SeqTracker", "SendTimeout", "TransportConfig")
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = [
+_EXPORTS = {
+    "ProtocolError": "errors",
+    "REASONS": "errors",
+    "DEFAULT_LIMITS": "header",
+    "DTYPES": "header",
+    "Header": "header",
+    "KINDS": "header",
+    "Limits": "header",
+    "PROTOCOL_VERSION": "header",
+    "TensorDesc": "header",
+    "new_epoch": "header",
+    "Message": "codec",
+    "decode": "codec",
+    "encode": "codec",
+    "ActivationBatch": "batch",
+    "decode_batch": "batch",
+    "encode_batch": "batch",
+    "validate_batch": "batch",
+    "Publisher": "transport",
+    "SendTimeout": "transport",
+    "SeqTracker": "transport",
+    "Subscriber": "transport",
+    "TransportConfig": "transport",
+    "tune_malloc": "transport",
+}
+__all__ = [  # literal so linters see the re-exports; equals sorted(_EXPORTS)
     "ActivationBatch",
     "DEFAULT_LIMITS",
     "DTYPES",
@@ -32,22 +46,54 @@ __all__ = [
     "Message",
     "PROTOCOL_VERSION",
     "ProtocolError",
+    "Publisher",
     "REASONS",
+    "SendTimeout",
+    "SeqTracker",
+    "Subscriber",
     "TensorDesc",
+    "TransportConfig",
     "decode",
     "decode_batch",
     "encode",
     "encode_batch",
     "new_epoch",
+    "tune_malloc",
     "validate_batch",
-    *_TRANSPORT,
 ]
 
+if TYPE_CHECKING:  # static analysers see ordinary imports
+    from protocol.batch import ActivationBatch, decode_batch, encode_batch, validate_batch
+    from protocol.codec import Message, decode, encode
+    from protocol.errors import REASONS, ProtocolError
+    from protocol.header import (
+        DEFAULT_LIMITS,
+        DTYPES,
+        KINDS,
+        PROTOCOL_VERSION,
+        Header,
+        Limits,
+        TensorDesc,
+        new_epoch,
+    )
+    from protocol.transport import (
+        Publisher,
+        SendTimeout,
+        SeqTracker,
+        Subscriber,
+        TransportConfig,
+        tune_malloc,
+    )
 
-def __getattr__(name: str):
-    # PEP 562 lazy import: keeps `import protocol` free of zmq for codec-only users.
-    if name in _TRANSPORT:
-        from protocol import transport
 
-        return getattr(transport, name)
-    raise AttributeError(f"module 'protocol' has no attribute {name!r}")
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'protocol' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"protocol.{module}"), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

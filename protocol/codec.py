@@ -32,6 +32,7 @@ from protocol.header import (  # noqa: F401  (re-exported: the codec's public vo
     Header,
     Limits,
     TensorDesc,
+    _short,
     header_from_map,
     new_epoch,
 )
@@ -176,7 +177,8 @@ def _tensor(view: memoryview, d: TensorDesc) -> torch.Tensor:
         arr = arr.copy()
     if d.dtype == "bool" and arr.size and arr.view(np.uint8).max() > 1:
         # torch assumes bool bytes are 0/1; other values make comparisons inconsistent.
-        raise ProtocolError("dtype", f"tensor {d.name!r}: bool frame holds bytes other than 0/1")
+        raise ProtocolError("dtype", f"tensor {_short(d.name)}: bool frame holds bytes other "
+                            "than 0/1")
     if view.readonly:
         # bytes input (tests, files): torch warns that writes would be undefined behaviour.
         # Received zmq frames are writable, so the hot path skips catch_warnings (which is
@@ -235,7 +237,7 @@ def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Message:
         if view.nbytes > limits.max_frame_bytes:
             raise ProtocolError("limits", f"frame {d.frame}: {view.nbytes} bytes > max_frame_bytes")
         if view.nbytes != d.nbytes:
-            raise ProtocolError("frame_size", f"tensor {d.name!r}: frame has {view.nbytes} bytes, "
-                                f"{d.dtype}{list(d.shape)} needs {d.nbytes}")
+            raise ProtocolError("frame_size", f"tensor {_short(d.name)}: frame has {view.nbytes} "
+                                f"bytes, {d.dtype}{list(d.shape)} needs {d.nbytes}")
         tensors[d.name] = _tensor(view, d)
     return Message(header, tensors)

@@ -17,6 +17,7 @@ Every check raises ProtocolError with a fixed reason (see protocol/SPEC.md).
 from __future__ import annotations
 
 import math
+import reprlib
 import secrets
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -110,9 +111,9 @@ def new_epoch() -> str:
 
 
 def _short(x: Any) -> str:
-    """repr bounded in length: details may be logged, and the input may be hostile."""
-    r = repr(x)
-    return r if len(r) <= 80 else r[:77] + "..."
+    """repr bounded in size and depth: the input may be hostile (msgpack allows ~1000 levels
+    of nesting, deeper than repr's recursion limit) and details end up in logs."""
+    return reprlib.repr(x)
 
 
 def _string(x: Any, what: str, limits: Limits) -> str:
@@ -138,11 +139,11 @@ def _int(x: Any, what: str, lo: int = _I64[0], hi: int = _I64[1]) -> int:
 
 def _scalar(x: Any, key: str, limits: Limits) -> None:
     if type(x) not in _SCALARS:
-        raise ProtocolError("header_schema", f"meta[{key!r}] holds a non-scalar {_short(x)}")
+        raise ProtocolError("header_schema", f"meta[{_short(key)}] holds a non-scalar {_short(x)}")
     if type(x) is str:
         _string(x, "meta value", limits)
     elif type(x) is int and not -(2**63) <= x < 2**64:  # what msgpack can carry
-        raise ProtocolError("header_schema", f"meta[{key!r}] int out of msgpack range")
+        raise ProtocolError("header_schema", f"meta[{_short(key)}] int out of msgpack range")
 
 
 def _meta(x: Any, limits: Limits) -> dict[str, Any]:
@@ -154,7 +155,8 @@ def _meta(x: Any, limits: Limits) -> dict[str, Any]:
         _string(key, "meta key", limits)
         if type(value) is list:
             if len(value) > limits.max_meta_items:
-                raise ProtocolError("limits", f"meta[{key!r}] longer than {limits.max_meta_items}")
+                raise ProtocolError("limits", f"meta[{_short(key)}] longer than "
+                                    f"{limits.max_meta_items}")
             for item in value:
                 _scalar(item, key, limits)
         else:
@@ -171,24 +173,27 @@ def _desc(x: Any, limits: Limits) -> TensorDesc:
     if not name:
         raise ProtocolError("header_schema", "empty tensor name")
     if type(dtype) is not str or dtype not in ITEMSIZE:
-        raise ProtocolError("dtype", f"tensor {name!r}: dtype {_short(dtype)} not in {DTYPES}")
+        raise ProtocolError("dtype", f"tensor {_short(name)}: dtype {_short(dtype)} not in "
+                            f"{DTYPES}")
     if type(shape) is not list:
-        raise ProtocolError("shape", f"tensor {name!r}: shape must be a list, got {_short(shape)}")
+        raise ProtocolError("shape", f"tensor {_short(name)}: shape must be a list, got "
+                            f"{_short(shape)}")
     if len(shape) > limits.max_tensor_dims:
-        raise ProtocolError("limits", f"tensor {name!r}: more than {limits.max_tensor_dims} dims")
+        raise ProtocolError("limits", f"tensor {_short(name)}: more than "
+                            f"{limits.max_tensor_dims} dims")
     # Bound every dim, even of an empty tensor: torch computes strides from them and a shape
     # like (0, 2**40, 2**40) would overflow int64 strides instead of failing cleanly.
     bound = ITEMSIZE[dtype]
     for dim in shape:
         if type(dim) is not int or dim < 0:
-            raise ProtocolError("shape", f"tensor {name!r}: shape must be ints >= 0, got "
+            raise ProtocolError("shape", f"tensor {_short(name)}: shape must be ints >= 0, got "
                                 f"{_short(shape)}")
         bound *= dim or 1
     if bound > limits.max_frame_bytes:
-        raise ProtocolError("limits", f"tensor {name!r}: shape {_short(shape)} exceeds "
+        raise ProtocolError("limits", f"tensor {_short(name)}: shape {_short(shape)} exceeds "
                             f"max_frame_bytes={limits.max_frame_bytes}")
     if type(frame) is not int:  # its range is checked against the frames in decode
-        raise ProtocolError("header_schema", f"tensor {name!r}: frame must be int, got "
+        raise ProtocolError("header_schema", f"tensor {_short(name)}: frame must be int, got "
                             f"{_short(frame)}")
     return TensorDesc(name, dtype, tuple(shape), frame)
 

@@ -223,6 +223,17 @@ def test_header_schema(change):
     assert reason_of(frames_of(wire_map(**change))) == "header_schema"
 
 
+@pytest.mark.parametrize("key", ["v", "k", "e", "s", "x", "d"])
+def test_deeply_nested_values_fail_cleanly(key):
+    deep = 0
+    for _ in range(1000):  # msgpack accepts this depth; repr() alone would hit RecursionError
+        deep = [deep]
+    with pytest.raises(ProtocolError):
+        decode(frames_of(wire_map(**{key: deep})))
+    with pytest.raises(ProtocolError):
+        decode(frames_of(wire_map(x={"a": deep}, d=[["a", "float32", deep, 1]])))
+
+
 def test_header_schema_missing_key_and_not_a_map():
     m = wire_map()
     del m["g"]
@@ -334,6 +345,12 @@ def test_codec_and_batch_do_not_import_zmq():
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
 
 
+def test_header_and_transport_do_not_import_torch():
+    code = ("import sys, protocol.header, protocol.transport; "
+            "assert 'torch' not in sys.modules and 'numpy' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
+
+
 def test_boardlens_does_not_import_protocol():
     for path in (ROOT / "boardlens").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -343,3 +360,13 @@ def test_boardlens_does_not_import_protocol():
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 names = [node.module]
             assert not any(n == "protocol" or n.startswith("protocol.") for n in names), path
+
+
+def test_lazy_package_exports_everything_it_lists():
+    import protocol
+
+    assert sorted(protocol.__all__) == sorted(protocol._EXPORTS)
+    for name in protocol.__all__:
+        assert getattr(protocol, name) is not None
+    with pytest.raises(AttributeError):
+        protocol.no_such_name  # noqa: B018

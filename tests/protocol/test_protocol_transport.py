@@ -182,3 +182,13 @@ def test_seq_tracker_arithmetic():
     assert t.observe("b", 4) == 0
     assert t.observe("b", 14) == 9
     assert (t.lost_total, t.received, t.epochs_seen) == (11, 9, 2)
+
+
+def test_tune_malloc_on_glibc():
+    import platform
+
+    from protocol.transport import tune_malloc
+
+    ok = tune_malloc()
+    if platform.libc_ver()[0] == "glibc":
+        assert ok is True
