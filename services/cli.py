@@ -144,5 +144,24 @@ def lm_train(resume: bool, **options) -> None:
     train_lm(cfg, resume=resume)
 
 
+@lm.command("eval")
+@click.option("--model", default=None, help="Model folder [default: models/othello-gpt].")
+@click.option("--games", default=2000, show_default=True, help="Held-out random games.")
+@click.option("--seed", default=12345, show_default=True, help="Seed of the held-out games.")
+def lm_eval(model, games: int, seed: int) -> None:
+    """Held-out legal-move top-1 accuracy of a bundled Othello model."""
+    from boardlens.games.othello.engine import play_random
+    from boardlens.games.othello.lm_data import legal_move_accuracy
+    from boardlens.lm.checkpoint import CheckpointError, load_model
+    from services.config import DEFAULT_MODEL
+
+    try:
+        m, _ = load_model(model or DEFAULT_MODEL)
+    except CheckpointError as e:
+        raise click.ClickException(str(e)) from e
+    acc = legal_move_accuracy(m, play_random(games, seed=seed))
+    click.echo(f"legal-move top-1 accuracy on {games} held-out games (seed {seed}): {acc:.4f}")
+
+
 if __name__ == "__main__":
     main()
