@@ -67,7 +67,7 @@ def _port_free(port: int) -> bool:
 def _free_base(n: int = 6) -> int:
     """First of n consecutive free loopback ports (what `up --base-port` takes)."""
     for _ in range(200):
-        base = random.randrange(20_000, 45_000)
+        base = random.randrange(20_000, 32_000)  # below the ephemeral range (32768+)
         if all(_port_free(base + i) for i in range(n)):
             return base
     raise RuntimeError("no block of free ports")
