@@ -10,7 +10,15 @@ from collections.abc import Callable
 
 import torch
 
-from protocol import ProtocolError, SeqTracker, Subscriber, TransportConfig, decode, decode_batch
+from protocol import (
+    REASONS,
+    ProtocolError,
+    SeqTracker,
+    Subscriber,
+    TransportConfig,
+    decode,
+    decode_batch,
+)
 from services.config import TransportOptions, to_json
 from services.telemetry import Telemetry
 
@@ -58,15 +66,21 @@ def transport(cfg: TransportOptions) -> TransportConfig:
 
 
 class MessageCounters:
-    """Per-consumer counters of received, rejected and lost messages."""
+    """Per-channel counters of received, rejected and lost messages.
 
-    def __init__(self, tel: Telemetry, service: str) -> None:
-        self.received = tel.counter(f"{service}_messages_total", "Messages received and decoded")
-        self.rejected = tel.counter(f"{service}_messages_rejected_total",
+    `lost_unit` names what a gap in (epoch, seq) means on this channel: producer batches, or
+    trainer messages on the snapshot channel.
+    """
+
+    def __init__(self, tel: Telemetry, prefix: str, lost_unit: str = "batches") -> None:
+        self.received = tel.counter(f"{prefix}_messages_total", "Messages received and decoded")
+        self.rejected = tel.counter(f"{prefix}_messages_rejected_total",
                                     "Messages rejected by the protocol decoder", ["reason"])
-        self.lost = tel.counter(f"{service}_batches_lost_total",
-                                "Batches missing from the producer's sequence (epoch, seq)")
-        self.bytes = tel.counter(f"{service}_received_bytes_total", "Bytes received")
+        for reason in REASONS:  # zero series, so rate() sees the first rejection
+            self.rejected.labels(reason)
+        self.lost = tel.counter(f"{prefix}_{lost_unit}_lost_total",
+                                "Messages missing from the sender's sequence (epoch, seq)")
+        self.bytes = tel.counter(f"{prefix}_received_bytes_total", "Bytes received")
         self.tracker = SeqTracker()
 
 
@@ -89,10 +103,9 @@ def receive(sub: Subscriber, counters: MessageCounters, timeout_ms: int,
         log.warning("rejected message: %s", e)
         return True
     counters.received.inc()
-    if msg.header.kind == "batch":
-        lost = counters.tracker.observe(msg.header.epoch, msg.header.seq)
-        if lost:
-            counters.lost.inc(lost)
-            log.warning("lost %d batches before seq %d", lost, msg.header.seq)
+    lost = counters.tracker.observe(msg.header.epoch, msg.header.seq)  # every kind shares seq
+    if lost:
+        counters.lost.inc(lost)
+        log.warning("lost %d messages before seq %d", lost, msg.header.seq)
     on_message(msg.header.kind, payload)
     return True

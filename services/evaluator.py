@@ -40,7 +40,7 @@ _EVAL_SECONDS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
 class EvaluatorMetrics:
     def __init__(self, tel: Telemetry) -> None:
         self.counters = MessageCounters(tel, "evaluator")
-        self.snapshot_counters = MessageCounters(tel, "evaluator_snapshot")
+        self.snapshot_counters = MessageCounters(tel, "evaluator_snapshot", lost_unit="messages")
         self.coverage = tel.gauge("eval_coverage", "Coverage of the latest snapshot", ["sae", "family"])
         self.reconstruction = tel.gauge("eval_reconstruction", "Board reconstruction F1 of the latest snapshot",
                                         ["sae", "family"])

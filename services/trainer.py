@@ -26,6 +26,7 @@ from boardlens.sae.buffer import ShuffleBuffer
 from boardlens.sae.io import sae_tensors, save_sae
 from boardlens.sae.sweep import TrainerSpec, build_trainers
 from protocol import ActivationBatch, Publisher, SendTimeout, Subscriber, encode, new_epoch
+from protocol.transport import tune_malloc
 from services.common import (
     MessageCounters,
     log,
@@ -59,6 +60,13 @@ class TrainerMetrics:
         self.alpha = tel.gauge("sae_alpha", "Current sparsity coefficient", ["sae"])
         self.buffer = tel.gauge("trainer_buffer_activations", "Unread activations in the shuffle buffer")
         self.snapshots = tel.counter("trainer_snapshots_total", "Snapshots published", ["outcome"])
+        for outcome in ("sent", "dropped"):  # zero series, so rate() sees the first event
+            self.snapshots.labels(outcome)
+
+    def init_sae(self, name: str) -> None:
+        """Zero series for a new SAE's counters."""
+        self.steps.labels(name)
+        self.trained.labels(name)
 
 
 class SweepTrainer:
@@ -71,6 +79,8 @@ class SweepTrainer:
         defaults = {"d_sae": cfg.d_sae, "penalty": cfg.penalty, "lr": cfg.lr,
                     "warmup_steps": cfg.warmup_steps, "recon": cfg.recon}
         self.trainers = build_trainers(specs, d_in, cfg.steps, defaults, device=str(device))
+        for tr in self.trainers:
+            metrics.init_sae(tr.name)
         self.buffer = ShuffleBuffer(cfg.buffer_activations, d_in, device=device)
         self.on_snapshot = on_snapshot
         self.step = 0
@@ -177,6 +187,7 @@ def run(cfg: TrainerConfig) -> int:
     """Train until `steps`, end of stream or SIGTERM; returns the steps done."""
     log_config("trainer", cfg)
     set_threads(cfg.threads)
+    tune_malloc()  # keep freed message buffers: measured -70..150 us CPU per 1 MiB message
     stop = stop_on_signals()
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -69,6 +69,13 @@ ROWS: list[tuple[str, list[Panel]]] = [
         Panel("Trainer steps / s per SAE", (
             (rate("boardlens_trainer_steps_total", "sae", match=SAE), "{{sae}}"),
         ), "short"),
+        Panel("CPU cores used per service", (
+            ("sum by (job) (rate(process_cpu_seconds_total{job=~\"boardlens.*\"}[$__rate_interval]))",
+             "{{job}}"),
+        ), "short"),
+        Panel("Resident memory per service", (
+            ("sum by (job) (process_resident_memory_bytes{job=~\"boardlens.*\"})", "{{job}}"),
+        ), "bytes"),
     ]),
     ("Producer", [
         Panel("Producer tokens / s", ((rate("boardlens_producer_tokens_total"), "tokens/s"),), "short"),
@@ -152,6 +159,7 @@ ROWS: list[tuple[str, list[Panel]]] = [
             (rate("boardlens_evaluator_messages_total"), "data received"),
             (rate("boardlens_evaluator_batches_lost_total"), "data lost (lossy, expected)"),
             (rate("boardlens_evaluator_snapshot_messages_total"), "snapshot messages"),
+            (rate("boardlens_evaluator_snapshot_messages_lost_total"), "snapshot messages lost"),
             by_reason_or_zero("boardlens_evaluator_messages_rejected_total", "data rejected"),
             by_reason_or_zero("boardlens_evaluator_snapshot_messages_rejected_total",
                               "snapshots rejected"),
