@@ -141,12 +141,9 @@ def run(config_file=None, tokens=2_000_000, run_dir=None, quiet=False, base_port
     cfg_file.write_text(yaml.safe_dump({k: _plain(dataclasses.asdict(v)) for k, v in cfgs.items()}, sort_keys=True))
     (run_path / "logs").mkdir(exist_ok=True)
     print(f"boardlens up: run folder {run_path}, config {cfg_file}", flush=True)
-    procs: dict[str, subprocess.Popen] = {}
-    for name in SERVICES:
-        cmd = {"evaluator": "evaluate", "trainer": "train", "producer": "produce"}[name]
-        logf = open(run_path / "logs" / f"{name}.log", "w")
-        procs[name] = subprocess.Popen([sys.executable, "-m", "services.cli", cmd, "--config", str(cfg_file)],
-                                       stdout=logf, stderr=subprocess.STDOUT)
+    commands = {"evaluator": "evaluate", "trainer": "train", "producer": "produce"}
+    procs = {name: spawn(commands[name], ["--config", str(cfg_file)], run_path / "logs" / f"{name}.log")
+             for name in SERVICES}
     interrupted = {"now": False}
 
     def on_signal(signum, _frame):
@@ -168,20 +165,36 @@ def run(config_file=None, tokens=2_000_000, run_dir=None, quiet=False, base_port
                 sys.stderr.flush()
             time.sleep(1.0)
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for name, p in procs.items():
-            try:
-                p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                print(f"\n{name} did not stop within 60 s; killing it", file=sys.stderr)
-                p.kill()
+        for name in stop_processes(procs, timeout_s=60):
+            print(f"\n{name} did not stop within 60 s; killed it", file=sys.stderr)
         for s, h in old.items():
             signal.signal(s, h)
     print("\n" + final_table(run_path), flush=True)
     print(f"run folder: {run_path} (config.yaml, checkpoints/, train.jsonl, metrics.jsonl, logs/)")
     return code
+
+
+def spawn(command: str, args: list[str], log_path: Path) -> subprocess.Popen:
+    """Start `boardlens <command> <args>` as a child process logging to log_path."""
+    with open(log_path, "w") as logf:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([sys.executable, "-m", "services.cli", command, *args],
+                                stdout=logf, stderr=subprocess.STDOUT)
+
+
+def stop_processes(procs: dict[str, subprocess.Popen], timeout_s: float) -> list[str]:
+    """SIGTERM every live child, wait up to timeout_s each, kill the rest; returns the killed."""
+    for p in procs.values():
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    killed = []
+    for name, p in procs.items():
+        try:
+            p.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+            killed.append(name)
+    return killed
 
 
 def _plain(d: dict) -> dict:

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from services.up import spawn, stop_processes
 
 
 def free_ports(n: int) -> list[int]:
@@ -27,26 +26,17 @@ def free_ports(n: int) -> list[int]:
 
 
 def start(command: str, *args: str, log_path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "services.cli", command, *args],
-                            stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env=env)
+    return spawn(command, list(args), log_path)
 
 
 @contextmanager
 def services(procs: dict[str, subprocess.Popen], logs: dict):
-    """Terminate (then kill) every process on exit; print logs of failures."""
+    """SIGTERM (then kill) every process on exit; print the logs of failures."""
     try:
         yield procs
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
+        stop_processes(procs, timeout_s=30)
         for name, p in procs.items():
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
             if p.returncode != 0:
                 print(f"--- {name} exited {p.returncode}:\n{open(logs[name]).read()[-3000:]}")
 
