@@ -1,0 +1,34 @@
+"""`boardlens up`: the main job as a user runs it, ending with the table and the run folder."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+
+def test_up_runs_to_the_final_table(tmp_path):
+    run = tmp_path / "run"
+    out = subprocess.run(
+        [sys.executable, "-m", "services.cli", "up", "--model", "models/othello-gpt-random",
+         "--tokens", "60000", "--d-sae", "128", "--batch-size", "256", "--train-games", "20",
+         "--test-games", "20", "--run-dir", str(run), "--quiet"],
+        capture_output=True, text=True, timeout=280)
+    assert out.returncode == 0, out.stdout + out.stderr
+    table = out.stdout
+    assert "standard-128-0.05" in table and "p_anneal-128-0.05" in table
+    assert "mine_theirs_empty cov" in table and "legal_moves rec" in table
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["producer"]["max_tokens"] == 60000 and cfg["trainer"]["steps"] == 60000 // 256
+    final = json.loads((run / "final_metrics.json").read_text())
+    # The last evaluation is of the final snapshot: the trainer's last step.
+    assert {r["step"] for r in final.values()} == {60000 // 256}
+    lines = (run / "train.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["step"] == 60000 // 256
+    assert (run / "checkpoints" / "p_anneal-128-0.05.json").exists()
+    for name in ("producer", "trainer", "evaluator"):
+        log = (run / "logs" / f"{name}.log").read_text()
+        assert f"{name} config {{" in log, f"{name} did not log its resolved config"
