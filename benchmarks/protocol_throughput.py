@@ -1,6 +1,7 @@
 """Throughput of the protocol path vs raw pyzmq zero-copy, over tcp loopback, in one run.
 
     .venv/bin/python benchmarks/protocol_throughput.py [--n 2000] [--reps 5] [--games 64]
+    .venv/bin/python benchmarks/protocol_throughput.py --d 192 --labelled 59 --n 600  # producer's batch
 
 Sender: this process. Receiver: a subprocess (this file with --receive), so sender and receiver
 do not share a GIL, as producer and consumer do not in production. Each message is one
@@ -42,12 +43,12 @@ def cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def make_batch(b: int = 64):
+def make_batch(b: int = 64, d: int = 64, p: int = 4):
     import torch
 
     from protocol import ActivationBatch
 
-    t, d, p = 59, 64, 4
+    t = 59
     return ActivationBatch(
         acts=torch.randn(b, t, d),  # (B, T, D) float32, 944 KiB at B=64
         tokens=torch.randint(0, 61, (b, t)),
@@ -82,7 +83,7 @@ def receive(mode: str, endpoint: str, n: int, tuned: bool) -> None:
         def recv_one() -> int:
             frames = sub.recv()
             batch = decode_batch(decode(frames))
-            assert batch.acts.shape[1:] == (59, 64)
+            assert batch.acts.shape[1] == 59
             return sum(len(f.buffer) for f in frames)
 
     nbytes = recv_one()  # the clock starts at the first message: startup is not measured
@@ -94,12 +95,12 @@ def receive(mode: str, endpoint: str, n: int, tuned: bool) -> None:
                       "rx_cpu_us": cpu / (n - 1) * 1e6}))
 
 
-def send(mode: str, n: int, tuned: bool, games: int) -> dict:
+def send(mode: str, n: int, tuned: bool, games: int, d: int = 64, p: int = 4) -> dict:
     """Bind, start the receiver subprocess, wait for its subscription, send n messages."""
     from protocol import encode_batch
     from protocol.transport import Publisher, TransportConfig
 
-    batch = make_batch(games)
+    batch = make_batch(games, d, p)
     if mode == "raw":
         frames = encode_batch(batch)  # the same bytes as ours, built once
         sock = zmq.Context.instance().socket(zmq.XPUB)
@@ -142,6 +143,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000, help="messages per measurement")
     ap.add_argument("--reps", type=int, default=5, help="raw/ours pairs per allocator setting")
     ap.add_argument("--games", type=int, default=64, help="B: 64 gives ~1 MiB messages")
+    ap.add_argument("--d", type=int, default=64,
+                    help="D: 64 gives ~1 MiB; 192 with --labelled 59 is the bundled model's batch")
+    ap.add_argument("--labelled", type=int, default=4, help="P: labelled positions per game")
     ap.add_argument("--receive", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.receive:
@@ -154,7 +158,7 @@ def main() -> None:
         setting = "tune_malloc()" if tuned else "glibc default"
         for rep in range(args.reps):
             for mode in ("raw", "ours"):
-                r = send(mode, args.n, tuned, args.games)
+                r = send(mode, args.n, tuned, args.games, args.d, args.labelled)
                 runs[mode].append(r)
                 print(f"[{setting}] rep {rep} {mode:4s}: {r['gbps']:.2f} GB/s, CPU/msg "
                       f"tx {r['tx_cpu_us']:.0f} us rx {r['rx_cpu_us']:.0f} us "
