@@ -70,6 +70,8 @@ class ProducerConfig(TransportOptions):
     """Give up waiting for subscribers after this long."""
     max_tokens: int = 0
     """Stop after streaming this many tokens and send an end-of-stream message (0 = forever)."""
+    drain_timeout_s: float = 60.0
+    """On exit, how long batches still queued for slow lossless subscribers may take to leave."""
     seed: int = 0
     """Seed of the game generator (same seed, same games and game ids)."""
     threads: int = 0
@@ -83,8 +85,8 @@ class ProducerConfig(TransportOptions):
         _positive(self, "batch_games", "sndhwm_msgs", "send_timeout_ms", "wait_timeout_s")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
-        if self.max_tokens < 0 or self.wait_consumers < 0 or self.wait_lossy_consumers < 0:
-            raise ValueError("max_tokens and wait_* must be >= 0")
+        if min(self.max_tokens, self.wait_consumers, self.wait_lossy_consumers, self.drain_timeout_s) < 0:
+            raise ValueError("max_tokens, wait_* and drain_timeout_s must be >= 0")
         if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
             raise ValueError(f"device must be auto, cpu or cuda[:i], got {self.device!r}")
 

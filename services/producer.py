@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import zmq
 
 from boardlens.games.othello.lm_data import LabelledGames, labelled_games
 from boardlens.lm.checkpoint import load_model
@@ -160,7 +161,15 @@ class Producer:
         return streamed
 
     def close(self) -> None:
-        self.pub.close()
+        """Deliver what is still queued (up to drain_timeout_s), then release the sockets.
+
+        Without this, batches queued for a slow trainer (up to sndhwm_msgs of them) and the
+        end-of-stream message would vanish when the process exits.
+        """
+        drain_ms = int(self.cfg.drain_timeout_s * 1000)
+        log.info("producer: delivering queued batches (up to %.0f s)", self.cfg.drain_timeout_s)
+        self.pub.close(linger_ms=drain_ms)
+        zmq.Context.instance().term()  # blocks until delivered or the linger expires
 
 
 def run(cfg: ProducerConfig) -> int:

@@ -21,6 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+import zmq
 
 from boardlens.sae.buffer import ShuffleBuffer
 from boardlens.sae.io import sae_tensors, save_sae
@@ -179,8 +180,9 @@ class SnapshotPublisher:
     def end(self, step: int) -> None:
         self._send("end", {}, {"step": step})
 
-    def close(self) -> None:
-        self.pub.close()
+    def close(self, drain_s: float = 30.0) -> None:
+        """Let the final snapshots and 'end' reach evaluators (bounded), then close."""
+        self.pub.close(linger_ms=int(drain_s * 1000))
 
 
 def run(cfg: TrainerConfig) -> int:
@@ -237,4 +239,5 @@ def run(cfg: TrainerConfig) -> int:
     finally:
         sub.close()
         snap.close()
+        zmq.Context.instance().term()  # waits for the snapshot socket's queue (bounded linger)
         tel.close()

@@ -74,6 +74,24 @@ def test_lossless_fan_out_with_a_slow_subscriber():
             assert blocked > 0.05  # the slow reader (>= 0.3 s in total) throttled the producer
 
 
+@pytest.mark.timeout(60)
+def test_lossless_backlog_survives_a_stall_longer_than_the_heartbeat_timeout():
+    # Regression: a consumer that stops reading (full queue) used to time out on heartbeats
+    # and reconnect, dropping everything queued for it in the producer.
+    cfg = TransportConfig(heartbeat_ivl_ms=100, heartbeat_timeout_ms=300, rcvhwm_msgs=1,
+                          send_timeout_ms=20_000)
+    with Publisher(ANY, None, cfg) as pub, Subscriber(pub.lossless_endpoint, cfg=cfg) as sub:
+        assert pub.wait_for_subscribers(1, 10)
+        n = 40
+        sent = threading.Thread(target=lambda: [pub.send(message(i, 1 << 20)) for i in range(n)])
+        sent.start()
+        time.sleep(2.0)  # stall far past the heartbeat timeout with MBs queued
+        got: list = []
+        reader(sub, n, got).join(30)
+        sent.join(30)
+        assert [seq for seq, _ in got] == list(range(n))
+
+
 @pytest.mark.timeout(30)
 def test_lossy_subscriber_never_blocks_and_loses():
     cfg = TransportConfig(sndhwm_msgs=4, rcvhwm_msgs=4, send_timeout_ms=10_000)

@@ -1,6 +1,7 @@
 """The producer over real sockets: batches decode, labels match a replay of the tokens."""
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -9,10 +10,12 @@ import torch
 from boardlens.games.othello import tokenizer
 from boardlens.games.othello.engine import replay
 from boardlens.games.othello.labels import label_games
-from protocol import Subscriber, decode, decode_batch
+from protocol import Subscriber, TransportConfig, decode, decode_batch
 from services.config import DEFAULT_MODEL, ProducerConfig
 from services.producer import Producer
 from services.telemetry import Telemetry
+from services.up import spawn, stop_processes
+from tests.services.helpers import free_ports, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -56,3 +59,30 @@ def test_batches_carry_aligned_labels_and_end(dtype):
         for fam, lab in b.labels.items():
             assert (lab.numpy()[valid] == want[fam][valid]).all(), fam
         assert (b.label_pos.numpy()[valid] == np.broadcast_to(np.arange(59), valid.shape)[valid]).all()
+
+
+def test_queued_batches_and_end_reach_a_slow_subscriber_after_the_producer_exits(tmp_path):
+    """The producer process outlives run() until its queue is delivered (a real process:
+    only process exit, not an in-process close, can drop what libzmq still holds)."""
+    port, metrics = free_ports(2)
+    # A tiny receive queue: the backlog stays in the producer's send queue (HWM 64 x ~3 MB,
+    # more than the kernel's socket buffers absorb).
+    sub = Subscriber(f"tcp://127.0.0.1:{port}", cfg=TransportConfig(rcvhwm_msgs=1))
+    proc = spawn("produce", ["--model", DEFAULT_MODEL + "-random", "--bind", f"tcp://127.0.0.1:{port}",
+                             "--bind-lossy", "tcp://127.0.0.1:0", "--batch-games", "64",
+                             "--max-tokens", "150000", "--wait-consumers", "1", "--threads", "1",
+                             "--metrics-port", str(metrics)], tmp_path / "producer.log")
+    kinds = []
+    try:
+        wait_for(lambda: "reached max_tokens" in (tmp_path / "producer.log").read_text(), 60,
+                 "the producer to finish streaming")
+        time.sleep(2.0)  # longer than the default 1 s linger: only draining keeps the backlog
+        while not kinds or kinds[-1] != "end":
+            frames = sub.recv(15_000)
+            assert frames is not None, f"stream stopped after {len(kinds)} messages"
+            kinds.append(decode(frames).header.kind)
+        assert proc.wait(30) == 0
+    finally:
+        sub.close()
+        stop_processes({"producer": proc}, timeout_s=10)
+    assert kinds.count("batch") == len(kinds) - 1 >= 10
