@@ -65,6 +65,12 @@ def transport(cfg: TransportOptions) -> TransportConfig:
     )
 
 
+class IncompatibleBatch(ValueError):
+    """A well-formed batch this consumer cannot use (another width or game than its stream's)."""
+
+    reason = "incompatible"
+
+
 class MessageCounters:
     """Per-channel counters of received, rejected and lost messages.
 
@@ -76,7 +82,7 @@ class MessageCounters:
         self.received = tel.counter(f"{prefix}_messages_total", "Messages received and decoded")
         self.rejected = tel.counter(f"{prefix}_messages_rejected_total",
                                     "Messages rejected by the protocol decoder", ["reason"])
-        for reason in REASONS:  # zero series, so rate() sees the first rejection
+        for reason in (*REASONS, IncompatibleBatch.reason):  # zero series: rate() sees the first
             self.rejected.labels(reason)
         self.lost = tel.counter(f"{prefix}_{lost_unit}_lost_total",
                                 "Messages missing from the sender's sequence (epoch, seq)")
@@ -89,7 +95,8 @@ def receive(sub: Subscriber, counters: MessageCounters, timeout_ms: int,
     """Receive one message, decode and validate it, hand it on. False when nothing came.
 
     `on_message(kind, message_or_batch)` gets an ActivationBatch for kind 'batch' and the raw
-    protocol Message otherwise. Bad messages are counted by reason and skipped.
+    protocol Message otherwise. Bad messages, and batches the handler refuses with
+    IncompatibleBatch, are counted by reason and skipped.
     """
     frames = sub.recv(timeout_ms)
     if frames is None:
@@ -107,5 +114,9 @@ def receive(sub: Subscriber, counters: MessageCounters, timeout_ms: int,
     if lost:
         counters.lost.inc(lost)
         log.warning("lost %d messages before seq %d", lost, msg.header.seq)
-    on_message(msg.header.kind, payload)
+    try:
+        on_message(msg.header.kind, payload)
+    except IncompatibleBatch as e:
+        counters.rejected.labels(e.reason).inc()
+        log.warning("skipped message: %s", e)
     return True

@@ -23,6 +23,7 @@ from boardlens.metrics.evalset import EvalSet, evaluate_sae
 from boardlens.sae.io import ae_from_tensors
 from protocol import ActivationBatch, Message, Subscriber
 from services.common import (
+    IncompatibleBatch,
     MessageCounters,
     log,
     log_config,
@@ -60,6 +61,7 @@ class LiveEvaluator:
     def __init__(self, cfg: EvaluatorConfig, metrics: EvaluatorMetrics) -> None:
         self.cfg, self.m = cfg, metrics
         self.evalset: EvalSet | None = None
+        self.game = ""
         self.pending: dict[str, Message] = {}
         self.latest: dict[str, dict] = {}
         self.run_dir = Path(cfg.run_dir)
@@ -68,9 +70,17 @@ class LiveEvaluator:
 
     def on_batch(self, batch: ActivationBatch) -> None:
         if self.evalset is None:
-            self.evalset = EvalSet(families(batch.game), self.cfg.train_games, self.cfg.test_games)
+            try:
+                fams = families(batch.game)
+            except ValueError as e:
+                raise IncompatibleBatch(str(e)) from e
+            self.evalset = EvalSet(fams, self.cfg.train_games, self.cfg.test_games)
+            self.game = batch.game
         if self.evalset.full:
             return
+        if batch.game != self.game or not set(self.evalset.families) <= set(batch.labels):
+            raise IncompatibleBatch(f"batch of game {batch.game!r} with labels {sorted(batch.labels)} "
+                                    f"does not match the eval set ({self.game}, {sorted(self.evalset.families)})")
         self.evalset.add(batch.acts, batch.game_ids, batch.lengths, batch.label_pos, batch.labels)
         for split, n in self.evalset.progress().items():
             self.m.games.labels(split).set(n)

@@ -15,6 +15,7 @@ lost on exit (at most `buffer_activations`); resuming optimiser state arrives wi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import asdict
@@ -29,6 +30,7 @@ from boardlens.sae.sweep import TrainerSpec, build_trainers
 from protocol import ActivationBatch, Publisher, SendTimeout, Subscriber, encode, new_epoch
 from protocol.transport import tune_malloc
 from services.common import (
+    IncompatibleBatch,
     MessageCounters,
     log,
     log_config,
@@ -95,6 +97,9 @@ class SweepTrainer:
 
     def on_batch(self, batch: ActivationBatch) -> None:
         """Take every valid position of the batch; train while the buffer has enough."""
+        if batch.acts.shape[-1] != self.buffer.d:
+            raise IncompatibleBatch(f"activations are {batch.acts.shape[-1]} wide, the SAEs "
+                                    f"{self.buffer.d} (another model on the stream?)")
         T = batch.acts.shape[1]
         valid = torch.arange(T)[None, :] < batch.lengths.long()[:, None]  # (B, T)
         rows = batch.acts[valid].float()  # (N, d)
@@ -153,10 +158,13 @@ class SweepTrainer:
 class SnapshotPublisher:
     """Publishes SAE snapshots (and 'end') to evaluators over a lossless XPUB."""
 
-    def __init__(self, cfg: TrainerConfig, metrics: TrainerMetrics, game: str = "", layer: int = 0) -> None:
-        self.pub = Publisher(cfg.snapshot_bind, None, transport(cfg))
+    def __init__(self, cfg: TrainerConfig, metrics: TrainerMetrics) -> None:
+        # A busy evaluator must not stall training: a snapshot waits at most 2 s, then is
+        # dropped (counted); the next one supersedes it anyway.
+        fast = dataclasses.replace(transport(cfg), send_timeout_ms=min(cfg.send_timeout_ms, 2000))
+        self.pub = Publisher(cfg.snapshot_bind, None, fast)
         self.m, self.epoch, self.seq = metrics, new_epoch(), 0
-        self.source = {"game": game, "model": "", "layer": layer}
+        self.source = {"game": "", "model": "", "layer": 0}  # the stream's, from its first batch
 
     def set_source(self, batch: ActivationBatch) -> None:
         self.source = {"game": batch.game, "model": batch.model, "layer": batch.layer}

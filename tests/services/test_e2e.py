@@ -103,12 +103,14 @@ def test_garbage_is_rejected_and_training_goes_on(tmp_path):
                 pub.send(frames)
             for seq in range(1, 40):
                 pub.send(encode_batch(_batch(epoch, seq)))
-            t = wait_for(lambda: (s := scrape(tm)) and value(s, "boardlens_trainer_messages_total") >= 39
+            pub.send(encode_batch(_batch(epoch, 40, d=16)))  # valid, but not this stream's width
+            t = wait_for(lambda: (s := scrape(tm)) and value(s, "boardlens_trainer_messages_total") >= 40
                          and value(s, "boardlens_trainer_steps_total") >= 5 and s,
                          120, "training on the valid batches", procs)
             for reason in garbage:
                 assert value(t, "boardlens_trainer_messages_rejected_total", reason=reason) == 1, reason
-            assert value(t, "boardlens_trainer_messages_total") == 39
+            assert value(t, "boardlens_trainer_messages_rejected_total", reason="incompatible") == 1
+            assert value(t, "boardlens_trainer_messages_total") == 40
             assert value(t, "boardlens_trainer_batches_lost_total") == 0  # seq 0 was damaged, not lost
     finally:
         pub.close()
