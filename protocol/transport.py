@@ -63,9 +63,16 @@ class TransportConfig:
     send_timeout_ms: int = 30000
     """How long a lossless send may block on a full subscriber before SendTimeout."""
     heartbeat_ivl_ms: int = 1000
-    """ZMTP PING interval on every connection (0 disables heartbeats)."""
+    """ZMTP PING interval of the lossy publisher (0 disables); see _common_options for why
+    lossless connections and subscribers use no ZMTP heartbeats."""
     heartbeat_timeout_ms: int = 5000
-    """A peer silent this long is disconnected (frees a blocked lossless send)."""
+    """A lossy subscriber silent this long is disconnected."""
+    tcp_keepalive_idle_s: int = 30
+    """Every connection: idle seconds before the kernel starts keepalive probes."""
+    tcp_keepalive_intvl_s: int = 5
+    """Seconds between keepalive probes."""
+    tcp_keepalive_cnt: int = 3
+    """Unanswered probes before the kernel declares the peer dead (frees a blocked send)."""
     linger_ms: int = 1000
     """How long close() keeps trying to deliver queued messages."""
 
@@ -79,13 +86,26 @@ class TransportConfig:
 
 
 DEFAULT_TRANSPORT = TransportConfig()
-_NEVER_MS = 2**31 - 1  # largest heartbeat timeout libzmq accepts (~24.8 days)
 
 
 def _common_options(sock: zmq.Socket, cfg: TransportConfig) -> None:
+    """Linger and TCP keepalive on every socket; no ZMTP heartbeats (HEARTBEAT_IVL 0).
+
+    ZMTP heartbeats and backpressure do not mix in libzmq 4.3: a consumer whose receive queue
+    is full stops reading TCP, so (a) it cannot see or answer PINGs, and any heartbeat
+    timeout, on either side, resets the connection and discards everything queued for it
+    (measured: 1 of 40 messages delivered); (b) if the peer closes meanwhile, its own PING
+    timer later trips `assert(!_io_error)` in stream_engine_base.cpp and aborts the process
+    (reproduced with a stalled SUB). Kernel keepalive probes are answered whatever the
+    application does, so they detect dead peers and hosts without either failure. Only the
+    lossy publisher, whose subscribers may be dropped, also uses ZMTP heartbeats.
+    """
     sock.setsockopt(zmq.LINGER, cfg.linger_ms)
-    sock.setsockopt(zmq.HEARTBEAT_IVL, cfg.heartbeat_ivl_ms)
-    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, cfg.heartbeat_timeout_ms)
+    sock.setsockopt(zmq.HEARTBEAT_IVL, 0)
+    sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, cfg.tcp_keepalive_idle_s)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, cfg.tcp_keepalive_intvl_s)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, cfg.tcp_keepalive_cnt)
 
 
 class Publisher:
@@ -129,6 +149,9 @@ class Publisher:
                 # NODROP: a full subscriber queue makes send block (SNDTIMEO) instead of
                 # silently dropping the message for that subscriber as PUB/XPUB do.
                 sock.setsockopt(zmq.XPUB_NODROP, 1)
+            else:
+                sock.setsockopt(zmq.HEARTBEAT_IVL, cfg.heartbeat_ivl_ms)
+                sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, cfg.heartbeat_timeout_ms)
             sock.bind(endpoint)
         except BaseException:
             sock.close(linger=0)
@@ -250,13 +273,6 @@ class Subscriber:
             # For a lossless consumer this bounds its memory: when full it stops reading
             # TCP and the backpressure reaches the producer (which then blocks, not drops).
             self._sock.setsockopt(zmq.RCVHWM, cfg.lossy_rcvhwm_msgs if lossy else cfg.rcvhwm_msgs)
-            # A consumer whose queue is full stops reading TCP, so it cannot see the
-            # producer's heartbeats either: with a timeout it would drop the connection
-            # after heartbeat_timeout_ms of backlog, and with it every message queued for it
-            # (measured: 1 of 40 delivered). So consumers only send PINGs (the producer
-            # still detects a dead consumer) and never time out themselves; a vanished
-            # producer is noticed by TCP and by the consumer's stalled /healthz.
-            self._sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, _NEVER_MS)
             self._sock.setsockopt(zmq.SUBSCRIBE, b"")
             self._sock.connect(endpoint)
         except BaseException:

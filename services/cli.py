@@ -101,6 +101,7 @@ def evaluate(config_file, **options):
 @click.option("--d-sae", type=int, default=None, help="Dictionary size [default: 4096].")
 @click.option("--batch-size", type=int, default=None, help="SAE batch size [default: 2048 in up].")
 @click.option("--steps", type=int, default=None, help="SAE steps (schedule length) [default: from --tokens].")
+@click.option("--lr", type=float, default=None, help="SAE learning rate [default: 1e-3 in up].")
 @click.option("--train-games", type=int, default=None, help="Eval train-split games [default: 200].")
 @click.option("--test-games", type=int, default=None, help="Eval test-split games [default: 200].")
 @click.option("--device", default=None, help="Producer and trainer device [default: auto].")

@@ -41,9 +41,9 @@ class TransportOptions:
     send_timeout_ms: int = 30_000
     """How long a lossless send may block on a slow subscriber before it fails."""
     heartbeat_ivl_ms: int = 1000
-    """ZMTP heartbeat interval; a silent peer is dropped after heartbeat_timeout_ms."""
+    """ZMTP heartbeat interval of a lossy publisher (lossless links use TCP keepalive only)."""
     heartbeat_timeout_ms: int = 5000
-    """ZMTP heartbeat timeout."""
+    """A lossy subscriber silent this long is dropped."""
 
 
 @dataclass(frozen=True)

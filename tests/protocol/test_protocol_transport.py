@@ -92,6 +92,43 @@ def test_lossless_backlog_survives_a_stall_longer_than_the_heartbeat_timeout():
         assert [seq for seq, _ in got] == list(range(n))
 
 
+_STALLED_CONSUMER = """
+import sys, time
+from protocol.transport import Subscriber, TransportConfig
+sub = Subscriber(sys.argv[1], cfg=TransportConfig(rcvhwm_msgs=1))
+time.sleep(4)  # backpressured while the producer goes away
+n = 0
+while sub.recv(timeout_ms=1000) is not None:
+    n += 1
+print(n)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_stalled_consumer_survives_its_producer_going_away():
+    # Regression: with ZMTP heartbeats on the SUB, libzmq 4.3 aborted the consumer
+    # (assert !_io_error in stream_engine_base.cpp) once the peer closed while its queue was
+    # full; a slow trainer died when the producer finished.
+    import subprocess
+    import sys
+
+    pub = Publisher(ANY, None, TransportConfig(send_timeout_ms=500))
+    child = subprocess.Popen([sys.executable, "-c", _STALLED_CONSUMER, pub.lossless_endpoint],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert pub.wait_for_subscribers(1, 20)
+        for i in range(40):
+            try:
+                pub.send(message(i, 3 << 20))
+            except SendTimeout:
+                break  # its queue and the kernel buffers are full: it is backpressured
+    finally:
+        pub.close(linger_ms=0)
+    out, _ = child.communicate(timeout=40)
+    assert child.returncode == 0, f"consumer died with {child.returncode}"
+    assert int(out) >= 1
+
+
 @pytest.mark.timeout(30)
 def test_lossy_subscriber_never_blocks_and_loses():
     cfg = TransportConfig(sndhwm_msgs=4, rcvhwm_msgs=4, send_timeout_ms=10_000)
