@@ -70,8 +70,9 @@ class ProducerConfig(TransportOptions):
     """Give up waiting for subscribers after this long."""
     max_tokens: int = 0
     """Stop after streaming this many tokens and send an end-of-stream message (0 = forever)."""
-    drain_timeout_s: float = 60.0
-    """On exit, how long batches still queued for slow lossless subscribers may take to leave."""
+    drain_timeout_s: float = 600.0
+    """On exit, how long batches still queued for slow lossless subscribers may take to leave
+    (a full queue is sndhwm_msgs batches: minutes of a slow trainer's work)."""
     seed: int = 0
     """Seed of the game generator (same seed, same games and game ids)."""
     threads: int = 0

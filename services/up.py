@@ -116,6 +116,22 @@ def progress_line(cfgs: dict, t0: float, last: dict) -> str:
     return " | ".join(parts)
 
 
+STALL_AFTER_S = 180.0
+
+
+class StallWatch:
+    """Tracks the trainer's step counter; `stalled(s)` once it has not moved for s seconds."""
+
+    def __init__(self, port: int) -> None:
+        self.port, self.steps, self.since = port, -1.0, time.monotonic()
+
+    def stalled(self, after_s: float) -> bool:
+        steps = _sum(scrape(self.port), "boardlens_trainer_steps_total")
+        if steps != self.steps:
+            self.steps, self.since = steps, time.monotonic()
+        return time.monotonic() - self.since > after_s
+
+
 def final_table(run_dir: Path) -> str:
     path = run_dir / "final_metrics.json"
     if not path.exists():
@@ -157,6 +173,7 @@ def run(config_file=None, tokens=2_000_000, run_dir=None, quiet=False, base_port
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     t0, code, last = time.time(), 0, {}
+    watch = StallWatch(cfgs["trainer"].metrics_port)
     try:
         while not interrupted["now"]:
             failed = [n for n, p in procs.items() if p.poll() not in (None, 0)]
@@ -165,6 +182,12 @@ def run(config_file=None, tokens=2_000_000, run_dir=None, quiet=False, base_port
                 code = 1
                 break
             if all(p.poll() is not None for p in procs.values()):
+                break
+            if procs["producer"].poll() == 0 and watch.stalled(STALL_AFTER_S):
+                print(f"\nerror: the producer has finished but the trainer made no progress for "
+                      f"{STALL_AFTER_S:.0f} s (end of stream lost?); stopping. See {run_path / 'logs'}",
+                      file=sys.stderr)
+                code = 1
                 break
             if not quiet:
                 sys.stderr.write("\r\033[K" + progress_line(cfgs, t0, last)[:200])
