@@ -61,7 +61,7 @@ class Producer:
         self.layer = cfg.layer if cfg.layer >= 0 else int(meta.get("sae_layer", 0))
         if not 0 <= self.layer < self.model.config.n_layer:
             raise ValueError(f"layer {self.layer} out of range 0..{self.model.config.n_layer - 1}")
-        self.model_id = f"{Path(cfg.model).name}"
+        self.model_id = Path(cfg.model).name
         self.rng = np.random.default_rng(cfg.seed)
         self.epoch = new_epoch()
         self.seq = 0
