@@ -19,7 +19,7 @@ from protocol import (
     decode,
     decode_batch,
 )
-from services.config import TransportOptions, to_json
+from services.config import ServiceOptions, to_json
 from services.telemetry import Telemetry
 
 log = logging.getLogger("boardlens")
@@ -58,7 +58,7 @@ def set_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
-def transport(cfg: TransportOptions) -> TransportConfig:
+def transport(cfg: ServiceOptions) -> TransportConfig:
     return TransportConfig(
         sndhwm_msgs=cfg.sndhwm_msgs, send_timeout_ms=cfg.send_timeout_ms,
         heartbeat_ivl_ms=cfg.heartbeat_ivl_ms, heartbeat_timeout_ms=cfg.heartbeat_timeout_ms,

@@ -35,7 +35,11 @@ def _positive(obj: Any, *names: str) -> None:
 
 
 @dataclass(frozen=True)
-class TransportOptions:
+class ServiceOptions:
+    """Options every service shares: health and transport."""
+
+    health_stall_s: float = 120.0
+    """/healthz answers 503 when the service has made no progress for this long."""
     sndhwm_msgs: int = 64
     """Messages queued per subscriber before a lossless send blocks (memory ~ hwm * batch bytes)."""
     send_timeout_ms: int = 30_000
@@ -47,7 +51,7 @@ class TransportOptions:
 
 
 @dataclass(frozen=True)
-class ProducerConfig(TransportOptions):
+class ProducerConfig(ServiceOptions):
     model: str = DEFAULT_MODEL
     """Folder of a bundled game LM (model.safetensors + config.json)."""
     layer: int = -1
@@ -83,7 +87,8 @@ class ProducerConfig(TransportOptions):
     def __post_init__(self) -> None:
         _endpoint(self.bind, "bind")
         _endpoint(self.bind_lossy, "bind_lossy")
-        _positive(self, "batch_games", "sndhwm_msgs", "send_timeout_ms", "wait_timeout_s")
+        _positive(self, "batch_games", "sndhwm_msgs", "send_timeout_ms", "wait_timeout_s",
+                  "health_stall_s")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if min(self.max_tokens, self.wait_consumers, self.wait_lossy_consumers, self.drain_timeout_s) < 0:
@@ -93,7 +98,7 @@ class ProducerConfig(TransportOptions):
 
 
 @dataclass(frozen=True)
-class TrainerConfig(TransportOptions):
+class TrainerConfig(ServiceOptions):
     connect: str = "tcp://127.0.0.1:5555"
     """Producer's lossless endpoint."""
     snapshot_bind: str = "tcp://127.0.0.1:5557"
@@ -135,7 +140,7 @@ class TrainerConfig(TransportOptions):
         _endpoint(self.connect, "connect")
         _endpoint(self.snapshot_bind, "snapshot_bind")
         _positive(self, "d_sae", "lr", "batch_size", "steps", "checkpoint_every", "snapshot_every",
-                  "log_every")
+                  "log_every", "health_stall_s")
         if not self.saes:
             raise ValueError("saes must name at least one trainer spec")
         if self.buffer_activations < 2 * self.batch_size:
@@ -146,7 +151,7 @@ class TrainerConfig(TransportOptions):
 
 
 @dataclass(frozen=True)
-class EvaluatorConfig(TransportOptions):
+class EvaluatorConfig(ServiceOptions):
     connect: str = "tcp://127.0.0.1:5556"
     """Producer's lossy endpoint (the evaluator never slows the producer)."""
     snapshots: str = "tcp://127.0.0.1:5557"
@@ -165,7 +170,7 @@ class EvaluatorConfig(TransportOptions):
     def __post_init__(self) -> None:
         _endpoint(self.connect, "connect")
         _endpoint(self.snapshots, "snapshots")
-        _positive(self, "train_games", "test_games")
+        _positive(self, "train_games", "test_games", "health_stall_s")
 
 
 SECTIONS = {"producer": ProducerConfig, "trainer": TrainerConfig, "evaluator": EvaluatorConfig}

@@ -151,7 +151,7 @@ def run(cfg: EvaluatorConfig) -> int:
     stop = stop_on_signals()
     Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
     (Path(cfg.run_dir) / "evaluator_config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    tel = Telemetry("evaluator", cfg.metrics_port, stall_after_s=300)
+    tel = Telemetry("evaluator", cfg.metrics_port, stall_after_s=cfg.health_stall_s)
     m = EvaluatorMetrics(tel)
     ev = LiveEvaluator(cfg, m)
     data: Subscriber | None = Subscriber(cfg.connect, lossy=True, cfg=transport(cfg))

@@ -176,7 +176,7 @@ def run(cfg: ProducerConfig) -> int:
     log_config("producer", cfg)
     set_threads(cfg.threads)
     stop = stop_on_signals()
-    tel = Telemetry("producer", cfg.metrics_port)
+    tel = Telemetry("producer", cfg.metrics_port, stall_after_s=cfg.health_stall_s)
     producer = Producer(cfg, tel)
     try:
         return producer.run(stop)

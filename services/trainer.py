@@ -202,7 +202,7 @@ def run(cfg: TrainerConfig) -> int:
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "trainer_config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    tel = Telemetry("trainer", cfg.metrics_port)
+    tel = Telemetry("trainer", cfg.metrics_port, stall_after_s=cfg.health_stall_s)
     m = TrainerMetrics(tel)
     device = pick_device(cfg.device)
     snap = SnapshotPublisher(cfg, m)
