@@ -1,0 +1,1 @@
+"""Chess: ChessGPT transcripts and tokenizer (python-chess rules)."""
