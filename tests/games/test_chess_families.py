@@ -1,0 +1,87 @@
+"""Chess BSP families on hand-built positions with known answers, plus invariants."""
+
+import chess
+import numpy as np
+import pytest
+
+from boardlens.games.chess import families as F
+from boardlens.games.chess.transcripts import dot_positions, random_game
+
+START = chess.Board()
+
+
+def b(fen: str) -> chess.Board:
+    return chess.Board(fen)
+
+
+def on(grid: np.ndarray) -> set[str]:
+    return {chess.square_name(int(s)) for s in np.flatnonzero(grid.reshape(-1))}
+
+
+def test_family_sizes_match_the_reference():
+    assert F.PIECE_FAMILY.num_bsps == 768
+    assert sum(f.num_bsps for f in F.FAMILIES[1:]) == 140 and len(F.FAMILIES) == 15
+    assert len(F.INITIAL_PIECE_BSPS) == 32
+
+
+def test_piece_values_and_orientation():
+    grid = F.piece(START)
+    assert grid[0, 4] == F.BLANK_CLASS + 6 and grid[7, 4] == F.BLANK_CLASS - 6  # Ke1, ke8
+    assert grid[1, 0] == F.BLANK_CLASS + 1 and grid[6, 7] == F.BLANK_CLASS - 1  # Pa2, ph7
+    assert (grid[2:6] == F.BLANK_CLASS).all()
+    one_hot = F.PIECE_FAMILY.one_hot(__import__("torch").from_numpy(grid[None]))[0]
+    assert set(np.flatnonzero(one_hot.numpy())) == set(F.INITIAL_PIECE_BSPS)
+
+
+def test_threat_and_legal_moves_kings_only():
+    kings = b("4k3/8/8/8/8/8/8/4K3 w - - 0 1")
+    assert on(F.legal_moves(kings)) == {"d1", "d2", "e2", "f2", "f1"}
+    assert on(F.threat(kings)) == {"d8", "f8", "d7", "e7", "f7"}
+
+
+@pytest.mark.parametrize("fn,fen,want", [
+    (F.check, "4k3/8/8/8/8/8/8/4K2r w - - 0 1", 1),
+    (F.check, chess.STARTING_FEN, 0),
+    (F.can_check_next, "4k3/8/8/8/8/8/8/R3K3 w - - 0 1", 1),
+    (F.can_check_next, "k7/8/8/8/8/8/8/K7 w - - 0 1", 0),
+    (F.has_queen, chess.STARTING_FEN, 1),
+    (F.has_queen, "4k3/8/8/8/8/8/8/4K2q w - - 0 1", 0),
+    (F.can_capture_queen, "4k3/8/8/3q4/8/8/8/3RK3 w - - 0 1", 1),
+    (F.can_capture_queen, "4k3/8/8/3q4/3P4/8/8/3RK3 w - - 0 1", 0),
+    (F.has_bishop_pair, chess.STARTING_FEN, 1),
+    (F.has_bishop_pair, "4k3/8/8/8/8/8/8/2B1K3 w - - 0 1", 0),
+    (F.castling_any, "r3k2r/8/8/8/8/8/8/R3K2R w Kq - 0 1", 1),
+    (F.castling_kingside, "r3k2r/8/8/8/8/8/8/R3K2R w Kq - 0 1", 1),
+    (F.castling_queenside, "r3k2r/8/8/8/8/8/8/R3K2R w Kq - 0 1", 0),
+    (F.castling_any, "r3k2r/8/8/8/8/8/8/R3K2R w kq - 0 1", 0),
+    (F.any_fork, "r3k3/2N5/8/8/8/8/8/4K3 b - - 0 1", 1),
+    (F.any_fork, chess.STARTING_FEN, 0),
+    (F.any_fork, "r3k3/2N5/8/8/8/8/8/4K3 b - - 0 1".replace("r3k3", "n3k3"), 0),  # knight is not higher
+    (F.pin, "4k3/4r3/8/8/8/8/4B3/4K3 w - - 0 1", 1),
+    (F.pin, chess.STARTING_FEN, 0),
+    (F.has_legal_en_passant, "4k3/8/8/3pP3/8/8/8/4K3 w - d6 0 1", 1),
+    (F.has_legal_en_passant, "4k3/8/8/3pP3/8/8/8/4K3 w - - 0 1", 0),
+    (F.ambiguous_moves, "7k/8/8/8/8/8/K7/R6R w - - 0 1", 1),
+    (F.ambiguous_moves, chess.STARTING_FEN, 0),
+])
+def test_scalar_families_on_known_positions(fn, fen, want):
+    out = fn(b(fen))
+    assert out.shape == (1, 1) and out.dtype == np.int8 and int(out[0, 0]) == want
+
+
+def test_invariants_over_random_games():
+    rng = np.random.default_rng(0)
+    fams = {f.name: f for f in F.FAMILIES}
+    for _ in range(10):
+        for _, board in dot_positions(random_game(rng)):
+            labels = F.label_board(board)
+            assert set(labels) == set(fams)
+            for name, grid in labels.items():
+                assert grid.shape == fams[name].shape and grid.dtype == np.int8
+                assert 0 <= grid.min() and grid.max() < fams[name].num_classes
+            pieces = F.piece(board).reshape(-1)
+            assert (pieces == F.BLANK_CLASS + 6).sum() == 1 and (pieces == F.BLANK_CLASS - 6).sum() == 1
+            # A legal destination never holds a piece of the side to move.
+            mine = {s for s, p in board.piece_map().items() if p.color == board.turn}
+            assert not (set(np.flatnonzero(labels["legal_moves"].reshape(-1))) & mine)
+            assert labels["check"][0, 0] == int(board.is_check())
