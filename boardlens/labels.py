@@ -19,6 +19,9 @@ class Family:
     shape: tuple[int, int]  # (rows, cols): (8, 8) board or (1, 1) scalar
     num_classes: int
     masked_classes: tuple[int, ...] = ()
+    zeroed_bsps: tuple[int, ...] = ()
+    """BSPs kept in the denominator that never count as holding (chess: the 32 (square, piece)
+    BSPs of the initial position, which a position-in-string predictor could score)."""
 
     @property
     def kept_classes(self) -> tuple[int, ...]:
@@ -33,4 +36,7 @@ class Family:
         n = values.shape[0]
         flat = values.reshape(n, -1).long()  # (N, cells)
         kept = torch.tensor(self.kept_classes, device=flat.device)
-        return (flat[:, :, None] == kept).reshape(n, -1)
+        out = (flat[:, :, None] == kept).reshape(n, -1)
+        if self.zeroed_bsps:
+            out[:, list(self.zeroed_bsps)] = False
+        return out

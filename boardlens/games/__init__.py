@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from boardlens.labels import Family
 
-GAMES = ("othello",)
+GAMES = ("othello", "chess")
 
 
 def families(game: str) -> tuple[Family, ...]:
@@ -13,4 +13,8 @@ def families(game: str) -> tuple[Family, ...]:
         from boardlens.games.othello.labels import FAMILIES
 
         return FAMILIES
+    if game == "chess":
+        from boardlens.games.chess.families import FAMILIES as CHESS_FAMILIES
+
+        return CHESS_FAMILIES
     raise ValueError(f"unknown game {game!r}; known: {GAMES}")

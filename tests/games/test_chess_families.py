@@ -3,6 +3,7 @@
 import chess
 import numpy as np
 import pytest
+import torch
 
 from boardlens.games.chess import families as F
 from boardlens.games.chess.transcripts import dot_positions, random_game
@@ -29,8 +30,12 @@ def test_piece_values_and_orientation():
     assert grid[0, 4] == F.BLANK_CLASS + 6 and grid[7, 4] == F.BLANK_CLASS - 6  # Ke1, ke8
     assert grid[1, 0] == F.BLANK_CLASS + 1 and grid[6, 7] == F.BLANK_CLASS - 1  # Pa2, ph7
     assert (grid[2:6] == F.BLANK_CLASS).all()
-    one_hot = F.PIECE_FAMILY.one_hot(__import__("torch").from_numpy(grid[None]))[0]
-    assert set(np.flatnonzero(one_hot.numpy())) == set(F.INITIAL_PIECE_BSPS)
+    # The initial position's 32 piece BSPs exist but never count as holding.
+    assert not F.PIECE_FAMILY.one_hot(torch.from_numpy(grid[None])).any()
+    moved = F.piece(b("rnbqkbnr/pppppppp/8/8/4P3/8/PPPP1PPP/RNBQKBNR b KQkq - 0 1"))
+    held = set(np.flatnonzero(F.PIECE_FAMILY.one_hot(torch.from_numpy(moved[None]))[0].numpy()))
+    e4 = (3 * 8 + 4) * 12 + F.PIECE_FAMILY.kept_classes.index(F.BLANK_CLASS + 1)
+    assert held == {e4}  # only the pawn that left its initial square
 
 
 def test_threat_and_legal_moves_kings_only():

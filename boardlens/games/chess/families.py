@@ -18,6 +18,7 @@ these choices written down:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import chess
@@ -124,7 +125,7 @@ def _binary(name: str, shape: tuple[int, int]) -> Family:
     return Family(name, shape=shape, num_classes=2, masked_classes=(0,))
 
 
-PIECE_FAMILY = Family("piece", shape=(8, 8), num_classes=13, masked_classes=(BLANK_CLASS,))
+_PIECE_UNMASKED = Family("piece", shape=(8, 8), num_classes=13, masked_classes=(BLANK_CLASS,))
 STRATEGY: dict[str, Callable[[chess.Board], np.ndarray]] = {
     "threat": threat, "legal_moves": legal_moves, "check": check,
     "can_check_next": can_check_next, "has_queen": has_queen,
@@ -134,18 +135,19 @@ STRATEGY: dict[str, Callable[[chess.Board], np.ndarray]] = {
     "has_legal_en_passant": has_legal_en_passant, "ambiguous_moves": ambiguous_moves,
 }
 FUNCTIONS: dict[str, Callable[[chess.Board], np.ndarray]] = {"piece": piece, **STRATEGY}
-FAMILIES = (PIECE_FAMILY, *(_binary(n, fn(chess.Board()).shape) for n, fn in STRATEGY.items()))
 
 
 def _initial_piece_bsps() -> tuple[int, ...]:
     """BSP indices (cell * kept classes + class slot) that hold in the initial position."""
-    kept = PIECE_FAMILY.kept_classes
+    kept = _PIECE_UNMASKED.kept_classes
     start = piece(chess.Board()).reshape(-1)
     return tuple(int(cell * len(kept) + kept.index(int(c)))
                  for cell, c in enumerate(start) if c != BLANK_CLASS)
 
 
 INITIAL_PIECE_BSPS = _initial_piece_bsps()
+PIECE_FAMILY = dataclasses.replace(_PIECE_UNMASKED, zeroed_bsps=INITIAL_PIECE_BSPS)
+FAMILIES = (PIECE_FAMILY, *(_binary(n, fn(chess.Board()).shape) for n, fn in STRATEGY.items()))
 
 
 def label_board(board: chess.Board) -> dict[str, np.ndarray]:
