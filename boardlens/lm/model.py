@@ -35,6 +35,8 @@ class GPTConfig:
     """MLP hidden width; 0 means 4 * n_embd (nanoGPT)."""
     bias: bool = False
     """Linear and LayerNorm biases (ChessGPT and OthelloGPT: none; HF GPT-2 exports: zeros)."""
+    activation: str = "gelu"
+    """MLP activation: 'gelu' (exact, nanoGPT) or 'gelu_tanh' (HF GPT-2's 'gelu_new')."""
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -44,6 +46,8 @@ class GPTConfig:
             raise ValueError(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
         if self.d_mlp < 0:
             raise ValueError(f"d_mlp must be >= 0, got {self.d_mlp}")
+        if self.activation not in ("gelu", "gelu_tanh"):
+            raise ValueError(f"activation must be 'gelu' or 'gelu_tanh', got {self.activation!r}")
 
     @property
     def mlp_width(self) -> int:
@@ -85,9 +89,10 @@ class MLP(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(cfg.n_embd, cfg.mlp_width, bias=cfg.bias)
         self.c_proj = nn.Linear(cfg.mlp_width, cfg.n_embd, bias=cfg.bias)
+        self.approximate = "tanh" if cfg.activation == "gelu_tanh" else "none"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(F.gelu(self.c_fc(x)))
+        return self.c_proj(F.gelu(self.c_fc(x), approximate=self.approximate))
 
 
 class Block(nn.Module):

@@ -1,0 +1,100 @@
+"""Loading public checkpoints into our GPT, never with unrestricted pickle.
+
+- nanoGPT (ChessGPT's `lichess_8layers_ckpt_no_optimizer.pt`): a torch file holding
+  `model_args` and `model` (a state dict named like ours, maybe with torch.compile's
+  `_orig_mod.` prefix, maybe with the causal-mask buffers `attn.bias`). Read with
+  `torch.load(weights_only=True)`, which refuses arbitrary objects.
+- Hugging Face GPT-2 folders (`config.json` + `model.safetensors`; e.g. 8LayerChessGPT2 and the
+  random-init controls): Conv1D layers store weights transposed (in, out); biases present;
+  `lm_head.weight` may be absent (tied to `wte`); activation `gelu_new` = tanh GELU.
+
+Every problem raises CheckpointError naming the file and what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from boardlens.lm.checkpoint import CheckpointError
+from boardlens.lm.model import GPT, GPTConfig
+
+_MASK_BUFFER = re.compile(r"\.attn\.(bias|masked_bias)$")  # causal masks, not parameters
+_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+def _fill(model: GPT, state: dict[str, torch.Tensor], path: Path) -> GPT:
+    want = model.state_dict()
+    missing = sorted(set(want) - set(state))
+    extra = sorted(set(state) - set(want))
+    if missing or extra:
+        raise CheckpointError(f"{path}: missing tensors {missing[:4]}, unexpected {extra[:4]}")
+    for k, v in state.items():
+        if tuple(v.shape) != tuple(want[k].shape):
+            raise CheckpointError(f"{path}: {k} has shape {tuple(v.shape)}, expected {tuple(want[k].shape)}")
+    model.load_state_dict({k: v.float() for k, v in state.items()})
+    return model.eval()
+
+
+def load_nanogpt(path: str | Path) -> GPT:
+    """A nanoGPT training checkpoint -> GPT (eval mode, float32)."""
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{path}: not found") from e
+    except Exception as e:  # truncated zip, pickle refused by weights_only, ...
+        raise CheckpointError(f"{path}: not a readable nanoGPT checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(ckpt, dict) or "model_args" not in ckpt or "model" not in ckpt:
+        raise CheckpointError(f"{path}: expected a dict with 'model_args' and 'model'")
+    args = ckpt["model_args"]
+    try:
+        cfg = GPTConfig(vocab_size=int(args["vocab_size"]), block_size=int(args["block_size"]),
+                        n_layer=int(args["n_layer"]), n_head=int(args["n_head"]),
+                        n_embd=int(args["n_embd"]), bias=bool(args.get("bias", False)))
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: bad model_args ({e})") from e
+    state = {}
+    for k, v in ckpt["model"].items():
+        k = k.removeprefix("_orig_mod.")
+        if not _MASK_BUFFER.search(k):
+            state[k] = v
+    return _fill(GPT(cfg), state, path)
+
+
+def load_hf_gpt2(folder: str | Path) -> GPT:
+    """A Hugging Face GPT-2 folder (config.json + model.safetensors) -> GPT."""
+    folder = Path(folder)
+    cfg_path, weights = folder / "config.json", folder / "model.safetensors"
+    try:
+        hf = json.loads(cfg_path.read_text())
+        act = hf.get("activation_function", "gelu_new")
+        cfg = GPTConfig(vocab_size=int(hf["vocab_size"]), block_size=int(hf["n_positions"]),
+                        n_layer=int(hf["n_layer"]), n_head=int(hf["n_head"]),
+                        n_embd=int(hf["n_embd"]), d_mlp=int(hf.get("n_inner") or 0), bias=True,
+                        activation="gelu" if act == "gelu" else "gelu_tanh")
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{cfg_path}: not found") from e
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{cfg_path}: not a GPT-2 config ({e})") from e
+    if act not in ("gelu", "gelu_new", "gelu_pytorch_tanh"):
+        raise CheckpointError(f"{cfg_path}: unsupported activation_function {act!r}")
+    try:
+        raw = load_file(str(weights))
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{weights}: not found") from e
+    except Exception as e:
+        raise CheckpointError(f"{weights}: unreadable safetensors file ({e})") from e
+    state = {}
+    for k, v in raw.items():
+        if _MASK_BUFFER.search(k):
+            continue
+        k = k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k  # GPT2Model
+        state[k] = v.t().contiguous() if k.endswith(_CONV1D) else v
+    if "lm_head.weight" not in state and "transformer.wte.weight" in state:
+        state["lm_head.weight"] = state["transformer.wte.weight"]  # tied embeddings
+    return _fill(GPT(cfg), state, weights)
