@@ -4,6 +4,9 @@
   `model_args` and `model` (a state dict named like ours, maybe with torch.compile's
   `_orig_mod.` prefix, maybe with the causal-mask buffers `attn.bias`). Read with
   `torch.load(weights_only=True)`, which refuses arbitrary objects.
+- TransformerLens state dicts (OthelloGPT's `synthetic_model.pth`): per-head W_Q/W_K/W_V
+  (heads, d_model, d_head), W_O (heads, d_head, d_model), MLP W_in/W_out, unembed W_U/b_U, and
+  either LayerNorm weights (`ln1.w`, ...) or none (`LNPre`, weights folded: identity here).
 - Hugging Face GPT-2 folders (`config.json` + `model.safetensors`; e.g. 8LayerChessGPT2 and the
   random-init controls): Conv1D layers store weights transposed (in, out); biases present;
   `lm_head.weight` may be absent (tied to `wte`); activation `gelu_new` = tanh GELU.
@@ -98,3 +101,60 @@ def load_hf_gpt2(folder: str | Path) -> GPT:
     if "lm_head.weight" not in state and "transformer.wte.weight" in state:
         state["lm_head.weight"] = state["transformer.wte.weight"]  # tied embeddings
     return _fill(GPT(cfg), state, weights)
+
+
+def _tl_tensor(sd: dict, key: str, path: Path) -> torch.Tensor:
+    try:
+        return sd[key]
+    except KeyError as e:
+        raise CheckpointError(f"{path}: TransformerLens state dict lacks {key!r}") from e
+
+
+def load_transformer_lens(path: str | Path) -> GPT:
+    """A TransformerLens HookedTransformer state dict (.pth) -> GPT; shapes give the config."""
+    path = Path(path)
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{path}: not found") from e
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable state dict ({type(e).__name__}: {e})") from e
+    if not isinstance(sd, dict):
+        raise CheckpointError(f"{path}: expected a state dict, got {type(sd).__name__}")
+    W_E = _tl_tensor(sd, "embed.W_E", path)  # (V, d)
+    W_pos = _tl_tensor(sd, "pos_embed.W_pos", path)  # (T, d)
+    n_layer = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
+    H, d, dh = _tl_tensor(sd, "blocks.0.attn.W_Q", path).shape
+    d_mlp = _tl_tensor(sd, "blocks.0.mlp.W_in", path).shape[1]
+    try:
+        cfg = GPTConfig(vocab_size=W_E.shape[0], block_size=W_pos.shape[0], n_layer=n_layer,
+                        n_head=H, n_embd=d, d_mlp=d_mlp, bias=True, head_bias="unembed.b_U" in sd)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: inconsistent shapes ({e})") from e
+    if H * dh != d:
+        raise CheckpointError(f"{path}: n_heads * d_head = {H * dh} != d_model {d}")
+    ones, zeros = torch.ones(d), torch.zeros(d)
+
+    def ln(prefix: str, ours: str) -> dict:  # LNPre checkpoints carry no LayerNorm weights
+        return {f"{ours}.weight": sd.get(f"{prefix}.w", ones), f"{ours}.bias": sd.get(f"{prefix}.b", zeros)}
+
+    state = {"transformer.wte.weight": W_E, "transformer.wpe.weight": W_pos,
+             **ln("ln_final", "transformer.ln_f"),
+             "lm_head.weight": _tl_tensor(sd, "unembed.W_U", path).T}
+    if cfg.head_bias:
+        state["lm_head.bias"] = sd["unembed.b_U"]
+    for i in range(n_layer):
+        b, o = f"blocks.{i}", f"transformer.h.{i}"
+        t = lambda name, b=b: _tl_tensor(sd, f"{b}.{name}", path)  # noqa: E731
+        # (H, d, dh) -> rows h * dh + j of the (H * dh, d) Linear weight.
+        qkv = [t(f"attn.W_{x}").permute(0, 2, 1).reshape(H * dh, d) for x in "QKV"]
+        state.update({
+            **ln(f"{b}.ln1", f"{o}.ln_1"), **ln(f"{b}.ln2", f"{o}.ln_2"),
+            f"{o}.attn.c_attn.weight": torch.cat(qkv),
+            f"{o}.attn.c_attn.bias": torch.cat([t(f"attn.b_{x}").reshape(H * dh) for x in "QKV"]),
+            f"{o}.attn.c_proj.weight": t("attn.W_O").reshape(H * dh, d).T,
+            f"{o}.attn.c_proj.bias": t("attn.b_O"),
+            f"{o}.mlp.c_fc.weight": t("mlp.W_in").T, f"{o}.mlp.c_fc.bias": t("mlp.b_in"),
+            f"{o}.mlp.c_proj.weight": t("mlp.W_out").T, f"{o}.mlp.c_proj.bias": t("mlp.b_out"),
+        })
+    return _fill(GPT(cfg), {k: v.contiguous() for k, v in state.items()}, path)

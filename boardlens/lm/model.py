@@ -37,6 +37,8 @@ class GPTConfig:
     """Linear and LayerNorm biases (ChessGPT and OthelloGPT: none; HF GPT-2 exports: zeros)."""
     activation: str = "gelu"
     """MLP activation: 'gelu' (exact, nanoGPT) or 'gelu_tanh' (HF GPT-2's 'gelu_new')."""
+    head_bias: bool = False
+    """A bias on the unembedding (TransformerLens models have b_U)."""
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -123,7 +125,7 @@ class GPT(nn.Module):
                 ln_f=LayerNorm(cfg.n_embd, cfg.bias),
             )
         )
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=cfg.head_bias)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2's scaled init of residual projections
             if name.endswith("c_proj.weight"):

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 from boardlens.lm.checkpoint import CheckpointError
-from boardlens.lm.formats import load_hf_gpt2, load_nanogpt
+from boardlens.lm.formats import load_hf_gpt2, load_nanogpt, load_transformer_lens
 from boardlens.lm.model import GPT, GPTConfig
 
 X = torch.randint(0, 32, (2, 40), generator=torch.Generator().manual_seed(0))
@@ -73,3 +73,53 @@ def test_hf_gpt2_errors_name_the_file(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage")
     with pytest.raises(CheckpointError, match="model.safetensors"):
         load_hf_gpt2(tmp_path)
+
+
+@pytest.mark.parametrize("with_ln", [True, False])
+def test_transformer_lens_state_dict(tmp_path, with_ln):
+    """Write TransformerLens's layout from our model, by its documented shapes, and load it."""
+    torch.manual_seed(2)
+    H, d, dh, L = 2, 16, 8, 2
+    cfg = GPTConfig(vocab_size=61, block_size=59, n_layer=L, n_head=H, n_embd=d, bias=True,
+                    head_bias=True)
+    ours = GPT(cfg).eval()
+    with torch.no_grad():
+        for name, p in ours.named_parameters():
+            if p.dim() == 1:
+                is_ln = ".ln_" in name or "ln_f" in name
+                if is_ln and not with_ln:  # LNPre: identity LayerNorms
+                    p.fill_(1.0 if name.endswith("weight") else 0.0)
+                else:
+                    p.normal_(1.0 if (is_ln and name.endswith("weight")) else 0.0, 0.1)
+    s = ours.state_dict()
+    sd = {"embed.W_E": s["transformer.wte.weight"], "pos_embed.W_pos": s["transformer.wpe.weight"],
+          "unembed.W_U": s["lm_head.weight"].T.contiguous(), "unembed.b_U": s["lm_head.bias"]}
+    if with_ln:
+        sd["ln_final.w"], sd["ln_final.b"] = s["transformer.ln_f.weight"], s["transformer.ln_f.bias"]
+    for i in range(L):
+        o = f"transformer.h.{i}"
+        w, bias = s[f"{o}.attn.c_attn.weight"], s[f"{o}.attn.c_attn.bias"]
+        for j, x in enumerate("QKV"):
+            sd[f"blocks.{i}.attn.W_{x}"] = w[j * d:(j + 1) * d].reshape(H, dh, d).permute(0, 2, 1).contiguous()
+            sd[f"blocks.{i}.attn.b_{x}"] = bias[j * d:(j + 1) * d].reshape(H, dh)
+        sd[f"blocks.{i}.attn.W_O"] = s[f"{o}.attn.c_proj.weight"].T.reshape(H, dh, d).contiguous()
+        sd[f"blocks.{i}.attn.b_O"] = s[f"{o}.attn.c_proj.bias"]
+        sd[f"blocks.{i}.attn.IGNORE"] = torch.tensor(-1e5)
+        sd[f"blocks.{i}.mlp.W_in"] = s[f"{o}.mlp.c_fc.weight"].T.contiguous()
+        sd[f"blocks.{i}.mlp.b_in"] = s[f"{o}.mlp.c_fc.bias"]
+        sd[f"blocks.{i}.mlp.W_out"] = s[f"{o}.mlp.c_proj.weight"].T.contiguous()
+        sd[f"blocks.{i}.mlp.b_out"] = s[f"{o}.mlp.c_proj.bias"]
+        if with_ln:
+            for tl, ln in (("ln1", "ln_1"), ("ln2", "ln_2")):
+                sd[f"blocks.{i}.{tl}.w"] = s[f"{o}.{ln}.weight"]
+                sd[f"blocks.{i}.{tl}.b"] = s[f"{o}.{ln}.bias"]
+    path = tmp_path / "synthetic_model.pth"
+    torch.save(sd, path)
+    loaded = load_transformer_lens(path)
+    x = torch.randint(0, 61, (2, 59))
+    with torch.no_grad():
+        assert torch.allclose(loaded(x)[0], ours(x)[0], atol=1e-5)
+    del sd["blocks.1.mlp.W_in"]
+    torch.save(sd, path)
+    with pytest.raises(CheckpointError, match="synthetic_model.pth.*W_in"):
+        load_transformer_lens(path)
