@@ -53,7 +53,7 @@ class ServiceOptions:
 @dataclass(frozen=True)
 class ProducerConfig(ServiceOptions):
     model: str = DEFAULT_MODEL
-    """Folder of a bundled game LM (model.safetensors + config.json)."""
+    """Game LM: a bundled folder, a HF GPT-2 folder, a nanoGPT .pt or a TransformerLens .pth."""
     layer: int = -1
     """Block whose output is streamed (0-based); -1 = the model's default SAE layer."""
     device: str = "auto"

@@ -21,7 +21,7 @@ import torch
 import zmq
 
 from boardlens.games.othello.lm_data import LabelledGames, labelled_games
-from boardlens.lm.checkpoint import load_model
+from boardlens.lm.formats import load_any
 from protocol import ActivationBatch, Publisher, SendTimeout, encode, encode_batch, new_epoch
 from services.common import log, log_config, pick_device, set_threads, stop_on_signals, transport
 from services.config import ProducerConfig
@@ -54,7 +54,7 @@ class Producer:
         self.cfg, self.tel = cfg, tel
         self.device = pick_device(cfg.device)
         self.dtype = _DTYPES[cfg.dtype]
-        self.model, meta = load_model(cfg.model, self.device, self.dtype)
+        self.model, meta = load_any(cfg.model, self.device, self.dtype)
         self.game = meta.get("game", "othello")
         if self.game != "othello":
             raise ValueError(f"{cfg.model}: game {self.game!r} is not supported by this producer yet")

@@ -158,3 +158,46 @@ def load_transformer_lens(path: str | Path) -> GPT:
             f"{o}.mlp.c_proj.weight": t("mlp.W_out").T, f"{o}.mlp.c_proj.bias": t("mlp.b_out"),
         })
     return _fill(GPT(cfg), {k: v.contiguous() for k, v in state.items()}, path)
+
+
+_GAME_BY_VOCAB = {61: "othello", 32: "chess"}
+
+
+def load_any(path: str | Path, device: str | torch.device = "cpu",
+             dtype: torch.dtype = torch.float32) -> tuple[GPT, dict]:
+    """Any supported checkpoint -> (model, meta with 'game', 'sae_layer', 'format').
+
+    A folder with our config.json is a bundled model; a folder with a GPT-2 config.json is a
+    Hugging Face export; a file holding `model_args` is nanoGPT, any other torch file a
+    TransformerLens state dict. For public checkpoints the game comes from the vocabulary
+    (61: Othello, 32: chess) and the default layer is the paper's block 5 of 8.
+    """
+    from boardlens.lm.checkpoint import load_model
+
+    path = Path(path)
+    if path.is_dir():
+        cfg_path = path / "config.json"
+        try:
+            kind = json.loads(cfg_path.read_text()).get("format") if cfg_path.exists() else None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{cfg_path}: not valid JSON ({e})") from e
+        if kind == "boardlens-gpt":
+            model, meta = load_model(path, device, dtype)
+            return model, {**meta, "format": "boardlens"}
+        model, fmt = load_hf_gpt2(path), "hf-gpt2"
+    elif not path.exists():
+        raise CheckpointError(f"{path}: not found")
+    else:
+        try:
+            model, fmt = load_nanogpt(path), "nanogpt"
+        except CheckpointError as e:
+            if "model_args" not in str(e):
+                raise
+            model, fmt = load_transformer_lens(path), "transformer-lens"
+    game = _GAME_BY_VOCAB.get(model.config.vocab_size)
+    if game is None:
+        raise CheckpointError(f"{path}: vocabulary of {model.config.vocab_size} tokens is neither "
+                              "OthelloGPT's (61) nor ChessGPT's (32)")
+    n = model.config.n_layer
+    meta = {"game": game, "sae_layer": 5 if n == 8 else (2 * n) // 3, "format": fmt}
+    return model.to(device=device, dtype=dtype).eval(), meta
