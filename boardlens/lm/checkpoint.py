@@ -70,21 +70,29 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu", dtype: to
         model = GPT(gpt_cfg)
         torch.random.set_rng_state(gen_state)
         return model.to(device=device, dtype=dtype).eval(), cfg
-    path = Path(folder) / "model.safetensors"
+    model = fill_model(GPT(gpt_cfg), read_safetensors(Path(folder) / "model.safetensors"),
+                       Path(folder) / "model.safetensors")
+    return model.to(device=device, dtype=dtype), cfg
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
-        state = load_file(str(path))
+        return load_file(str(path))
     except FileNotFoundError as e:
         raise CheckpointError(f"{path}: not found") from e
     except Exception as e:  # safetensors raises its own error types for truncated headers/data
         raise CheckpointError(f"{path}: unreadable safetensors file ({e})") from e
-    model = GPT(gpt_cfg)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    extra = sorted(set(state) - set(expected))
+
+
+def fill_model(model: GPT, state: dict[str, torch.Tensor], path: Path) -> GPT:
+    """Load `state` into `model` after checking names and shapes; eval mode, float32."""
+    want = model.state_dict()
+    missing = sorted(set(want) - set(state))
+    extra = sorted(set(state) - set(want))
     if missing or extra:
-        raise CheckpointError(f"{path}: missing tensors {missing[:5]}, unexpected {extra[:5]}")
+        raise CheckpointError(f"{path}: missing tensors {missing[:4]}, unexpected {extra[:4]}")
     for k, v in state.items():
-        if v.shape != expected[k].shape:
-            raise CheckpointError(f"{path}: {k} has shape {tuple(v.shape)}, config wants {tuple(expected[k].shape)}")
+        if tuple(v.shape) != tuple(want[k].shape):
+            raise CheckpointError(f"{path}: {k} has shape {tuple(v.shape)}, expected {tuple(want[k].shape)}")
     model.load_state_dict({k: v.float() for k, v in state.items()})
-    return model.to(device=device, dtype=dtype).eval(), cfg
+    return model.eval()

@@ -21,37 +21,28 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
-from boardlens.lm.checkpoint import CheckpointError
+from boardlens.lm.checkpoint import CheckpointError, fill_model, read_safetensors
 from boardlens.lm.model import GPT, GPTConfig
 
 _MASK_BUFFER = re.compile(r"\.attn\.(bias|masked_bias)$")  # causal masks, not parameters
 _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 
-def _fill(model: GPT, state: dict[str, torch.Tensor], path: Path) -> GPT:
-    want = model.state_dict()
-    missing = sorted(set(want) - set(state))
-    extra = sorted(set(state) - set(want))
-    if missing or extra:
-        raise CheckpointError(f"{path}: missing tensors {missing[:4]}, unexpected {extra[:4]}")
-    for k, v in state.items():
-        if tuple(v.shape) != tuple(want[k].shape):
-            raise CheckpointError(f"{path}: {k} has shape {tuple(v.shape)}, expected {tuple(want[k].shape)}")
-    model.load_state_dict({k: v.float() for k, v in state.items()})
-    return model.eval()
+def _torch_load(path: Path, what: str):
+    """torch.load restricted to tensors and plain containers (no arbitrary pickle)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{path}: not found") from e
+    except Exception as e:  # truncated zip, pickle refused by weights_only, ...
+        raise CheckpointError(f"{path}: not a readable {what} ({type(e).__name__}: {e})") from e
 
 
 def load_nanogpt(path: str | Path) -> GPT:
     """A nanoGPT training checkpoint -> GPT (eval mode, float32)."""
     path = Path(path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as e:
-        raise CheckpointError(f"{path}: not found") from e
-    except Exception as e:  # truncated zip, pickle refused by weights_only, ...
-        raise CheckpointError(f"{path}: not a readable nanoGPT checkpoint ({type(e).__name__}: {e})") from e
+    ckpt = _torch_load(path, "nanoGPT checkpoint")
     if not isinstance(ckpt, dict) or "model_args" not in ckpt or "model" not in ckpt:
         raise CheckpointError(f"{path}: expected a dict with 'model_args' and 'model'")
     args = ckpt["model_args"]
@@ -66,7 +57,7 @@ def load_nanogpt(path: str | Path) -> GPT:
         k = k.removeprefix("_orig_mod.")
         if not _MASK_BUFFER.search(k):
             state[k] = v
-    return _fill(GPT(cfg), state, path)
+    return fill_model(GPT(cfg), state, path)
 
 
 def load_hf_gpt2(folder: str | Path) -> GPT:
@@ -86,12 +77,7 @@ def load_hf_gpt2(folder: str | Path) -> GPT:
         raise CheckpointError(f"{cfg_path}: not a GPT-2 config ({e})") from e
     if act not in ("gelu", "gelu_new", "gelu_pytorch_tanh"):
         raise CheckpointError(f"{cfg_path}: unsupported activation_function {act!r}")
-    try:
-        raw = load_file(str(weights))
-    except FileNotFoundError as e:
-        raise CheckpointError(f"{weights}: not found") from e
-    except Exception as e:
-        raise CheckpointError(f"{weights}: unreadable safetensors file ({e})") from e
+    raw = read_safetensors(weights)
     state = {}
     for k, v in raw.items():
         if _MASK_BUFFER.search(k):
@@ -100,7 +86,7 @@ def load_hf_gpt2(folder: str | Path) -> GPT:
         state[k] = v.t().contiguous() if k.endswith(_CONV1D) else v
     if "lm_head.weight" not in state and "transformer.wte.weight" in state:
         state["lm_head.weight"] = state["transformer.wte.weight"]  # tied embeddings
-    return _fill(GPT(cfg), state, weights)
+    return fill_model(GPT(cfg), state, weights)
 
 
 def _tl_tensor(sd: dict, key: str, path: Path) -> torch.Tensor:
@@ -113,12 +99,7 @@ def _tl_tensor(sd: dict, key: str, path: Path) -> torch.Tensor:
 def load_transformer_lens(path: str | Path) -> GPT:
     """A TransformerLens HookedTransformer state dict (.pth) -> GPT; shapes give the config."""
     path = Path(path)
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as e:
-        raise CheckpointError(f"{path}: not found") from e
-    except Exception as e:
-        raise CheckpointError(f"{path}: not a readable state dict ({type(e).__name__}: {e})") from e
+    sd = _torch_load(path, "state dict")
     if not isinstance(sd, dict):
         raise CheckpointError(f"{path}: expected a state dict, got {type(sd).__name__}")
     W_E = _tl_tensor(sd, "embed.W_E", path)  # (V, d)
@@ -157,7 +138,7 @@ def load_transformer_lens(path: str | Path) -> GPT:
             f"{o}.mlp.c_fc.weight": t("mlp.W_in").T, f"{o}.mlp.c_fc.bias": t("mlp.b_in"),
             f"{o}.mlp.c_proj.weight": t("mlp.W_out").T, f"{o}.mlp.c_proj.bias": t("mlp.b_out"),
         })
-    return _fill(GPT(cfg), {k: v.contiguous() for k, v in state.items()}, path)
+    return fill_model(GPT(cfg), {k: v.contiguous() for k, v in state.items()}, path)
 
 
 _GAME_BY_VOCAB = {61: "othello", 32: "chess"}
