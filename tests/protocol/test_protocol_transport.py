@@ -156,7 +156,9 @@ def test_lossy_subscriber_never_blocks_and_loses():
             pub.send(message(n, nbytes))
             last = idle.recv(timeout_ms=5000)
             assert last is not None and decode(last).header.seq == n
-            assert tracker.observe("ab", n) == n - seqs[-1] - 1 > 0
+            # The loss was asserted above (len(seqs) < n // 2); where it falls is timing-
+            # dependent (the queue may still hold message n - 1), so only the arithmetic here.
+            assert tracker.observe("ab", n) == n - seqs[-1] - 1
             assert tracker.lost_total == n - len(seqs)
 
 
