@@ -20,9 +20,11 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # System packages the dashboard test needs (a real Prometheus server and promtool).
+# Debian packages: prometheus + promtool (dashboard and rules tests), stockfish (chess source).
 deps:
-	@command -v prometheus >/dev/null && command -v promtool >/dev/null || \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null && \
+	  { command -v stockfish >/dev/null || test -x /usr/games/stockfish; } || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus stockfish >/dev/null; }
 
 demo: venv
 	$(BIN)/boardlens up --tokens $(TOKENS)

@@ -96,7 +96,11 @@ def evaluate(config_file, **options):
 @click.option("--tokens", type=int, default=2_000_000, show_default=True,
               help="Tokens to stream before stopping (0 = until Ctrl-C).")
 @click.option("--run-dir", default=None, help="Run folder [default: runs/<timestamp>].")
-@click.option("--model", default=None, help="Bundled model folder [default: models/othello-gpt].")
+@click.option("--game", type=click.Choice(["othello", "chess"]), default="othello", show_default=True,
+              help="Picks the bundled model (models/<game>-gpt) when --model is not given.")
+@click.option("--model", default=None, help="Model folder or checkpoint; its vocabulary decides the game.")
+@click.option("--source", default=None, help="Chess game source: random, stockfish[:...], pgn:PATH [default: random].")
+@click.option("--label-workers", type=int, default=None, help="Chess labelling processes [default: 1].")
 @click.option("--sae", "saes", multiple=True, help="Trainer spec, repeatable [default: standard + p_anneal].")
 @click.option("--d-sae", type=int, default=None, help="Dictionary size [default: 4096].")
 @click.option("--batch-size", type=int, default=None, help="SAE batch size [default: 2048 in up].")
@@ -123,45 +127,56 @@ def lm() -> None:
 
 
 @lm.command("train")
-@click.option("--game", default="othello", show_default=True, type=click.Choice(["othello"]))
-@click.option("--out", default="runs/lm-othello", show_default=True, help="Output folder.")
+@click.option("--game", default="othello", show_default=True, type=click.Choice(["othello", "chess"]))
+@click.option("--out", default=None, help="Output folder [default: runs/lm-<game>].")
 @click.option("--steps", default=6000, show_default=True, help="Optimiser steps.")
 @click.option("--batch-games", default=128, show_default=True, help="Games per step.")
 @click.option("--n-layer", default=6, show_default=True)
 @click.option("--n-embd", default=192, show_default=True)
 @click.option("--n-head", default=6, show_default=True)
+@click.option("--sae-layer", default=4, show_default=True, help="Default streamed block, stored in the model.")
 @click.option("--lr", default=1e-3, show_default=True)
+@click.option("--warmup-steps", default=200, show_default=True)
+@click.option("--ckpt-every", default=250, show_default=True, help="Steps between training checkpoints.")
+@click.option("--eval-every", default=500, show_default=True, help="Steps between legality evaluations.")
+@click.option("--eval-games", default=500, show_default=True, help="Held-out games per evaluation.")
+@click.option("--threads", default=0, show_default=True, help="torch threads (0 = torch's default).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from <out>/train_state.pt.")
-def lm_train(resume: bool, **options) -> None:
+def lm_train(resume: bool, out: str | None, **options) -> None:
     """Train a game LM on freshly generated games (progress bar, checkpoints, resume)."""
     from boardlens.lm.train import LMTrainConfig
     from boardlens.lm.train import train as train_lm
 
     try:
-        cfg = LMTrainConfig(**options)
+        cfg = LMTrainConfig(out=out or f"runs/lm-{options['game']}", **options)
     except ValueError as e:
         raise click.UsageError(str(e)) from e
     train_lm(cfg, resume=resume)
 
 
 @lm.command("eval")
-@click.option("--model", default=None, help="Model folder [default: models/othello-gpt].")
+@click.option("--model", default=None, help="Model folder or checkpoint [default: models/othello-gpt].")
 @click.option("--games", default=2000, show_default=True, help="Held-out random games.")
 @click.option("--seed", default=12345, show_default=True, help="Seed of the held-out games.")
 def lm_eval(model, games: int, seed: int) -> None:
-    """Held-out legal-move top-1 accuracy of a bundled Othello model."""
-    from boardlens.games.othello.engine import play_random
-    from boardlens.games.othello.lm_data import legal_move_accuracy
-    from boardlens.lm.checkpoint import CheckpointError, load_model
+    """Held-out legality of a game LM's moves.
+
+    Othello: top-1 next-move accuracy at every position. Chess: the fraction of sampled
+    continuations (temperature 1, one random move boundary per game) that are legal SAN.
+    """
+    from boardlens.lm.checkpoint import CheckpointError
+    from boardlens.lm.formats import load_any
+    from boardlens.lm.train import game_data
     from services.config import DEFAULT_MODEL
 
     try:
-        m, _ = load_model(model or DEFAULT_MODEL)
+        net, meta = load_any(model or DEFAULT_MODEL)
     except CheckpointError as e:
         raise click.ClickException(str(e)) from e
-    acc = legal_move_accuracy(m, play_random(games, seed=seed))
-    click.echo(f"legal-move top-1 accuracy on {games} held-out games (seed {seed}): {acc:.4f}")
+    data = game_data(meta["game"])
+    score = data.score(net, data.eval_set(games, seed))
+    click.echo(f"{meta['game']} {data.score_name} on {games} held-out games (seed {seed}): {score:.4f}")
 
 
 if __name__ == "__main__":

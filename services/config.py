@@ -20,7 +20,9 @@ from typing import Any, get_type_hints
 
 import yaml
 
-DEFAULT_MODEL = str(Path(__file__).resolve().parent.parent / "models" / "othello-gpt")
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+BUNDLED_MODELS = {"othello": str(MODELS_DIR / "othello-gpt"), "chess": str(MODELS_DIR / "chess-gpt")}
+DEFAULT_MODEL = BUNDLED_MODELS["othello"]
 
 
 def _endpoint(value: str, what: str) -> None:
@@ -60,8 +62,15 @@ class ProducerConfig(ServiceOptions):
     """'auto' (CUDA when present), 'cpu' or 'cuda[:i]'."""
     dtype: str = "float32"
     """Activation dtype on the wire and in the forward: float32, bfloat16 or float16."""
-    batch_games: int = 64
-    """Games per message (each game is 59 positions for Othello)."""
+    batch_games: int = 0
+    """Games per message; 0 = about 4k tokens (Othello 64 games of 59, chess 16 of 256)."""
+    source: str = "random"
+    """Chess games: 'random', 'stockfish[:nodes=16-256,opening=0-8]' or 'pgn:PATH' (.pgn or
+    .pgn.zst; the stream ends with the file). Othello: 'random'."""
+    label_workers: int = 1
+    """Processes generating and labelling chess games (0 = in the producer's own thread)."""
+    stockfish: str = ""
+    """Stockfish binary for the stockfish source ('' = PATH, then /usr/games/stockfish)."""
     bind: str = "tcp://127.0.0.1:5555"
     """Lossless endpoint (trainers): every subscriber sees every batch."""
     bind_lossy: str = "tcp://127.0.0.1:5556"
@@ -87,8 +96,11 @@ class ProducerConfig(ServiceOptions):
     def __post_init__(self) -> None:
         _endpoint(self.bind, "bind")
         _endpoint(self.bind_lossy, "bind_lossy")
-        _positive(self, "batch_games", "sndhwm_msgs", "send_timeout_ms", "wait_timeout_s",
-                  "health_stall_s")
+        _positive(self, "sndhwm_msgs", "send_timeout_ms", "wait_timeout_s", "health_stall_s")
+        if self.batch_games < 0 or self.label_workers < 0:
+            raise ValueError("batch_games and label_workers must be >= 0")
+        if self.source.partition(":")[0] not in ("random", "stockfish", "pgn"):
+            raise ValueError(f"source must be random, stockfish[:...] or pgn:PATH, got {self.source!r}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if min(self.max_tokens, self.wait_consumers, self.wait_lossy_consumers, self.drain_timeout_s) < 0:

@@ -18,7 +18,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from boardlens.games import families
+import numpy as np
+
+from boardlens.games import families, family_groups
 from boardlens.metrics.evalset import EvalSet, evaluate_sae
 from boardlens.sae.io import ae_from_tensors
 from protocol import ActivationBatch, Message, Subscriber
@@ -119,9 +121,15 @@ class LiveEvaluator:
         scores, stats = evaluate_sae(ae, self.evalset)
         dt = time.perf_counter() - t0
         step = int(msg.header.meta.get("step", 0))
+        averages = {group: {"coverage": float(np.mean([scores[f].coverage for f in members])),
+                            "reconstruction": float(np.mean([scores[f].reconstruction for f in members]))}
+                    for group, members in family_groups(self.game).items()}
         for fam, s in scores.items():
             self.m.coverage.labels(name, fam).set(s.coverage)
             self.m.reconstruction.labels(name, fam).set(s.reconstruction)
+        for group, v in averages.items():  # same gauges; 'family' names the group
+            self.m.coverage.labels(name, group).set(v["coverage"])
+            self.m.reconstruction.labels(name, group).set(v["reconstruction"])
         self.m.l0.labels(name).set(stats.l0)
         self.m.fve.labels(name).set(stats.var_explained)
         self.m.alive.labels(name).set(stats.frac_alive)
@@ -130,12 +138,16 @@ class LiveEvaluator:
         self.m.evaluations.labels(name).inc()
         record = {"time": time.time(), "sae": name, "step": step, "eval_seconds": round(dt, 3),
                   "games": self.evalset.progress(),
-                  "families": {k: v._asdict() for k, v in scores.items()}, **stats._asdict()}
+                  "families": {k: v._asdict() for k, v in scores.items()}, "averages": averages,
+                  **stats._asdict()}
         self.latest[name] = record
         self.log.write(json.dumps(record) + "\n")
         self.log.flush()
+        shown = {**{k: v._asdict() for k, v in scores.items()}, **averages}
+        if len(scores) > 4:  # chess: the first (piece) family and the averages; all in metrics.jsonl
+            shown = {k: shown[k] for k in (next(iter(scores)), *averages)}
         log.info("evaluated %s step %d in %.1f s: %s; L0 %.1f, FVE %.3f", name, step, dt,
-                 ", ".join(f"{k} cov {v.coverage:.3f} rec {v.reconstruction:.3f}" for k, v in scores.items()),
+                 ", ".join(f"{k} cov {v['coverage']:.3f} rec {v['reconstruction']:.3f}" for k, v in shown.items()),
                  stats.l0, stats.var_explained)
         return record
 

@@ -1,9 +1,11 @@
 """Producer: games -> LM forward -> residual activations + board labels -> ZeroMQ.
 
     boardlens produce --model models/othello-gpt --max-tokens 1000000
+    boardlens produce --model models/chess-gpt --source stockfish --label-workers 2
 
 Game generation and labelling for batch i+1 run in a worker thread while the LM forward of
-batch i runs (numpy and torch release the GIL), so labelling is never the bottleneck.
+batch i runs (numpy and torch release the GIL); chess games are made and labelled in
+`label_workers` processes (python-chess is pure Python), so labelling keeps up with the LM.
 Guarantees: lossless subscribers see every batch in order (the producer blocks, up to
 send_timeout_ms, rather than drop); lossy subscribers may miss batches. A restart starts a
 new epoch; with the same seed it replays the same games. 'end' is sent only when
@@ -20,13 +22,15 @@ import numpy as np
 import torch
 import zmq
 
-from boardlens.games.othello.lm_data import LabelledGames, labelled_games
+from boardlens.games.labelled import LabelledGames
+from boardlens.games.stream import GameStream
 from boardlens.lm.formats import load_any
 from protocol import ActivationBatch, Publisher, SendTimeout, encode, encode_batch, new_epoch
 from services.common import log, log_config, pick_device, set_threads, stop_on_signals, transport
 from services.config import ProducerConfig
 from services.telemetry import Telemetry
 
+AUTO_BATCH_GAMES = {"othello": 64, "chess": 16}  # about 4k tokens per message
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -56,22 +60,22 @@ class Producer:
         self.dtype = _DTYPES[cfg.dtype]
         self.model, meta = load_any(cfg.model, self.device, self.dtype)
         self.game = meta.get("game", "othello")
-        if self.game != "othello":
-            raise ValueError(f"{cfg.model}: game {self.game!r} is not supported by this producer yet")
         self.layer = cfg.layer if cfg.layer >= 0 else int(meta.get("sae_layer", 0))
         if not 0 <= self.layer < self.model.config.n_layer:
             raise ValueError(f"layer {self.layer} out of range 0..{self.model.config.n_layer - 1}")
         self.model_id = Path(cfg.model).name
-        self.rng = np.random.default_rng(cfg.seed)
+        self.batch_games = cfg.batch_games or AUTO_BATCH_GAMES[self.game]
+        self.stream = GameStream(self.game, self.batch_games, cfg.seed, cfg.source,
+                                 cfg.label_workers, cfg.stockfish)
         self.epoch = new_epoch()
         self.seq = 0
         self.next_game_id = 0
         self.m = ProducerMetrics(tel)
         self.pub = Publisher(cfg.bind, cfg.bind_lossy, transport(cfg))
 
-    def _games(self) -> LabelledGames:
+    def _games(self) -> LabelledGames | None:
         t0 = time.perf_counter()
-        games = labelled_games(self.rng, self.cfg.batch_games)
+        games = self.stream.next()
         self.m.labelling.observe(time.perf_counter() - t0)
         return games
 
@@ -120,16 +124,20 @@ class Producer:
     def run(self, stop) -> int:
         """Stream until `stop` is set or max_tokens is reached; returns tokens streamed."""
         cfg = self.cfg
-        log.info("producer: model %s (%s), layer %d, device %s, lossless %s, lossy %s",
-                 cfg.model, self.game, self.layer, self.device, self.pub.lossless_endpoint,
+        log.info("producer: model %s (%s), layer %d, device %s, source %s, %d games per batch, "
+                 "lossless %s, lossy %s", cfg.model, self.game, self.layer, self.device,
+                 self.stream.source, self.batch_games, self.pub.lossless_endpoint,
                  self.pub.lossy_endpoint)
         if not self._wait_for_subscribers(stop):
             return 0
-        streamed = 0
+        streamed, exhausted = 0, False
         with ThreadPoolExecutor(1, thread_name_prefix="games") as pool:
             pending = pool.submit(self._games)
             while not stop.is_set() and (not cfg.max_tokens or streamed < cfg.max_tokens):
                 games = pending.result()
+                if games is None:
+                    exhausted = True
+                    break
                 pending = pool.submit(self._games)  # overlaps with the forward below
                 acts = self._forward(games.tokens)
                 B = acts.shape[0]
@@ -153,11 +161,12 @@ class Producer:
                 self.m.batches.inc()
                 self.m.bytes.inc(sum(memoryview(f).nbytes for f in frames))
                 self.tel.progress()
-        if cfg.max_tokens and streamed >= cfg.max_tokens:
+        if exhausted or (cfg.max_tokens and streamed >= cfg.max_tokens):
             end = encode("end", epoch=self.epoch, seq=self.seq, game=self.game, model=self.model_id,
                          layer=self.layer, tensors={}, meta={"tokens": streamed})
             self._send(end, stop)
-            log.info("producer: reached max_tokens (%d streamed), sent end of stream", streamed)
+            log.info("producer: %s (%d tokens streamed), sent end of stream",
+                     "source exhausted" if exhausted else "reached max_tokens", streamed)
         return streamed
 
     def close(self) -> None:
@@ -166,6 +175,7 @@ class Producer:
         Without this, batches queued for a slow trainer (up to sndhwm_msgs of them) and the
         end-of-stream message would vanish when the process exits.
         """
+        self.stream.close()
         drain_ms = int(self.cfg.drain_timeout_s * 1000)
         log.info("producer: delivering queued batches (up to %.0f s)", self.cfg.drain_timeout_s)
         self.pub.close(linger_ms=drain_ms)

@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.config import EvaluatorConfig, ProducerConfig, TrainerConfig, resolve
+from services.config import BUNDLED_MODELS, EvaluatorConfig, ProducerConfig, TrainerConfig, resolve
 
 SERVICES = ("evaluator", "trainer", "producer")
 
@@ -40,8 +40,9 @@ def _free_ports(n: int) -> list[int]:
 
 
 def build_configs(config_file: str | None, run_dir: str, tokens: int, base_port: int,
-                  model=None, saes=(), d_sae=None, batch_size=None, steps=None, lr=None,
-                  train_games=None, test_games=None, device=None) -> dict:
+                  game="othello", model=None, source=None, label_workers=None, saes=(), d_sae=None,
+                  batch_size=None, steps=None, lr=None, train_games=None, test_games=None,
+                  device=None) -> dict:
     """Resolve the three configs for a loopback run; flags given to `up` win over the file.
 
     Without a config file, `up` is tuned for a short run on a laptop: lr 1e-3 with a
@@ -55,8 +56,11 @@ def build_configs(config_file: str | None, run_dir: str, tokens: int, base_port:
     ncpu = os.cpu_count() or 2
     threads = None if config_file else {"producer": 1, "evaluator": 1, "trainer": max(1, ncpu - 2)}
     th = (lambda name: threads[name]) if threads else (lambda name: None)
+    if model is None and game != "othello":  # Othello's bundled model is the config default
+        model = BUNDLED_MODELS[game]
     prod = resolve(ProducerConfig, config_file, {
-        "model": model, "device": device, "bind": ep[0], "bind_lossy": ep[1], "max_tokens": tokens,
+        "model": model, "source": source, "label_workers": label_workers, "device": device,
+        "bind": ep[0], "bind_lossy": ep[1], "max_tokens": tokens,
         "wait_consumers": 1, "wait_lossy_consumers": 1, "metrics_port": ports[3],
         "threads": th("producer")})
     train = resolve(TrainerConfig, config_file, {
@@ -132,23 +136,33 @@ class StallWatch:
         return time.monotonic() - self.since > after_s
 
 
+def _table(head: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(x) for x in col) for col in zip(head, *rows, strict=True)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([fmt.format(*head), fmt.format(*["-" * w for w in widths])] + [fmt.format(*r) for r in rows])
+
+
 def final_table(run_dir: Path) -> str:
+    """Per SAE: step, L0, FVE and the family averages; then coverage/reconstruction per family."""
     path = run_dir / "final_metrics.json"
     if not path.exists():
         return f"(no evaluation finished: {path} is missing)"
     latest = json.loads(path.read_text())
     if not latest:
         return "(no SAE was evaluated)"
-    fams = sorted({f for r in latest.values() for f in r["families"]})
-    head = ["sae", "step", "L0", "FVE", *[f"{f} cov" for f in fams], *[f"{f} rec" for f in fams]]
-    rows = []
-    for name, r in sorted(latest.items()):
-        rows.append([name, str(r["step"]), f"{r['l0']:.1f}", f"{r['var_explained']:.3f}",
-                     *[f"{r['families'][f]['coverage']:.3f}" for f in fams],
-                     *[f"{r['families'][f]['reconstruction']:.3f}" for f in fams]])
-    widths = [max(len(x) for x in col) for col in zip(head, *rows, strict=True)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join([fmt.format(*head), fmt.format(*["-" * w for w in widths])] + [fmt.format(*r) for r in rows])
+    saes = sorted(latest)
+    groups = list(latest[saes[0]].get("averages", {}))
+    summary = _table(
+        ["sae", "step", "L0", "FVE", *[f"{g} {m}" for g in groups for m in ("cov", "rec")]],
+        [[n, str(latest[n]["step"]), f"{latest[n]['l0']:.1f}", f"{latest[n]['var_explained']:.3f}",
+          *[f"{latest[n]['averages'][g][m]:.3f}" for g in groups for m in ("coverage", "reconstruction")]]
+         for n in saes])
+    fams = list(latest[saes[0]]["families"])
+    per_family = _table(
+        ["family", *[f"{n} {m}" for n in saes for m in ("cov", "rec")]],
+        [[f, *[f"{latest[n]['families'][f][m]:.3f}" for n in saes for m in ("coverage", "reconstruction")]]
+         for f in fams])
+    return summary + "\n\n" + per_family
 
 
 def run(config_file=None, tokens=2_000_000, run_dir=None, quiet=False, base_port=0, **flags) -> int:

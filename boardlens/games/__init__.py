@@ -18,3 +18,16 @@ def families(game: str) -> tuple[Family, ...]:
 
         return CHESS_FAMILIES
     raise ValueError(f"unknown game {game!r}; known: {GAMES}")
+
+
+def family_groups(game: str) -> dict[str, tuple[str, ...]]:
+    """Averages the evaluator reports beside the families: {group name: member families}.
+
+    'average' is every family; chess adds 'strategy_average' over its 14 strategy families,
+    the paper's summary of them.
+    """
+    names = tuple(f.name for f in families(game))
+    groups = {"average": names}
+    if game == "chess":
+        groups["strategy_average"] = tuple(n for n in names if n != "piece")
+    return groups

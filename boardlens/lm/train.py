@@ -1,6 +1,11 @@
 """Train a game LM on freshly generated games, with periodic checkpoints and resume.
 
     boardlens lm train --game othello --out runs/lm-othello --steps 6000
+    boardlens lm train --game chess --out runs/lm-chess --n-layer 8 --sae-layer 6
+
+Othello trains on random legal games (synthetic, as OthelloGPT was) and is scored by top-1
+legal-move accuracy; chess trains on random legal games cut to 256 characters and is scored by
+the fraction of sampled continuations that are legal moves.
 
 A training checkpoint (`train_state.pt`: weights, AdamW moments, step, RNG states) is written
 atomically every `ckpt_every` steps and on SIGTERM/Ctrl-C; `--resume` continues from it. The
@@ -16,15 +21,45 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from boardlens.games import GAMES
 from boardlens.lm.checkpoint import save_model
 from boardlens.lm.model import GPT, GPTConfig
+
+
+class GameData(NamedTuple):
+    """What training needs from a game: its vocabulary, batches and a legality score."""
+
+    vocab_size: int
+    context: int  # tokens per training sequence
+    batch: Callable[[np.random.Generator, int], tuple[torch.Tensor, torch.Tensor]]
+    eval_set: Callable[[int, int], object]  # (num_games, seed) -> held-out set
+    score: Callable[[GPT, object], float]  # legal-move score on the held-out set, in [0, 1]
+    score_name: str
+
+
+def game_data(game: str) -> GameData:
+    if game == "othello":
+        from boardlens.games.othello import lm_data, tokenizer
+        from boardlens.games.othello.engine import play_random
+
+        return GameData(tokenizer.VOCAB_SIZE, tokenizer.CONTEXT, lm_data.training_batch,
+                        lambda n, seed: play_random(n, seed=seed), lm_data.legal_move_accuracy,
+                        "legal_move_acc")
+    if game == "chess":
+        from boardlens.games.chess import lm_data, tokenizer
+
+        return GameData(tokenizer.VOCAB_SIZE, tokenizer.GAME_CHARS, lm_data.training_batch,
+                        lm_data.eval_prompts, lm_data.legal_move_rate, "legal_move_rate")
+    raise ValueError(f"unknown game {game!r}; known: {GAMES}")
 
 
 @dataclass(frozen=True)
@@ -65,8 +100,8 @@ class LMTrainConfig:
     """torch intra-op threads (0 = torch's default)."""
 
     def __post_init__(self) -> None:
-        if self.game != "othello":
-            raise ValueError(f"game must be 'othello' (chess arrives later), got {self.game!r}")
+        if self.game not in GAMES:
+            raise ValueError(f"game must be one of {GAMES}, got {self.game!r}")
         for k in ("steps", "batch_games", "ckpt_every", "eval_every", "eval_games"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{k} must be >= 1")
@@ -106,9 +141,7 @@ def _save_state(path: Path, model, opt, step, rng, best, seen) -> None:
 
 
 def train(cfg: LMTrainConfig, resume: bool = False) -> dict:
-    from boardlens.games.othello import lm_data, tokenizer
-    from boardlens.games.othello.engine import play_random
-
+    data = game_data(cfg.game)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
@@ -117,13 +150,13 @@ def train(cfg: LMTrainConfig, resume: bool = False) -> dict:
     print(f"lm-train config {json.dumps(asdict(cfg), sort_keys=True)}", flush=True)
     torch.manual_seed(cfg.seed)
     gpt_cfg = GPTConfig(
-        vocab_size=tokenizer.VOCAB_SIZE, block_size=tokenizer.CONTEXT,
+        vocab_size=data.vocab_size, block_size=data.context,
         n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
     )
     model = GPT(gpt_cfg)
     opt = _optimizer(model, cfg)
     rng = np.random.default_rng(cfg.seed)
-    eval_rec = play_random(cfg.eval_games, seed=10_000_019 + cfg.seed)  # disjoint stream
+    eval_set = data.eval_set(cfg.eval_games, 10_000_019 + cfg.seed)  # disjoint seed stream
     step, best, seen = 0, -1.0, 0
     state_path = out / "train_state.pt"
     if resume and state_path.exists():
@@ -142,12 +175,12 @@ def train(cfg: LMTrainConfig, resume: bool = False) -> dict:
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     log = open(out / "lm_metrics.jsonl", "a")
-    t0, tokens0 = time.time(), seen * (tokenizer.CONTEXT + 1)
+    t0, tokens0 = time.time(), seen * data.context
     try:
         while step < cfg.steps and not stop["now"]:
             for g in opt.param_groups:
                 g["lr"] = lr_at(cfg, step)
-            x, y = lm_data.training_batch(rng, cfg.batch_games)
+            x, y = data.batch(rng, cfg.batch_games)
             logits, _ = model(x)
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100)
             opt.zero_grad(set_to_none=True)
@@ -156,21 +189,21 @@ def train(cfg: LMTrainConfig, resume: bool = False) -> dict:
             opt.step()
             step += 1
             seen += cfg.batch_games
-            rate = (seen * (tokenizer.CONTEXT + 1) - tokens0) / max(time.time() - t0, 1e-9)
+            rate = (seen * data.context - tokens0) / max(time.time() - t0, 1e-9)
             _progress(step, cfg.steps, loss.item(), rate)
             rec = {"step": step, "loss": round(loss.item(), 5), "games": seen}
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 model.eval()
-                acc = lm_data.legal_move_accuracy(model, eval_rec)
+                acc = data.score(model, eval_set)
                 model.train()
-                rec["legal_move_acc"] = acc
-                print(f"\nstep {step}: held-out legal-move top-1 accuracy {acc:.4f}", flush=True)
+                rec[data.score_name] = acc
+                print(f"\nstep {step}: held-out {data.score_name} {acc:.4f}", flush=True)
                 if acc > best:
                     best = acc
                     save_model(model, out / "model", {
-                        "game": cfg.game, "sae_layer": cfg.sae_layer, "legal_move_acc": acc,
+                        "game": cfg.game, "sae_layer": cfg.sae_layer, data.score_name: acc,
                         "train_steps": step, "games_seen": seen,
-                        "tokens_seen": seen * tokenizer.CONTEXT,
+                        "tokens_seen": seen * data.context,
                     })
             log.write(json.dumps(rec) + "\n")
             if step % cfg.ckpt_every == 0:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 import torch
 
 from boardlens.games.othello import tokenizer
 from boardlens.games.othello.engine import GameRecord, bits_to_bool, play_random
+from boardlens.games.labelled import LabelledGames
 from boardlens.games.othello.labels import label_games
 
 
@@ -44,17 +43,11 @@ def legal_move_accuracy(model, rec: GameRecord, batch_size: int = 512) -> float:
     return hits / max(total, 1)
 
 
-class LabelledGames(NamedTuple):
-    """Model inputs with their board labels; position p of game g is the state after move p."""
-
-    tokens: np.ndarray  # (G, 59) int64 input tokens (0 = pad after the end)
-    lengths: np.ndarray  # (G,) int16 valid positions
-    label_pos: np.ndarray  # (G, 59) int16 labelled positions (every valid one), -1 = none
-    labels: dict[str, np.ndarray]  # family -> (G, 59, 8, 8) int8
-
-
 def labelled_games(rng: np.random.Generator, num_games: int) -> LabelledGames:
-    """Random games, tokenised and labelled at every position (the producer's input)."""
+    """Random games, tokenised and labelled at every position (the producer's input).
+
+    Position p of game g is the state after move p; tokens are (G, 59) with 0 = pad.
+    """
     rec = play_random(num_games, rng=rng)
     T = tokenizer.CONTEXT
     tokens = tokens_of(rec)[:, :T]
