@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from boardlens.games.chess import families as F
-from boardlens.games.chess.transcripts import dot_positions, random_game
+from boardlens.games.chess.transcripts import dot_positions, parse_transcript, random_game, replay
 
 START = chess.Board()
 
@@ -90,3 +90,48 @@ def test_invariants_over_random_games():
             mine = {s for s, p in board.piece_map().items() if p.color == board.turn}
             assert not (set(np.flatnonzero(labels["legal_moves"].reshape(-1))) & mine)
             assert labels["check"][0, 0] == int(board.is_check())
+
+
+# Plain definitions, one python-chess query per square or piece: the oracle for the bitboard
+# versions in families.py.
+_RANK = {chess.PAWN: 1, chess.KNIGHT: 3, chess.BISHOP: 3, chess.ROOK: 5, chess.QUEEN: 9, chess.KING: 100}
+PLAIN = {
+    "threat": lambda bd: [bd.is_attacked_by(not bd.turn, s) for s in chess.SQUARES],
+    "can_check_next": lambda bd: any(bd.gives_check(m) for m in bd.legal_moves),
+    "can_capture_queen": lambda bd: any(m.to_square in bd.pieces(chess.QUEEN, not bd.turn) for m in bd.legal_moves),
+    "has_queen": lambda bd: bool(bd.pieces(chess.QUEEN, bd.turn)),
+    "has_bishop_pair": lambda bd: len(bd.pieces(chess.BISHOP, bd.turn)) >= 2,
+    "pin": lambda bd: any(bd.is_pinned(p.color, s) for s, p in bd.piece_map().items() if p.piece_type != chess.KING),
+    "any_fork": lambda bd: any(
+        not bd.is_pinned(c, s) and sum(1 for t in bd.attacks(s) if (q := bd.piece_at(t)) and q.color != c
+                                       and _RANK[q.piece_type] > _RANK[pt]) >= 2
+        for c in (chess.WHITE, chess.BLACK) for pt in (chess.PAWN, chess.KNIGHT, chess.BISHOP, chess.ROOK)
+        for s in bd.pieces(pt, c)),
+}
+
+
+def _boards_for_oracle():
+    """Both sides to move, from random games and from Stockfish games when installed."""
+    rng = np.random.default_rng(11)
+    texts = [random_game(rng) for _ in range(30)]
+    try:
+        from boardlens.games.chess.sources import generate, parse_source
+
+        texts += generate(parse_source("stockfish:nodes=16-64"), 6, (4,))
+    except ValueError:
+        pass  # no Stockfish: random games still cover every family
+    for text in texts:
+        sans, _ = parse_transcript(text)
+        yield from replay(sans)
+
+
+def test_fast_families_agree_with_plain_definitions():
+    seen = {name: set() for name in PLAIN}
+    for board in _boards_for_oracle():
+        labels = F.label_board(board)
+        for name, plain in PLAIN.items():
+            want = np.array(plain(board), dtype=np.int8).reshape(labels[name].shape)
+            np.testing.assert_array_equal(labels[name], want, err_msg=f"{name} on {board.fen()}")
+            seen[name].update(np.unique(want).tolist())
+    # Every scalar family took both values somewhere, so the comparison was not vacuous.
+    assert all(values == {0, 1} for values in seen.values()), seen

@@ -10,10 +10,31 @@ from protocol import ActivationBatch, Publisher, TransportConfig, encode, encode
 from tests.services.helpers import free_ports, healthz, scrape, services, start, value, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
-MODEL = os.path.join(os.path.dirname(__file__), "..", "..", "models", "othello-gpt-random")
+MODELS = os.path.join(os.path.dirname(__file__), "..", "..", "models")
 
 
-def test_pipeline_trains_and_evaluates_live(tmp_path):
+def _stockfish() -> bool:
+    from boardlens.games.chess.sources import stockfish_path
+
+    try:
+        return bool(stockfish_path())
+    except ValueError:
+        return False
+
+
+# Chess runs on Stockfish self-play when it is installed (make deps), else random games.
+GAMES = {
+    "othello": (["--batch-games", "16"], ("mine_theirs_empty", "legal_moves", "average")),
+    "chess": (["--batch-games", "4", "--label-workers", "1",
+               "--source", "stockfish:nodes=8-32" if _stockfish() else "random"],
+              ("piece", "threat", "legal_moves", "check", "castling_any", "any_fork", "pin",
+               "ambiguous_moves", "average", "strategy_average")),
+}
+
+
+@pytest.mark.parametrize("game", GAMES)
+def test_pipeline_trains_and_evaluates_live(tmp_path, game):
+    producer_args, families = GAMES[game]
     lossless, lossy, snaps, pm, tm, em = free_ports(6)
     ep = lambda p: f"tcp://127.0.0.1:{p}"  # noqa: E731
     run = str(tmp_path / "run")
@@ -28,8 +49,9 @@ def test_pipeline_trains_and_evaluates_live(tmp_path):
                          "--steps", "100000", "--warmup-steps", "20", "--snapshot-every", "50",
                          "--checkpoint-every", "100", "--threads", "1", "--metrics-port", str(tm),
                          log_path=logs["trainer"]),
-        "producer": start("produce", "--model", MODEL, "--bind", ep(lossless), "--bind-lossy", ep(lossy),
-                          "--wait-consumers", "1", "--wait-lossy-consumers", "1", "--batch-games", "16",
+        "producer": start("produce", "--model", os.path.join(MODELS, f"{game}-gpt-random"),
+                          "--bind", ep(lossless), "--bind-lossy", ep(lossy), *producer_args,
+                          "--wait-consumers", "1", "--wait-lossy-consumers", "1",
                           "--threads", "1", "--metrics-port", str(pm), log_path=logs["producer"]),
     }
     with services(procs, logs):
@@ -51,7 +73,7 @@ def test_pipeline_trains_and_evaluates_live(tmp_path):
         for sae in ("standard-256-0.05", "p_anneal-256-0.05"):
             assert value(t, "boardlens_sae_l0", sae=sae) > 0
             assert ("boardlens_sae_alpha", (("sae", sae),)) in t
-        for fam in ("mine_theirs_empty", "legal_moves"):
+        for fam in families:
             for metric in ("boardlens_eval_coverage", "boardlens_eval_reconstruction"):
                 assert any(n == metric and dict(lab).get("family") == fam for n, lab in e), (metric, fam)
         assert value(e, "boardlens_eval_set_games", split="train") == 30
