@@ -8,7 +8,12 @@ from boardlens.games.chess.families import label_board
 from boardlens.games.chess.lm_data import MAX_DOTS, labelled_transcripts
 from boardlens.games.chess.sources import generate, parse_source, stockfish_path
 from boardlens.games.chess.tokenizer import GAME_CHARS, decode
-from boardlens.games.chess.transcripts import dot_positions, format_transcript, parse_transcript, replay
+from boardlens.games.chess.transcripts import (
+    dot_positions,
+    format_transcript,
+    parse_transcript,
+    replay,
+)
 from boardlens.games.stream import GameStream
 
 try:

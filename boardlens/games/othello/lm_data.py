@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from boardlens.games.labelled import LabelledGames
 from boardlens.games.othello import tokenizer
 from boardlens.games.othello.engine import GameRecord, bits_to_bool, play_random
-from boardlens.games.labelled import LabelledGames
 from boardlens.games.othello.labels import label_games
 
 
