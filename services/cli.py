@@ -179,5 +179,31 @@ def lm_eval(model, games: int, seed: int) -> None:
     click.echo(f"{meta['game']} {data.score_name} on {games} held-out games (seed {seed}): {score:.4f}")
 
 
+@lm.command("probe")
+@click.option("--model", default=None, help="Model folder or checkpoint [default: models/othello-gpt].")
+@click.option("--layer", type=int, default=None, help="Block whose output is probed [default: the model's SAE layer].")
+@click.option("--train-games", default=1000, show_default=True)
+@click.option("--test-games", default=500, show_default=True)
+@click.option("--seed", default=12345, show_default=True, help="Seed of the probed games.")
+def lm_probe(model, layer, train_games: int, test_games: int, seed: int) -> None:
+    """Linear-probe board accuracy of the main family at one layer (held-out games)."""
+    from boardlens.lm.checkpoint import CheckpointError
+    from boardlens.lm.formats import load_any
+    from boardlens.lm.probe import probe_board
+    from services.config import DEFAULT_MODEL
+
+    try:
+        net, meta = load_any(model or DEFAULT_MODEL)
+    except CheckpointError as e:
+        raise click.ClickException(str(e)) from e
+    layer = int(meta.get("sae_layer", 0)) if layer is None else layer
+    if not 0 <= layer < net.config.n_layer:
+        raise click.UsageError(f"--layer must be in 0..{net.config.n_layer - 1}")
+    r = probe_board(net, meta["game"], layer, train_games, test_games, seed)
+    click.echo(f"{meta['game']} {r.family} linear probe at layer {r.layer}: accuracy {r.accuracy:.4f} "
+               f"on {r.test_positions} held-out positions (most-common-class baseline {r.baseline:.4f}; "
+               f"{r.train_positions} training positions)")
+
+
 if __name__ == "__main__":
     main()

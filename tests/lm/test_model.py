@@ -72,3 +72,19 @@ def test_bundled_models_load():
     for folder in (DEFAULT_MODEL, DEFAULT_MODEL + "-random"):
         m, meta = load_model(folder)
         assert meta["game"] == "othello" and 0 <= meta["sae_layer"] < m.config.n_layer
+
+
+def test_linear_probe_reads_the_board_from_the_trained_model_only():
+    from boardlens.lm.checkpoint import load_model
+    from boardlens.lm.probe import probe_board
+    from services.config import DEFAULT_MODEL
+
+    results = {}
+    for name in ("", "-random"):
+        model, cfg = load_model(DEFAULT_MODEL + name)
+        results[name] = probe_board(model, "othello", cfg["sae_layer"], train_games=150, test_games=60,
+                                    steps=150)
+    trained, rand = results[""], results["-random"]
+    assert trained.test_positions > 2000 and trained.family == "mine_theirs_empty"
+    assert trained.baseline == rand.baseline  # same games, same labels
+    assert trained.accuracy > rand.accuracy + 0.1 and trained.accuracy > trained.baseline + 0.2

@@ -1,0 +1,109 @@
+"""Chess games/s per source, labelled positions/s, and whether labelling keeps up with the LM.
+
+    .venv/bin/python benchmarks/chess_sources.py [--games 200] [--workers 2]
+
+Measured in this one run on this machine:
+- games/s of each source: random legal play, Stockfish self-play (one process, then
+  `--workers` processes through the producer's GameStream), reading a PGN file;
+- labelled positions/s (all 15 families at the first 20 '.' of each game) in one process;
+- the producer's LM forward on the bundled chess model (1 thread, 16 games x 256 chars), and
+  the ratio of the labelled stream's tokens/s to it (target >= 1: labelling is not the
+  bottleneck).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from boardlens.games.chess.lm_data import labelled_transcripts  # noqa: E402
+from boardlens.games.chess.sources import close_engines, generate, parse_source  # noqa: E402
+from boardlens.games.chess.tokenizer import GAME_CHARS  # noqa: E402
+from boardlens.games.chess.transcripts import pgn_transcripts  # noqa: E402
+from boardlens.games.stream import GameStream  # noqa: E402
+from boardlens.lm.formats import load_any  # noqa: E402
+from services.config import BUNDLED_MODELS  # noqa: E402
+
+
+def rate(fn, n: int) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return n / (time.perf_counter() - t0)
+
+
+def stream_games_per_s(source: str, workers: int, batches: int, batch_games: int = 16) -> float:
+    with GameStream("chess", batch_games, seed=1, source=source, workers=workers) as s:
+        s.next()  # start-up (spawned workers import python-chess) is not throughput
+        t0 = time.perf_counter()
+        n = sum(len(s.next()) for _ in range(batches))
+        return n / (time.perf_counter() - t0)
+
+
+def lm_tokens_per_s(model: str, threads: int, reps: int = 5) -> float:
+    torch.set_num_threads(threads)
+    net, meta = load_any(model)
+    layer = int(meta.get("sae_layer", 0))
+    x = torch.from_numpy(labelled_transcripts(generate(parse_source("random"), 16, (9,))).tokens)
+    with torch.no_grad():
+        net(x, resid_layers=(layer,), stop_after=layer)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            net(x, resid_layers=(layer,), stop_after=layer)
+    return reps * x.numel() / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--games", type=int, default=200, help="Games per single-process measurement.")
+    ap.add_argument("--workers", type=int, default=2, help="Processes for the parallel measurements.")
+    ap.add_argument("--model", default=BUNDLED_MODELS["chess"])
+    args = ap.parse_args()
+    n = args.games
+    random_spec, sf_spec = parse_source("random"), parse_source("stockfish")
+
+    texts = generate(random_spec, n, (0,))
+    r_random = rate(lambda: generate(random_spec, n, (1,)), n)
+    r_sf = rate(lambda: generate(sf_spec, max(n // 4, 8), (2,)), max(n // 4, 8))
+    close_engines()
+    with tempfile.TemporaryDirectory() as tmp:
+        pgn = Path(tmp) / "games.pgn"
+        pgn.write_text("".join(f'[Event "{i}"]\n\n{" ".join(t[1:].split(" ")[:-1])} *\n\n'
+                               for i, t in enumerate(texts)))
+        r_pgn = rate(lambda: sum(1 for _ in pgn_transcripts(pgn)), n)
+    positions = int((labelled_transcripts(texts[:8]).label_pos >= 0).sum()) / 8 * n  # warm-up + count
+    r_label = rate(lambda: labelled_transcripts(texts), positions)
+    batches = max(2, n // 16)
+    r_stream_1 = stream_games_per_s("random", 0, batches)
+    r_stream_w = stream_games_per_s("random", args.workers, batches)
+    r_sf_w = stream_games_per_s("stockfish", args.workers, max(2, batches // 4))
+    lm = lm_tokens_per_s(args.model, threads=1)
+
+    print(f"{'what':<52}{'rate':>14}")
+    for what, value in [
+        ("random games/s (1 process, generation only)", r_random),
+        ("stockfish self-play games/s (1 process)", r_sf),
+        (f"stockfish self-play games/s ({args.workers} workers, labelled)", r_sf_w),
+        ("PGN file -> transcripts, games/s (1 process)", r_pgn),
+        ("labelled positions/s (15 families, 1 process)", r_label),
+        ("random games labelled, games/s (in the producer)", r_stream_1),
+        (f"random games labelled, games/s ({args.workers} workers)", r_stream_w),
+        (f"LM forward tokens/s ({Path(args.model).name}, 1 thread)", lm),
+    ]:
+        print(f"{what:<52}{value:>14,.0f}")
+    need = lm / GAME_CHARS  # games/s the LM consumes
+    print(f"\nthe LM consumes {need:,.1f} games/s; labelled stream / LM: "
+          f"random {r_stream_w / need:.2f}x, stockfish {r_sf_w / need:.2f}x with {args.workers} workers, "
+          f"random {r_stream_1 / need:.2f}x in-thread (target >= 1)")
+    print(f"machine: {os.cpu_count()} cores")
+
+
+if __name__ == "__main__":
+    main()
