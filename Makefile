@@ -7,6 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 TOKENS ?= 1000000
+GAME ?= othello
 
 .PHONY: venv deps demo test e2e lint bench clean
 
@@ -27,7 +28,7 @@ deps:
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus stockfish >/dev/null; }
 
 demo: venv
-	$(BIN)/boardlens up --tokens $(TOKENS)
+	$(BIN)/boardlens up --game $(GAME) --tokens $(TOKENS)
 
 test: venv deps
 	$(BIN)/python -m pytest -q

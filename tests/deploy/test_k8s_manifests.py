@@ -57,7 +57,7 @@ class Rendered:
         return resolve(cls, str(self.config_file), environ=env)
 
 
-@pytest.fixture(scope="module", params=["cpu", "gpu"])
+@pytest.fixture(scope="module", params=["cpu", "gpu", "chess"])
 def overlay(request, tmp_path_factory):
     return request.param, Rendered(request.param, tmp_path_factory.mktemp("k8s"))
 
@@ -161,3 +161,13 @@ def test_overlay_devices(overlay):
         assert "cpu" in image.split(":")[1]
         assert set(gpus.values()) == {None}
         assert prod.device == "cpu" and train.device == "cpu" and prod.dtype == "float32"
+
+
+def test_chess_overlay_streams_the_chess_model_from_stockfish(tmp_path):
+    r = Rendered("chess", tmp_path)
+    prod = r.config("boardlens-producer")
+    assert prod.model == "/app/models/chess-gpt" and prod.source == "stockfish"
+    assert (Path(__file__).resolve().parents[2] / "models" / "chess-gpt").is_dir()
+    # The CPU limit covers the torch threads plus one core per labelling worker.
+    limit = float(r.container("boardlens-producer")["resources"]["limits"]["cpu"])
+    assert limit >= prod.threads + prod.label_workers
