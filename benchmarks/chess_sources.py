@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -37,6 +38,37 @@ def rate(fn, n: int) -> float:
     t0 = time.perf_counter()
     fn()
     return n / (time.perf_counter() - t0)
+
+
+def python_chess_engine_games_per_s(spec, num_games: int) -> float:
+    """Baseline: the same self-play through python-chess's SimpleEngine (asyncio round trips)."""
+    import chess
+    import chess.engine
+
+    from boardlens.games.chess.sources import stockfish_path
+    from boardlens.games.chess.transcripts import move_chars
+
+    rng = np.random.default_rng(2)
+    engine = chess.engine.SimpleEngine.popen_uci(stockfish_path(spec.engine))
+    engine.configure({"Threads": 1, "Hash": 16})
+    try:
+        t0 = time.perf_counter()
+        for g in range(num_games):
+            nodes = int(np.exp(rng.uniform(np.log(spec.nodes[0]), np.log(spec.nodes[1] + 1))))
+            board, length, n = chess.Board(), 1, 0
+            opening = int(rng.integers(spec.opening[0], spec.opening[1] + 1))
+            while length < GAME_CHARS and not board.is_game_over():
+                if n < opening:
+                    moves = list(board.legal_moves)
+                    move = moves[int(rng.integers(len(moves)))]
+                else:
+                    move = engine.play(board, chess.engine.Limit(nodes=nodes), game=g).move
+                length += move_chars(n, board.san(move))
+                board.push(move)
+                n += 1
+        return num_games / (time.perf_counter() - t0)
+    finally:
+        engine.quit()
 
 
 def stream_games_per_s(source: str, workers: int, batches: int, batch_games: int = 16) -> float:
@@ -71,8 +103,10 @@ def main() -> None:
 
     texts = generate(random_spec, n, (0,))
     r_random = rate(lambda: generate(random_spec, n, (1,)), n)
-    r_sf = rate(lambda: generate(sf_spec, max(n // 4, 8), (2,)), max(n // 4, 8))
+    n_sf = max(n // 4, 8)
+    r_sf = rate(lambda: generate(sf_spec, n_sf, (2,)), n_sf)
     close_engines()
+    r_sf_base = python_chess_engine_games_per_s(sf_spec, n_sf)
     with tempfile.TemporaryDirectory() as tmp:
         pgn = Path(tmp) / "games.pgn"
         pgn.write_text("".join(f'[Event "{i}"]\n\n{" ".join(t[1:].split(" ")[:-1])} *\n\n'
@@ -90,6 +124,7 @@ def main() -> None:
     for what, value in [
         ("random games/s (1 process, generation only)", r_random),
         ("stockfish self-play games/s (1 process)", r_sf),
+        ("  baseline: same via python-chess SimpleEngine", r_sf_base),
         (f"stockfish self-play games/s ({args.workers} workers, labelled)", r_sf_w),
         ("PGN file -> transcripts, games/s (1 process)", r_pgn),
         ("labelled positions/s (15 families, 1 process)", r_label),
@@ -98,6 +133,7 @@ def main() -> None:
         (f"LM forward tokens/s ({Path(args.model).name}, 1 thread)", lm),
     ]:
         print(f"{what:<52}{value:>14,.0f}")
+    print(f"\nstockfish self-play, our UCI pipe client / python-chess SimpleEngine: {r_sf / r_sf_base:.2f}x")
     need = lm / GAME_CHARS  # games/s the LM consumes
     print(f"\nthe LM consumes {need:,.1f} games/s; labelled stream / LM: "
           f"random {r_stream_w / need:.2f}x, stockfish {r_sf_w / need:.2f}x with {args.workers} workers, "

@@ -111,3 +111,16 @@ def test_stream_rejects_bad_requests():
         GameStream("go", 4)
     with pytest.raises(ValueError, match="batch_games"):
         GameStream("chess", 0)
+
+
+def test_an_engine_that_dies_gives_a_clear_error(tmp_path):
+    fake = tmp_path / "stockfish"
+    fake.write_text("#!/bin/sh\nread line\nexit 3\n")
+    fake.chmod(0o755)
+    from boardlens.games.chess.sources import close_engines
+
+    try:
+        with pytest.raises(RuntimeError, match=r"stockfish exited \(code 3\)"):
+            generate(parse_source("stockfish", engine=str(fake)), 1, (0,))
+    finally:
+        close_engines()

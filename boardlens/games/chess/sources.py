@@ -9,9 +9,9 @@ A source is named by a short spec string, used by `boardlens produce --source`:
 
 Stockfish games are varied by a random opening (k uniformly random legal plies, k drawn per
 game from `opening`) and a per-game node budget drawn log-uniformly from `nodes`: low budgets
-play plausible but imperfect chess, as in the paper's training data. Each worker process
-keeps one engine (1 thread, 16 MB hash) and starts a new UCI game per game, so the same seed
-gives the same games.
+play plausible but imperfect chess. Each worker process keeps one engine (1 thread, 16 MB
+hash, spoken to over pipes) and starts a new UCI game per game, so the same seed gives the
+same games.
 """
 
 from __future__ import annotations
@@ -20,15 +20,15 @@ import atexit
 import math
 import os
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import chess
-import chess.engine
 import numpy as np
 
 from boardlens.games.chess.tokenizer import GAME_CHARS
-from boardlens.games.chess.transcripts import format_transcript, random_game
+from boardlens.games.chess.transcripts import format_transcript, move_chars, random_game
 
 KINDS = ("random", "stockfish", "pgn")
 
@@ -98,41 +98,97 @@ def stockfish_path(engine: str = "") -> str:
     return found
 
 
-_ENGINES: dict[str, chess.engine.SimpleEngine] = {}  # one per process, per binary
+class UCIEngine:
+    """A minimal UCI client over pipes: new game, best move at a node budget.
+
+    About twice the games/s of python-chess's SimpleEngine on short searches, whose per-move
+    cost is dominated by its asyncio round trip (benchmarks/chess_sources.py measures both).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.proc = subprocess.Popen([path], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True, bufsize=1)
+        self._send("uci")
+        self._until("uciok")
+        self._send("setoption name Threads value 1")
+        self._send("setoption name Hash value 16")
+        self.new_game()
+
+    def _send(self, line: str) -> None:
+        try:
+            self.proc.stdin.write(line + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError as e:
+            raise RuntimeError(f"{self.path} exited (code {self.proc.poll()})") from e
+
+    def _until(self, prefix: str) -> str:
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"{self.path} exited (code {self.proc.wait()}) before '{prefix}'")
+            if line.startswith(prefix):
+                return line
+
+    def new_game(self) -> None:
+        """Forget the previous game (clears the hash, so a seed replays the same games)."""
+        self._send("ucinewgame")
+        self._send("isready")
+        self._until("readyok")
+
+    def best_move(self, uci_moves: list[str], nodes: int) -> chess.Move:
+        self._send("position startpos" + (" moves " + " ".join(uci_moves) if uci_moves else ""))
+        self._send(f"go nodes {nodes}")
+        return chess.Move.from_uci(self._until("bestmove").split()[1])
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self._send("quit")
+                self.proc.wait(timeout=5)
+            except (RuntimeError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
 
 
-def _engine(path: str) -> chess.engine.SimpleEngine:
+_ENGINES: dict[str, UCIEngine] = {}  # one per process, per binary
+
+
+def _engine(path: str) -> UCIEngine:
     if path not in _ENGINES:
         if not _ENGINES:
-            atexit.register(close_engines)  # the engine's I/O thread would keep the process alive
-        eng = chess.engine.SimpleEngine.popen_uci(path)
-        eng.configure({"Threads": 1, "Hash": 16})
-        _ENGINES[path] = eng
+            atexit.register(close_engines)
+        _ENGINES[path] = UCIEngine(path)
     return _ENGINES[path]
 
 
 def close_engines() -> None:
     while _ENGINES:
-        _ENGINES.popitem()[1].quit()
+        _ENGINES.popitem()[1].close()
 
 
-def stockfish_game(spec: SourceSpec, rng: np.random.Generator, game_key: object,
-                   max_chars: int = GAME_CHARS) -> str:
+def stockfish_game(spec: SourceSpec, rng: np.random.Generator, max_chars: int = GAME_CHARS) -> str:
     """One self-play game, stopped once its transcript reaches max_chars (then cut)."""
     engine = _engine(stockfish_path(spec.engine))
+    engine.new_game()
     lo, hi = spec.nodes
     nodes = int(round(math.exp(rng.uniform(math.log(lo), math.log(hi + 1)))))
     nodes = min(max(nodes, lo), hi)
     board = chess.Board()
     sans: list[str] = []
+    played: list[str] = []
+    length = 1  # ';'
     opening = int(rng.integers(spec.opening[0], spec.opening[1] + 1))
-    while len(format_transcript(sans)) < max_chars and not board.is_game_over(claim_draw=False):
+    while length < max_chars and not board.is_game_over(claim_draw=False):
         if len(sans) < opening:
             moves = list(board.legal_moves)
             move = moves[int(rng.integers(len(moves)))]
         else:
-            move = engine.play(board, chess.engine.Limit(nodes=nodes), game=game_key).move
-        sans.append(board.san(move))
+            move = engine.best_move(played, nodes)
+        san = board.san(move)
+        length += move_chars(len(sans), san)
+        sans.append(san)
+        played.append(move.uci())
         board.push(move)
     return format_transcript(sans)[:max_chars]
 
@@ -143,5 +199,5 @@ def generate(spec: SourceSpec, num_games: int, seed: tuple[int, ...]) -> list[st
     if spec.kind == "random":
         return [random_game(rng) for _ in range(num_games)]
     if spec.kind == "stockfish":
-        return [stockfish_game(spec, rng, game_key=(*seed, g)) for g in range(num_games)]
+        return [stockfish_game(spec, rng) for _ in range(num_games)]
     raise ValueError(f"{spec}: games from a file are read, not generated")

@@ -33,6 +33,11 @@ def format_transcript(sans: list[str]) -> str:
     return "".join(parts)
 
 
+def move_chars(n: int, san: str) -> int:
+    """Characters half-move number n (0-based) adds to a transcript: ' ', 'N.' and the SAN."""
+    return len(san) + (n > 0) + (len(f"{n // 2 + 1}.") if n % 2 == 0 else 0)
+
+
 def parse_transcript(text: str) -> tuple[list[str], bool]:
     """Transcript -> (complete SAN half-moves, whether the last chunk was cut off).
 
@@ -70,8 +75,7 @@ def random_game(rng: np.random.Generator, max_chars: int = GAME_CHARS) -> str:
         moves = list(board.legal_moves)
         move = moves[int(rng.integers(len(moves)))]
         san = board.san(move)
-        n = len(sans)
-        length += len(san) + (0 if n == 0 else 1) + (len(f"{n // 2 + 1}.") if n % 2 == 0 else 0)
+        length += move_chars(len(sans), san)
         sans.append(san)
         board.push(move)
     return format_transcript(sans)[:max_chars]
