@@ -43,7 +43,7 @@ class ProducerMetrics:
         self.games = tel.counter("producer_games_total", "Games streamed")
         self.forward = tel.histogram("producer_forward_seconds", "LM forward time per batch", _SECONDS)
         self.labelling = tel.histogram("producer_labelling_seconds",
-                                       "Game generation + labelling time per batch", _SECONDS)
+                                       "Time waiting for the next labelled batch (generation + labelling not hidden by workers)", _SECONDS)
         self.blocked = tel.histogram("producer_send_blocked_seconds",
                                      "Time a send spent blocked on slow lossless subscribers", _SECONDS)
         self.send_timeouts = tel.counter("producer_send_timeouts_total",

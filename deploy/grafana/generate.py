@@ -134,6 +134,10 @@ ROWS: list[tuple[str, list[Panel]]] = [
         ), "short"),
     ]),
     ("Evaluator", [
+        Panel("Family averages per SAE: coverage and reconstruction", (
+            (f'boardlens_eval_coverage{{{SAE}, family=~".*average"}}', "{{sae}} {{family}} coverage"),
+            (f'boardlens_eval_reconstruction{{{SAE}, family=~".*average"}}', "{{sae}} {{family}} reconstruction"),
+        ), "percentunit"),
         Panel("Coverage per SAE and family", (
             (f"boardlens_eval_coverage{{{SAE}}}", "{{sae}} {{family}}"),
         ), "percentunit"),
