@@ -68,7 +68,10 @@ def produce(config_file, **options):
     """Run a game LM over generated games and stream activations + board labels."""
     from services import producer
 
-    producer.run(_resolve(ProducerConfig, config_file, options))
+    try:
+        producer.run(_resolve(ProducerConfig, config_file, options))
+    except producer.StartupError as e:
+        raise click.ClickException(str(e)) from e
 
 
 @main.command()
@@ -155,6 +158,18 @@ def lm_train(resume: bool, out: str | None, **options) -> None:
     train_lm(cfg, resume=resume)
 
 
+def _load_lm(model: str | None):
+    """Any supported checkpoint (default: the bundled Othello model) -> (model, meta)."""
+    from boardlens.lm.checkpoint import CheckpointError
+    from boardlens.lm.formats import load_any
+    from services.config import DEFAULT_MODEL
+
+    try:
+        return load_any(model or DEFAULT_MODEL)
+    except CheckpointError as e:
+        raise click.ClickException(str(e)) from e
+
+
 @lm.command("eval")
 @click.option("--model", default=None, help="Model folder or checkpoint [default: models/othello-gpt].")
 @click.option("--games", default=2000, show_default=True, help="Held-out random games.")
@@ -165,15 +180,9 @@ def lm_eval(model, games: int, seed: int) -> None:
     Othello: top-1 next-move accuracy at every position. Chess: the fraction of sampled
     continuations (temperature 1, one random move boundary per game) that are legal SAN.
     """
-    from boardlens.lm.checkpoint import CheckpointError
-    from boardlens.lm.formats import load_any
     from boardlens.lm.train import game_data
-    from services.config import DEFAULT_MODEL
 
-    try:
-        net, meta = load_any(model or DEFAULT_MODEL)
-    except CheckpointError as e:
-        raise click.ClickException(str(e)) from e
+    net, meta = _load_lm(model)
     data = game_data(meta["game"])
     score = data.score(net, data.eval_set(games, seed))
     click.echo(f"{meta['game']} {data.score_name} on {games} held-out games (seed {seed}): {score:.4f}")
@@ -187,15 +196,9 @@ def lm_eval(model, games: int, seed: int) -> None:
 @click.option("--seed", default=12345, show_default=True, help="Seed of the probed games.")
 def lm_probe(model, layer, train_games: int, test_games: int, seed: int) -> None:
     """Linear-probe board accuracy of the main family at one layer (held-out games)."""
-    from boardlens.lm.checkpoint import CheckpointError
-    from boardlens.lm.formats import load_any
     from boardlens.lm.probe import probe_board
-    from services.config import DEFAULT_MODEL
 
-    try:
-        net, meta = load_any(model or DEFAULT_MODEL)
-    except CheckpointError as e:
-        raise click.ClickException(str(e)) from e
+    net, meta = _load_lm(model)
     layer = int(meta.get("sae_layer", 0)) if layer is None else layer
     if not 0 <= layer < net.config.n_layer:
         raise click.UsageError(f"--layer must be in 0..{net.config.n_layer - 1}")

@@ -35,6 +35,10 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
+class StartupError(RuntimeError):
+    """The producer cannot start with this config (the message says why)."""
+
+
 class ProducerMetrics:
     def __init__(self, tel: Telemetry) -> None:
         self.tokens = tel.counter("producer_tokens_total", "Valid token positions streamed")
@@ -187,7 +191,11 @@ def run(cfg: ProducerConfig) -> int:
     set_threads(cfg.threads)
     stop = stop_on_signals()
     tel = Telemetry("producer", cfg.metrics_port, stall_after_s=cfg.health_stall_s)
-    producer = Producer(cfg, tel)
+    try:
+        producer = Producer(cfg, tel)
+    except ValueError as e:  # an unusable model file, game source or layer: say which, no traceback
+        tel.close()
+        raise StartupError(str(e)) from e
     try:
         return producer.run(stop)
     finally:

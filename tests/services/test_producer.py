@@ -86,3 +86,77 @@ def test_queued_batches_and_end_reach_a_slow_subscriber_after_the_producer_exits
         sub.close()
         stop_processes({"producer": proc}, timeout_s=10)
     assert kinds.count("batch") == len(kinds) - 1 >= 10
+
+
+def _collect(prod) -> tuple[list, object]:
+    sub = Subscriber(prod.pub.lossless_endpoint)
+    stop = threading.Event()
+    worker = threading.Thread(target=prod.run, args=(stop,))
+    worker.start()
+    try:
+        batches, end = [], None
+        while end is None:
+            frames = sub.recv(60_000)
+            assert frames is not None, "producer went silent"
+            msg = decode(frames)
+            if msg.header.kind == "end":
+                end = msg
+            else:
+                batches.append(decode_batch(msg))
+        return batches, end
+    finally:
+        stop.set()
+        worker.join(30)
+        sub.close()
+        prod.close()
+
+
+def test_chess_from_a_pgn_file_streams_every_game_with_its_labels_then_ends(tmp_path):
+    from boardlens.games.chess.families import label_board
+    from boardlens.games.chess.sources import generate, parse_source
+    from boardlens.games.chess.tokenizer import decode as decode_chars
+    from boardlens.games.chess.transcripts import dot_positions
+    from boardlens.lm.checkpoint import load_model
+
+    texts = generate(parse_source("random"), 11, (5,))
+    pgn = tmp_path / "games.pgn"
+    pgn.write_text("".join(f'[Event "{i}"]\n\n{" ".join(t[1:].split(" ")[:-1])} *\n\n'
+                           for i, t in enumerate(texts)))
+    model = DEFAULT_MODEL.replace("othello", "chess") + "-random"
+    cfg = ProducerConfig(model=model, source=f"pgn:{pgn}", label_workers=1, batch_games=4,
+                         bind="tcp://127.0.0.1:0", bind_lossy="tcp://127.0.0.1:0", wait_consumers=1,
+                         wait_timeout_s=30, metrics_port=0)
+    batches, end = _collect(Producer(cfg, Telemetry("test-producer", 0)))
+    assert [len(b.game_ids) for b in batches] == [4, 4, 3]  # the file's 11 games, then 'end'
+    assert end.header.game == "chess" and end.header.meta["tokens"] == sum(b.n_tokens for b in batches)
+    net, _ = load_model(model)
+    streamed = []
+    for b in batches:
+        assert b.game == "chess" and b.layer == 5 and b.acts.shape[1:] == (256, 192)
+        assert b.label_pos.shape[1] == 20 and set(b.labels) >= {"piece", "threat", "any_fork"}
+        _, resid = net(b.tokens, resid_layers=(5,), stop_after=5)
+        torch.testing.assert_close(b.acts, resid[5], rtol=1e-4, atol=1e-4)
+        for g in range(len(b.game_ids)):
+            text = decode_chars(b.tokens[g, : int(b.lengths[g])].numpy())
+            streamed.append(text)
+            for p, (pos, board) in enumerate(dot_positions(text)):
+                assert int(b.label_pos[g, p]) == pos
+                for fam, value in label_board(board).items():
+                    assert (b.labels[fam][g, p].numpy() == value).all(), fam
+    # PGN -> transcript keeps the complete moves; the cut last chunk of each game is dropped.
+    assert streamed == [t.rsplit(" ", 1)[0] for t in texts]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "models/chess-gpt-random", "--source", "pgn:/no/such/file.pgn"], "no such file"),
+    (["--source", "stockfish"], "'random' source only"),  # the default model is Othello's
+    (["--model", "/no/such/model"], "/no/such/model"),
+])
+def test_bad_start_config_is_a_one_line_error(args, message):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "services.cli", "produce", *args, "--metrics-port", "0",
+                        "--bind", "tcp://127.0.0.1:0", "--bind-lossy", "tcp://127.0.0.1:0"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
