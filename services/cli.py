@@ -174,7 +174,8 @@ def _load_lm(model: str | None):
 @click.option("--model", default=None, help="Model folder or checkpoint [default: models/othello-gpt].")
 @click.option("--games", default=2000, show_default=True, help="Held-out random games.")
 @click.option("--seed", default=12345, show_default=True, help="Seed of the held-out games.")
-def lm_eval(model, games: int, seed: int) -> None:
+@click.option("--temperature", default=1.0, show_default=True, help="Chess sampling temperature (0 = greedy).")
+def lm_eval(model, games: int, seed: int, temperature: float) -> None:
     """Held-out legality of a game LM's moves.
 
     Othello: top-1 next-move accuracy at every position. Chess: the fraction of sampled
@@ -184,7 +185,13 @@ def lm_eval(model, games: int, seed: int) -> None:
 
     net, meta = _load_lm(model)
     data = game_data(meta["game"])
-    score = data.score(net, data.eval_set(games, seed))
+    held_out = data.eval_set(games, seed)
+    if meta["game"] == "chess":
+        from boardlens.games.chess.lm_data import legal_move_rate
+
+        score = legal_move_rate(net, held_out, temperature=temperature)
+    else:
+        score = data.score(net, held_out)
     click.echo(f"{meta['game']} {data.score_name} on {games} held-out games (seed {seed}): {score:.4f}")
 
 

@@ -45,3 +45,14 @@ def test_batched_sampling_matches_one_prompt_at_a_time():
     assert all(" " not in m and len(m) <= lm_data.MAX_SAN + 1 for m in together)
     rate = lm_data.legal_move_rate(model, prompts, temperature=0)
     assert rate == sum(m in lm_data.legal_san_set(p.board) for p, m in zip(prompts, together, strict=True)) / 6
+
+
+def test_bundled_chess_model_plays_legal_moves_and_its_control_does_not():
+    from boardlens.lm.checkpoint import load_model
+    from services.config import BUNDLED_MODELS
+
+    prompts = lm_data.eval_prompts(64, seed=99)
+    trained, _ = load_model(BUNDLED_MODELS["chess"])
+    control, _ = load_model(BUNDLED_MODELS["chess"] + "-random")
+    assert lm_data.legal_move_rate(trained, prompts, temperature=0) > 0.5
+    assert lm_data.legal_move_rate(control, prompts, temperature=0) < 0.1

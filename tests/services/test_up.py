@@ -33,3 +33,22 @@ def test_up_runs_to_the_final_table(tmp_path):
     for name in ("producer", "trainer", "evaluator"):
         log = (run / "logs" / f"{name}.log").read_text()
         assert f"{name} config {{" in log, f"{name} did not log its resolved config"
+
+
+def test_up_game_chess_runs_on_the_bundled_chess_model(tmp_path):
+    run = tmp_path / "run"
+    out = subprocess.run(
+        [sys.executable, "-m", "services.cli", "up", "--game", "chess", "--tokens", "40000",
+         "--d-sae", "128", "--batch-size", "256", "--train-games", "20", "--test-games", "20",
+         "--run-dir", str(run), "--quiet"],
+        capture_output=True, text=True, timeout=280)
+    assert out.returncode == 0, out.stdout + out.stderr
+    table = out.stdout
+    assert "strategy_average cov" in table and "average rec" in table
+    rows = {line.split()[0] for line in table.splitlines() if line.strip()}
+    assert {"piece", "threat", "legal_moves", "any_fork", "ambiguous_moves"} <= rows
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["producer"]["model"].endswith("models/chess-gpt")
+    assert "(chess), layer 5" in (run / "logs" / "producer.log").read_text()
+    final = json.loads((run / "final_metrics.json").read_text())
+    assert all(len(r["families"]) == 15 for r in final.values())
