@@ -51,7 +51,7 @@ def test_bundled_chess_model_plays_legal_moves_and_its_control_does_not():
     from boardlens.lm.checkpoint import load_model
     from services.config import BUNDLED_MODELS
 
-    prompts = lm_data.eval_prompts(64, seed=99)
+    prompts = lm_data.eval_prompts(32, seed=99)
     trained, _ = load_model(BUNDLED_MODELS["chess"])
     control, _ = load_model(BUNDLED_MODELS["chess"] + "-random")
     assert lm_data.legal_move_rate(trained, prompts, temperature=0) > 0.5

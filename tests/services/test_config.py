@@ -24,7 +24,7 @@ def test_precedence_defaults_file_env_cli(tmp_path):
 
 
 @pytest.mark.parametrize("bad", [
-    {"batch_games": 0}, {"dtype": "int8"}, {"bind": "127.0.0.1:5"}, {"device": "tpu"}, {"max_tokens": -1},
+    {"batch_games": -1}, {"label_workers": -1}, {"source": "lichess"}, {"dtype": "int8"}, {"bind": "127.0.0.1:5"}, {"device": "tpu"}, {"max_tokens": -1},
 ])
 def test_bad_producer_values(bad):
     with pytest.raises(ValueError):
@@ -52,5 +52,5 @@ def test_every_field_is_documented_and_a_flag():
         for name in cls.__dataclass_fields__:
             assert docs.get(name), f"{cls.__name__}.{name} has no docstring"
             assert "--" + name.replace("_", "-") in help_text
-    out = runner.invoke(main, ["produce", "--batch-games", "0"])
-    assert out.exit_code == 2 and "batch_games must be > 0" in out.output
+    out = runner.invoke(main, ["produce", "--batch-games", "-1"])
+    assert out.exit_code == 2 and "batch_games and label_workers must be >= 0" in out.output
