@@ -18,6 +18,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -e '.[dev]'
+	# The reference library our SAE interop is tested against (its nnsight import is for its
+	# LM buffer only, so no dependencies are installed).
+	$(BIN)/pip install -q --no-deps dictionary-learning==0.1.0 einops tqdm
 	touch $@
 
 # System packages the dashboard test needs (a real Prometheus server and promtool).

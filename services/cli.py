@@ -215,5 +215,26 @@ def lm_probe(model, layer, train_games: int, test_games: int, seed: int) -> None
                f"{r.train_positions} training positions)")
 
 
+@main.group()
+def sae() -> None:
+    """SAE files: export to and import from other libraries' layouts."""
+
+
+@sae.command("export")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.option("--format", "fmt", required=True, type=click.Choice(["dictionary_learning", "saelens"]))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write.")
+def sae_export(checkpoint: str, fmt: str, out: str) -> None:
+    """Export a trainer checkpoint (<run>/checkpoints/<name>.safetensors) to another layout."""
+    from boardlens.sae.interop import export_sae
+    from boardlens.sae.io import load_sae
+
+    try:
+        ae, meta = load_sae(checkpoint)
+    except (ValueError, OSError) as e:
+        raise click.ClickException(f"{checkpoint}: {e}") from e
+    click.echo(f"wrote {export_sae(ae, fmt, out, meta)} ({fmt}, {ae.d_in} -> {ae.d_sae} latents)")
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,104 @@
+"""SAE export/import: dictionary_learning and SAELens layouts, round trips and the real library."""
+
+import importlib
+import json
+import sys
+import types
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from boardlens.sae.interop import export_sae, import_sae
+from boardlens.sae.model import AutoEncoder
+
+
+def _ae() -> AutoEncoder:
+    torch.manual_seed(0)
+    ae = AutoEncoder(24, 96)
+    with torch.no_grad():
+        for p in ae.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # nonzero biases, so a swapped bias would show
+    return ae
+
+
+@pytest.mark.parametrize("fmt", ["dictionary_learning", "saelens"])
+def test_round_trip_is_exact(tmp_path, fmt):
+    ae = _ae()
+    export_sae(ae, fmt, tmp_path / fmt, {"kind": "p_anneal", "penalty": 0.05, "lr": 1e-3, "layer": 5,
+                                        "model": "chess-gpt", "step": 100})
+    back, cfg = import_sae(tmp_path / fmt)
+    for k, v in ae.state_dict().items():
+        assert torch.equal(back.state_dict()[k], v), k
+    x = torch.randn(16, 24)
+    torch.testing.assert_close(back(x)[0], ae(x)[0], rtol=0, atol=0)
+    assert cfg
+
+
+def test_saelens_layout_follows_its_documented_formulas(tmp_path):
+    ae = _ae()
+    export_sae(ae, "saelens", tmp_path, {"layer": 5})
+    w = load_file(str(tmp_path / "sae_weights.safetensors"))
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    assert w["W_enc"].shape == (24, 96) and w["W_dec"].shape == (96, 24)
+    assert cfg["architecture"] == "standard" and cfg["apply_b_dec_to_input"] and cfg["d_sae"] == 96
+    assert cfg["hook_name"] == "blocks.5.hook_resid_post"
+    x = torch.randn(16, 24)
+    f = torch.relu((x - w["b_dec"]) @ w["W_enc"] + w["b_enc"])  # SAELens's standard encode
+    torch.testing.assert_close(f, ae.encode(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(f @ w["W_dec"] + w["b_dec"], ae(x)[0], rtol=1e-5, atol=1e-5)
+
+
+def _dictionary_learning():
+    # Its package __init__ imports nnsight for the LM buffer only; the SAE classes do not use it.
+    sys.modules.setdefault("nnsight", types.SimpleNamespace(LanguageModel=None))
+    try:
+        return importlib.import_module("dictionary_learning")
+    except ImportError:
+        pytest.skip("dictionary-learning not installed (make venv installs it)")
+
+
+def test_the_real_dictionary_learning_loads_our_export_and_we_load_its_save(tmp_path):
+    dl = _dictionary_learning()
+    ae = _ae()
+    export_sae(ae, "dictionary_learning", tmp_path / "ours")
+    theirs = dl.AutoEncoder.from_pretrained(str(tmp_path / "ours" / "ae.pt"), normalize_decoder=False)
+    x = torch.randn(16, 24)
+    torch.testing.assert_close(theirs(x), ae(x)[0])
+    torch.testing.assert_close(theirs.encode(x), ae.encode(x))
+    # Their model, saved the way their trainer saves it, loads into ours.
+    other = dl.AutoEncoder(24, 96)
+    (tmp_path / "theirs").mkdir()
+    torch.save(other.state_dict(), tmp_path / "theirs" / "ae.pt")
+    back, _ = import_sae(tmp_path / "theirs")
+    torch.testing.assert_close(back(x)[0], other(x))
+
+
+def test_bad_files_give_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="neither a dictionary_learning"):
+        import_sae(tmp_path)
+    export_sae(_ae(), "dictionary_learning", tmp_path / "dl")
+    (tmp_path / "dl" / "ae.pt").write_bytes((tmp_path / "dl" / "ae.pt").read_bytes()[:100])
+    with pytest.raises(ValueError, match="ae.pt: unreadable"):
+        import_sae(tmp_path / "dl")
+    export_sae(_ae(), "saelens", tmp_path / "sl")
+    cfg = json.loads((tmp_path / "sl" / "cfg.json").read_text())
+    (tmp_path / "sl" / "cfg.json").write_text(json.dumps({**cfg, "architecture": "gated"}))
+    with pytest.raises(ValueError, match="only 'standard'"):
+        import_sae(tmp_path / "sl")
+    with pytest.raises(ValueError, match="format must be"):
+        export_sae(_ae(), "onnx", tmp_path / "x")
+
+
+def test_cli_exports_a_trainer_checkpoint(tmp_path):
+    import subprocess
+
+    from boardlens.sae.io import save_sae
+
+    ae = _ae()
+    ckpt = save_sae(tmp_path / "checkpoints", "standard-96-0.05", ae, {"kind": "standard", "step": 7})
+    r = subprocess.run([sys.executable, "-m", "services.cli", "sae", "export", str(ckpt), "--format", "saelens",
+                        "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    back, cfg = import_sae(tmp_path / "out")
+    assert torch.equal(back.encoder.weight, ae.encoder.weight) and cfg["metadata"]["trainer"]["step"] == 7
