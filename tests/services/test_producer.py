@@ -20,12 +20,8 @@ from tests.services.helpers import free_ports, wait_for
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_batches_carry_aligned_labels_and_end(dtype):
-    cfg = ProducerConfig(model=DEFAULT_MODEL + "-random", bind="tcp://127.0.0.1:0",
-                         bind_lossy="tcp://127.0.0.1:0", batch_games=8, max_tokens=1000,
-                         dtype=dtype, wait_consumers=1, wait_timeout_s=30, metrics_port=0)
-    prod = Producer(cfg, Telemetry("test-producer", 0))
+def _collect(prod) -> tuple[list, object]:
+    """Run the producer in a thread until its end of stream -> (batches, the 'end' message)."""
     sub = Subscriber(prod.pub.lossless_endpoint)
     stop = threading.Event()
     worker = threading.Thread(target=prod.run, args=(stop,))
@@ -33,18 +29,27 @@ def test_batches_carry_aligned_labels_and_end(dtype):
     try:
         batches, end = [], None
         while end is None:
-            frames = sub.recv(30_000)
+            frames = sub.recv(60_000)
             assert frames is not None, "producer went silent"
             msg = decode(frames)
             if msg.header.kind == "end":
                 end = msg
             else:
                 batches.append(decode_batch(msg))
+        return batches, end
     finally:
         stop.set()
         worker.join(30)
         sub.close()
         prod.close()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_batches_carry_aligned_labels_and_end(dtype):
+    cfg = ProducerConfig(model=DEFAULT_MODEL + "-random", bind="tcp://127.0.0.1:0",
+                         bind_lossy="tcp://127.0.0.1:0", batch_games=8, max_tokens=1000,
+                         dtype=dtype, wait_consumers=1, wait_timeout_s=30, metrics_port=0)
+    batches, end = _collect(Producer(cfg, Telemetry("test-producer", 0)))
     assert end.header.meta["tokens"] == sum(b.n_tokens for b in batches) >= 1000
     assert [b.seq for b in batches] == list(range(len(batches))) and end.header.seq == len(batches)
     ids = torch.cat([b.game_ids for b in batches])
@@ -86,29 +91,6 @@ def test_queued_batches_and_end_reach_a_slow_subscriber_after_the_producer_exits
         sub.close()
         stop_processes({"producer": proc}, timeout_s=10)
     assert kinds.count("batch") == len(kinds) - 1 >= 10
-
-
-def _collect(prod) -> tuple[list, object]:
-    sub = Subscriber(prod.pub.lossless_endpoint)
-    stop = threading.Event()
-    worker = threading.Thread(target=prod.run, args=(stop,))
-    worker.start()
-    try:
-        batches, end = [], None
-        while end is None:
-            frames = sub.recv(60_000)
-            assert frames is not None, "producer went silent"
-            msg = decode(frames)
-            if msg.header.kind == "end":
-                end = msg
-            else:
-                batches.append(decode_batch(msg))
-        return batches, end
-    finally:
-        stop.set()
-        worker.join(30)
-        sub.close()
-        prod.close()
 
 
 def test_chess_from_a_pgn_file_streams_every_game_with_its_labels_then_ends(tmp_path):
