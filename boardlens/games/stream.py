@@ -53,6 +53,7 @@ class GameStream:
         self.index = 0  # batches handed out
         self._pending: deque = deque()
         self._pool = None
+        self._depth = workers + 1 if workers else 1  # batches in flight
         self._texts = None
         if game == "othello":
             if source != "random":
@@ -69,7 +70,6 @@ class GameStream:
         if workers:
             ctx = multiprocessing.get_context("spawn")  # no fork of a threaded parent
             self._pool = ctx.Pool(workers, initializer=_worker_init)
-            self._depth = workers + 1
 
     def _submit_chess(self) -> bool:
         """Queue the next chess batch; False once a PGN source has no more games."""
@@ -91,7 +91,7 @@ class GameStream:
 
             out = labelled_games(np.random.default_rng([self.seed, self.index]), self.batch_games)
         else:
-            while len(self._pending) < (self._depth if self._pool else 1) and self._submit_chess():
+            while len(self._pending) < self._depth and self._submit_chess():
                 pass
             if not self._pending:
                 return None

@@ -1,7 +1,7 @@
 """Train a game LM on freshly generated games, with periodic checkpoints and resume.
 
     boardlens lm train --game othello --out runs/lm-othello --steps 6000
-    boardlens lm train --game chess --out runs/lm-chess --n-layer 8 --sae-layer 6
+    boardlens lm train --game chess --out runs/lm-chess --n-layer 8 --sae-layer 5
 
 Othello trains on random legal games (synthetic, as OthelloGPT was) and is scored by top-1
 legal-move accuracy; chess trains on random legal games cut to 256 characters and is scored by
