@@ -67,10 +67,11 @@ def main(log_level: str) -> None:
 def produce(config_file, **options):
     """Run a game LM over generated games and stream activations + board labels."""
     from services import producer
+    from services.common import StartupError
 
     try:
         producer.run(_resolve(ProducerConfig, config_file, options))
-    except producer.StartupError as e:
+    except StartupError as e:
         raise click.ClickException(str(e)) from e
 
 
@@ -78,10 +79,14 @@ def produce(config_file, **options):
 @_config_file
 @_options_from(TrainerConfig)
 def train(config_file, **options):
-    """Train a sweep of SAEs online from the producer's stream."""
+    """Train a sweep of SAEs online from the producer's stream (resumes from its last checkpoint)."""
     from services import trainer
+    from services.common import StartupError
 
-    trainer.run(_resolve(TrainerConfig, config_file, options))
+    try:
+        trainer.run(_resolve(TrainerConfig, config_file, options))
+    except StartupError as e:
+        raise click.ClickException(str(e)) from e
 
 
 @main.command()

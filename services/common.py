@@ -34,6 +34,10 @@ def log_config(service: str, cfg) -> None:
     log.info("%s config %s", service, to_json(cfg))
 
 
+class StartupError(RuntimeError):
+    """A service cannot start with this config (the message says why); the CLI prints it in one line."""
+
+
 def stop_on_signals() -> threading.Event:
     """An Event set by SIGTERM or SIGINT: loops check it and shut down cleanly."""
     stop = threading.Event()

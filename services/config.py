@@ -118,17 +118,21 @@ class TrainerConfig(ServiceOptions):
     run_dir: str = "runs/default"
     """Run folder: checkpoints/, train.jsonl, config.json."""
     saes: tuple[str, ...] = ("standard:penalty=0.05", "p_anneal:penalty=0.05")
-    """Trainer specs `kind[:key=value,...]`, one SAE each, all trained on the same batches."""
+    """Trainer specs `kind[:key=value,...]` (kinds: standard, p_anneal, gated, gated_anneal, topk,
+    batch_topk); a value may be a grid `a|b` or `lo..hi/n`. All train on the same batches."""
     d_sae: int = 4096
     """Default dictionary size."""
     penalty: float = 0.05
-    """Default sparsity penalty (lambda, or initial alpha for p-anneal)."""
+    """Default sparsity penalty (lambda, or initial alpha for the annealing trainers)."""
+    k: int = 32
+    """Default active latents per row for topk / batch_topk."""
     lr: float = 3e-4
     """Adam learning rate."""
     warmup_steps: int = 1000
     """Linear LR warmup steps."""
-    recon: str = "l2"
-    """Reconstruction loss: 'l2' (unsquared, paper era) or 'mse' (squared)."""
+    recon: str = "auto"
+    """Reconstruction loss: 'l2' (unsquared, paper era), 'mse' (squared) or 'auto' (l2 for
+    standard and p_anneal, mse for the gated and TopK trainers)."""
     batch_size: int = 8192
     """Activations per SAE step."""
     buffer_activations: int = 60_000
@@ -136,7 +140,15 @@ class TrainerConfig(ServiceOptions):
     steps: int = 36_621
     """Training length in steps (the p-anneal schedule spans it); the trainer stops there."""
     checkpoint_every: int = 1000
-    """Steps between checkpoints."""
+    """Steps between checkpoints (also written at the end and on SIGTERM)."""
+    keep_checkpoints: int = 2
+    """Complete checkpoints kept in <run_dir>/checkpoints (older ones are deleted)."""
+    resume: str = "auto"
+    """'auto': continue from the newest checkpoint in run_dir if there is one; 'require': fail
+    without one; 'never': start fresh (old checkpoints are replaced)."""
+    stop_grace_s: float = 25.0
+    """On SIGTERM: stop at the next step boundary, checkpoint, exit; a hard exit after this many
+    seconds (keep it under the pod's terminationGracePeriodSeconds)."""
     snapshot_every: int = 100
     """Steps between SAE snapshots sent to evaluators."""
     log_every: int = 10
@@ -151,15 +163,20 @@ class TrainerConfig(ServiceOptions):
     def __post_init__(self) -> None:
         _endpoint(self.connect, "connect")
         _endpoint(self.snapshot_bind, "snapshot_bind")
-        _positive(self, "d_sae", "lr", "batch_size", "steps", "checkpoint_every", "snapshot_every",
-                  "log_every", "health_stall_s")
+        _positive(self, "d_sae", "k", "lr", "batch_size", "steps", "checkpoint_every", "snapshot_every",
+                  "log_every", "health_stall_s", "keep_checkpoints", "stop_grace_s")
         if not self.saes:
             raise ValueError("saes must name at least one trainer spec")
         if self.buffer_activations < 2 * self.batch_size:
             raise ValueError(f"buffer_activations ({self.buffer_activations}) must be >= 2 x "
                              f"batch_size ({self.batch_size})")
-        if self.recon not in ("l2", "mse"):
-            raise ValueError(f"recon must be 'l2' or 'mse', got {self.recon!r}")
+        if self.recon not in ("auto", "l2", "mse"):
+            raise ValueError(f"recon must be 'auto', 'l2' or 'mse', got {self.recon!r}")
+        if self.resume not in ("auto", "require", "never"):
+            raise ValueError(f"resume must be 'auto', 'require' or 'never', got {self.resume!r}")
+        from boardlens.sae.sweep import expand_specs
+
+        expand_specs(self.saes)  # a bad spec fails here, with the spec in the message
 
 
 @dataclass(frozen=True)

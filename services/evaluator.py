@@ -114,7 +114,7 @@ class LiveEvaluator:
     def evaluate(self, name: str, msg: Message) -> dict:
         t0 = time.perf_counter()
         try:
-            ae = ae_from_tensors(msg.tensors)
+            ae = ae_from_tensors(msg.tensors, msg.header.meta.get("arch"))
         except ValueError as e:
             log.warning("snapshot %s is not a usable SAE: %s", name, e)
             return {}

@@ -26,17 +26,13 @@ from boardlens.games.labelled import LabelledGames
 from boardlens.games.stream import GameStream
 from boardlens.lm.formats import load_any
 from protocol import ActivationBatch, Publisher, SendTimeout, encode, encode_batch, new_epoch
-from services.common import log, log_config, pick_device, set_threads, stop_on_signals, transport
+from services.common import StartupError, log, log_config, pick_device, set_threads, stop_on_signals, transport
 from services.config import ProducerConfig
 from services.telemetry import Telemetry
 
 AUTO_BATCH_GAMES = {"othello": 64, "chess": 16}  # about 4k tokens per message
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
-
-
-class StartupError(RuntimeError):
-    """The producer cannot start with this config (the message says why)."""
 
 
 class ProducerMetrics:

@@ -1,37 +1,49 @@
 """Trainer: a lossless consumer that trains K SAEs together from one activation stream.
 
-    boardlens train --sae standard:penalty=0.05 --sae p_anneal:penalty=0.05 --steps 5000
+    boardlens train --saes standard:penalty=0.05 --saes p_anneal:penalty=0.02..0.08/20 --steps 5000
 
 Every valid position's activation goes through a shuffle buffer; each drawn batch is one
-optimiser step of every SAE of the sweep. Checkpoints (`<run>/checkpoints/<sae>.safetensors`
-+ `.json`, atomic) every `checkpoint_every` steps and at the end; snapshots (kind
-'snapshot', one message per SAE, the SAE's tensors + meta) are published to evaluators every
-`snapshot_every` steps over a lossless XPUB; a snapshot that cannot be delivered within the
-send timeout is dropped and counted (evaluators only need the latest). At `steps`, or on
-the producer's end of stream, it checkpoints, sends 'end' to evaluators and exits. On
-SIGTERM it checkpoints and exits without 'end'. Activations still in the shuffle buffer are
-lost on exit (at most `buffer_activations`); resuming optimiser state arrives with issue 4.
+optimiser step of every SAE of the sweep (on a GPU the batch is moved to the device once for
+all K). Snapshots (kind 'snapshot', one message per SAE: its tensors + meta) go to evaluators
+every `snapshot_every` steps over a lossless XPUB; one that cannot be delivered within 2 s is
+dropped and counted (evaluators only need the latest).
+
+Checkpoints (boardlens/sae/checkpoint.py) hold the whole sweep: every trainer's exact state,
+the shuffle buffer and the rows received but not yet buffered. They are written every
+`checkpoint_every` steps, at the end and on SIGTERM, atomically. With `resume` 'auto' a
+restarted trainer continues from the newest one; fed the same activations from there, it
+trains bit-identically (CPU) to a run that never stopped. What a restart loses: messages
+that were in flight on the socket when it stopped (the producer streams on; nothing is
+replayed), and the train.jsonl lines written after the last checkpoint are written again.
+On SIGTERM it stops at the next step boundary, checkpoints and exits; after `stop_grace_s`
+it exits anyway (the previous checkpoint is intact).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import zmq
 
 from boardlens.sae.buffer import ShuffleBuffer
-from boardlens.sae.io import sae_tensors, save_sae
-from boardlens.sae.sweep import TrainerSpec, build_trainers
+from boardlens.sae.checkpoint import latest_checkpoint, read_checkpoint, write_checkpoint
+from boardlens.sae.io import sae_tensors
+from boardlens.sae.sweep import build_trainers, expand_specs
 from protocol import ActivationBatch, Publisher, SendTimeout, Subscriber, encode, new_epoch
 from protocol.transport import tune_malloc
 from services.common import (
     IncompatibleBatch,
     MessageCounters,
+    StartupError,
     log,
     log_config,
     pick_device,
@@ -44,6 +56,8 @@ from services.config import TrainerConfig
 from services.telemetry import Telemetry
 
 _STEP_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_LOSS_TERMS = ("loss", "recon", "sparsity", "aux")
+EXIT_GRACE_EXCEEDED = 3
 
 
 class TrainerMetrics:
@@ -54,15 +68,19 @@ class TrainerMetrics:
         self.trained = tel.counter("trainer_trained_tokens_total", "Activations trained on", ["sae"])
         self.step_time = tel.histogram("trainer_step_seconds", "Wall time of one sweep step (all SAEs)",
                                        _STEP_SECONDS)
-        self.loss = tel.gauge("sae_loss", "Latest loss terms", ["sae", "term"])
+        self.loss = tel.gauge("sae_loss", "Latest loss terms (loss, recon, sparsity, aux)", ["sae", "term"])
         self.l0 = tel.gauge("sae_l0", "Mean active latents per activation (latest batch)", ["sae"])
         self.fve = tel.gauge("sae_variance_explained", "Fraction of variance explained (latest batch)",
                              ["sae"])
         self.dead = tel.gauge("sae_dead_fraction", "Latents silent for the dead window", ["sae"])
         self.p = tel.gauge("sae_p", "Current p of the sparsity penalty (1 = L1)", ["sae"])
         self.alpha = tel.gauge("sae_alpha", "Current sparsity coefficient", ["sae"])
+        self.sps = tel.gauge("sae_steps_per_second", "Optimiser steps per second of this SAE alone "
+                             "(1 / its mean update time over the last steps)", ["sae"])
         self.buffer = tel.gauge("trainer_buffer_activations", "Unread activations in the shuffle buffer")
         self.snapshots = tel.counter("trainer_snapshots_total", "Snapshots published", ["outcome"])
+        self.ckpt_seconds = tel.gauge("trainer_checkpoint_seconds", "Wall time of the latest checkpoint write")
+        self.ckpt_step = tel.gauge("trainer_checkpoint_step", "Sweep step of the latest complete checkpoint")
         for outcome in ("sent", "dropped"):  # zero series, so rate() sees the first event
             self.snapshots.labels(outcome)
 
@@ -72,24 +90,90 @@ class TrainerMetrics:
         self.trained.labels(name)
 
 
+class ResumePoint(NamedTuple):
+    folder: Path
+    sweep: dict  # sweep state (step, buffer, pending rows, source, sae names)
+    states: dict  # sae name -> trainer state
+
+
+def find_resume_point(cfg: TrainerConfig) -> ResumePoint | None:
+    """The checkpoint to continue from, per cfg.resume (never: old checkpoints are removed)."""
+    root = Path(cfg.run_dir) / "checkpoints"
+    if cfg.resume == "never":
+        if root.exists():
+            shutil.rmtree(root)
+            log.info("trainer: resume=never, removed the old checkpoints in %s", root)
+        return None
+    folder = latest_checkpoint(root)
+    if folder is None:
+        if cfg.resume == "require":
+            raise StartupError(f"resume=require but {root} holds no complete checkpoint")
+        return None
+    try:
+        return ResumePoint(folder, *read_checkpoint(folder))
+    except ValueError as e:
+        raise StartupError(f"cannot resume: {e} (--resume never starts afresh)") from e
+
+
+def hard_exit_after_grace(stop: threading.Event, grace_s: float) -> None:
+    """Once `stop` is set, give the service grace_s to checkpoint and exit, then exit anyway.
+
+    A hard exit mid-write is safe: checkpoints are atomic, so the previous one stays valid.
+    """
+
+    def watch() -> None:
+        stop.wait()
+        time.sleep(grace_s)
+        log.error("trainer: still running %.0f s after the stop signal; exiting without a final checkpoint", grace_s)
+        os._exit(EXIT_GRACE_EXCEEDED)
+
+    threading.Thread(target=watch, name="grace-watchdog", daemon=True).start()
+
+
 class SweepTrainer:
-    """The consumer: `on_batch(batch)` feeds the buffer and trains; testable without sockets."""
+    """The consumer: `on_batch(batch)` feeds the buffer and trains; testable without sockets.
+
+    `should_stop()` is polled between steps: when it turns true, training pauses at a step
+    boundary and unbuffered rows wait in `pending` (they are part of the checkpoint).
+    """
 
     def __init__(self, cfg: TrainerConfig, d_in: int, metrics: TrainerMetrics, device: torch.device,
-                 on_snapshot=None) -> None:
+                 on_snapshot=None, should_stop=lambda: False, resume_from: ResumePoint | None = None) -> None:
         self.cfg, self.m, self.device = cfg, metrics, device
-        specs = [TrainerSpec.parse(s) for s in cfg.saes]
-        defaults = {"d_sae": cfg.d_sae, "penalty": cfg.penalty, "lr": cfg.lr,
-                    "warmup_steps": cfg.warmup_steps, "recon": cfg.recon}
-        self.trainers = build_trainers(specs, d_in, cfg.steps, defaults, device=str(device))
+        defaults = {"d_sae": cfg.d_sae, "penalty": cfg.penalty, "k": cfg.k, "lr": cfg.lr,
+                    "warmup_steps": cfg.warmup_steps, "recon": None if cfg.recon == "auto" else cfg.recon}
+        self.trainers = build_trainers(expand_specs(cfg.saes), d_in, cfg.steps, defaults, device=str(device))
         for tr in self.trainers:
             metrics.init_sae(tr.name)
+        self.update_s = {tr.name: 0.0 for tr in self.trainers}  # EMA of each SAE's update seconds
         self.buffer = ShuffleBuffer(cfg.buffer_activations, d_in, device=device)
-        self.on_snapshot = on_snapshot
+        self.pending: list[torch.Tensor] = []  # rows received, not yet in the buffer: (n, d) each
+        self.on_snapshot, self.should_stop = on_snapshot, should_stop
+        self.source: dict = {}  # game, model, layer of the stream (from its first batch)
         self.step = 0
+        self.checkpointed_step = -1
         self.run_dir = Path(cfg.run_dir)
-        (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        self.ckpt_root = self.run_dir / "checkpoints"
+        if resume_from is not None:
+            self.restore(resume_from)
         self.log = open(self.run_dir / "train.jsonl", "a")
+
+    def restore(self, point: ResumePoint) -> None:
+        try:
+            names = [tr.name for tr in self.trainers]
+            if sorted(point.sweep["saes"]) != sorted(names):
+                raise ValueError(f"it holds SAEs {point.sweep['saes']}, the config asks for {names}")
+            for tr in self.trainers:
+                tr.load_state_dict(point.states[tr.name])
+            self.buffer.load_state_dict(point.sweep["buffer"])
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise StartupError(f"cannot resume from {point.folder}: {e} (--resume never starts afresh)") from e
+        pending = point.sweep["pending"]
+        self.pending = [pending.to(self.device)] if pending.numel() else []
+        self.source = dict(point.sweep["source"])
+        self.step = self.checkpointed_step = int(point.sweep["step"])
+        log.info("trainer: resumed from %s at step %d (%d buffered + %d pending rows)", point.folder, self.step,
+                 len(self.buffer), pending.shape[0])
 
     @property
     def done(self) -> bool:
@@ -100,40 +184,57 @@ class SweepTrainer:
         if batch.acts.shape[-1] != self.buffer.d:
             raise IncompatibleBatch(f"activations are {batch.acts.shape[-1]} wide, the SAEs "
                                     f"{self.buffer.d} (another model on the stream?)")
+        self.source = {"game": batch.game, "model": batch.model, "layer": batch.layer}
         T = batch.acts.shape[1]
         valid = torch.arange(T)[None, :] < batch.lengths.long()[:, None]  # (B, T)
         rows = batch.acts[valid].float()  # (N, d)
         self.m.tokens.inc(rows.shape[0])
-        while rows.shape[0] and not self.done:
+        if rows.shape[0] and not self.done:
+            self.pending.append(rows)
+        self.pump()
+
+    def pump(self) -> None:
+        """Move pending rows into the buffer, training whenever it is ready."""
+        while self.pending and not self.done and not self.should_stop():
+            rows = self.pending[0]
             n = self.buffer.push(rows)
-            rows = rows[n:]
+            if n == rows.shape[0]:
+                self.pending.pop(0)
+            else:
+                self.pending[0] = rows[n:]
             self.train_ready()
         self.m.buffer.set(len(self.buffer))
 
     def train_ready(self, drain: bool = False) -> None:
         """Step while the buffer holds enough unread rows (drain: down to one batch)."""
         bs = self.cfg.batch_size
-        while not self.done and (self.buffer.ready(bs) or (drain and len(self.buffer) >= bs)):
-            x = self.buffer.pop(bs).to(self.device)
+        while (not self.done and not self.should_stop()
+               and (self.buffer.ready(bs) or (drain and len(self.buffer) >= bs))):
+            x = self.buffer.pop(bs).to(self.device)  # one transfer for all K SAEs
             self.train_step(x)
 
     def train_step(self, x: torch.Tensor) -> None:
         t0 = time.perf_counter()
         record = {"step": self.step + 1, "time": time.time()}
+        x_var = x.var(dim=0).sum()  # shared by every SAE's variance explained
         for tr in self.trainers:
-            s = tr.update(x)
+            t_sae = time.perf_counter()
+            s = tr.update(x, x_var)
             name = tr.name
+            dt = time.perf_counter() - t_sae
+            self.update_s[name] = dt if self.update_s[name] == 0 else 0.9 * self.update_s[name] + 0.1 * dt
             self.m.steps.labels(name).inc()
             self.m.trained.labels(name).inc(x.shape[0])
-            for term in ("loss", "recon", "sparsity"):
+            for term in _LOSS_TERMS:
                 self.m.loss.labels(name, term).set(getattr(s, term))
             self.m.l0.labels(name).set(s.l0)
             self.m.fve.labels(name).set(s.var_explained)
             self.m.dead.labels(name).set(s.dead_fraction)
+            self.m.sps.labels(name).set(1 / self.update_s[name])
             sched = tr.schedule_state()
             self.m.p.labels(name).set(sched.get("p", 1.0))
             self.m.alpha.labels(name).set(sched.get("alpha", tr.penalty))
-            record[name] = {**s._asdict(), **sched}
+            record[name] = {**s._asdict(), **sched, "steps_per_s": 1 / self.update_s[name]}
         self.step += 1
         self.m.step_time.observe(time.perf_counter() - t0)
         if self.step % self.cfg.log_every == 0 or self.done:
@@ -146,10 +247,21 @@ class SweepTrainer:
             self.on_snapshot(self)
 
     def checkpoint(self) -> None:
-        for tr in self.trainers:
-            save_sae(self.run_dir / "checkpoints", tr.name, tr.ae,
-                     {"name": tr.name, "step": tr.step, "hyperparams": tr.hyperparams(),
-                      "schedule": tr.schedule_state()})
+        """One complete checkpoint of the sweep (skipped if this step already has one)."""
+        if self.step == self.checkpointed_step:
+            return
+        t0 = time.perf_counter()
+        pending = torch.cat(self.pending) if self.pending else torch.empty(0, self.buffer.d)
+        state = {"step": self.step, "buffer": self.buffer.state_dict(), "pending": pending.cpu(),
+                 "source": self.source}
+        write_checkpoint(self.ckpt_root, self.step, self.trainers, state, self.source, self.cfg.keep_checkpoints)
+        self.checkpointed_step = self.step
+        dt = time.perf_counter() - t0
+        self.m.ckpt_seconds.set(dt)
+        self.m.ckpt_step.set(self.step)
+        if dt > self.cfg.stop_grace_s / 2:
+            log.warning("trainer: a checkpoint took %.1f s, more than half of stop_grace_s=%.0f", dt,
+                        self.cfg.stop_grace_s)
 
     def close(self) -> None:
         self.log.close()
@@ -182,7 +294,7 @@ class SnapshotPublisher:
         for tr in sweep.trainers:
             meta = {"sae": tr.name, "step": tr.step, "arch": tr.ae.arch,
                     "hyperparams": json.dumps(tr.hyperparams())}
-            ok = self._send("snapshot", sae_tensors(tr.ae), meta)
+            ok = self._send("snapshot", sae_tensors(tr.export_ae()), meta)
             self.m.snapshots.labels("sent" if ok else "dropped").inc()
 
     def end(self, step: int) -> None:
@@ -199,15 +311,22 @@ def run(cfg: TrainerConfig) -> int:
     set_threads(cfg.threads)
     tune_malloc()  # keep freed message buffers: measured -70..150 us CPU per 1 MiB message
     stop = stop_on_signals()
+    hard_exit_after_grace(stop, cfg.stop_grace_s)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "trainer_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    device = pick_device(cfg.device)
+    point = find_resume_point(cfg)
     tel = Telemetry("trainer", cfg.metrics_port, stall_after_s=cfg.health_stall_s)
     m = TrainerMetrics(tel)
-    device = pick_device(cfg.device)
     snap = SnapshotPublisher(cfg, m)
     sub = Subscriber(cfg.connect, lossy=False, cfg=transport(cfg))
     state: dict = {"sweep": None, "ended": False}
+
+    def start_sweep(d_in: int) -> SweepTrainer:
+        sweep = SweepTrainer(cfg, d_in, m, device, snap, stop.is_set, point)
+        log.info("trainer: %d SAEs on d=%d: %s", len(sweep.trainers), d_in, ", ".join(t.name for t in sweep.trainers))
+        return sweep
 
     def on_message(kind: str, payload) -> None:
         if kind == "end":
@@ -216,19 +335,20 @@ def run(cfg: TrainerConfig) -> int:
         if kind != "batch":
             return
         if state["sweep"] is None:  # the first batch tells the width
-            snap.set_source(payload)
-            state["sweep"] = SweepTrainer(cfg, payload.acts.shape[-1], m, device, snap)
-            log.info("trainer: %d SAEs on d=%d: %s", len(state["sweep"].trainers), payload.acts.shape[-1],
-                     ", ".join(t.name for t in state["sweep"].trainers))
+            state["sweep"] = start_sweep(payload.acts.shape[-1])
+        snap.set_source(payload)
         state["sweep"].on_batch(payload)
 
     try:
+        if point is not None:  # resuming: the checkpoint tells the width, so build the sweep now
+            state["sweep"] = start_sweep(point.sweep["buffer"]["d"])
         while not stop.is_set():
             sweep = state["sweep"]
             if sweep is not None and sweep.done:
                 break
             if state["ended"]:
                 if sweep is not None:
+                    sweep.pump()
                     sweep.train_ready(drain=True)
                 break
             if receive(sub, m.counters, 500, on_message):
@@ -246,6 +366,6 @@ def run(cfg: TrainerConfig) -> int:
         return sweep.step if sweep else 0
     finally:
         sub.close()
-        snap.close()
+        snap.close(drain_s=1.0 if stop.is_set() else 30.0)  # stopping: stay inside the grace period
         zmq.Context.instance().term()  # waits for the snapshot socket's queue (bounded linger)
         tel.close()

@@ -70,7 +70,7 @@ def build_configs(config_file: str | None, run_dir: str, tokens: int, base_port:
         "steps": steps or max(1, tokens // batch) if tokens else steps,
         "lr": lr or (1e-3 if not config_file else None),
         "warmup_steps": 100 if not config_file else None, "snapshot_every": 50 if not config_file else None,
-        "threads": th("trainer")})
+        "threads": th("trainer"), "resume": "never"})  # `up` always starts a run afresh
     ev = resolve(EvaluatorConfig, config_file, {
         "connect": ep[1], "snapshots": ep[2], "run_dir": run_dir, "train_games": train_games,
         "test_games": test_games, "metrics_port": ports[5], "threads": th("evaluator")})

@@ -1,17 +1,25 @@
-"""What every SAE trainer shares: optimiser, warmup, reconstruction loss, step statistics.
+"""What every SAE trainer shares: the step, schedules, statistics, resampling, exact state.
 
-A trainer owns one SAE and its optimiser; `update(x)` takes one batch of activations
-x (N, d) and does one optimiser step. Trainers of a sweep see the same batches.
+A trainer owns one SAE and its optimiser; `update(x)` takes one batch of activations x (N, d)
+and does one optimiser step. Trainers of a sweep see the same batches. A subclass says which
+architecture it trains (`arch`), its Adam betas / gradient clipping, and its loss terms
+(`losses`); it may extend `after_step` (schedules) and `extra_state` (what resume needs).
+
+`state_dict()` holds everything the next step depends on (weights, Adam moments and step
+counts, the trainer's step, firing counters, schedule state, the resampling RNG, the
+normalisation scale), so a trainer rebuilt from it continues bit-identically on CPU.
 """
 
 from __future__ import annotations
 
+import copy
+import json
 from typing import NamedTuple
 
 import torch
 
-from boardlens.sae.model import AutoEncoder
-from boardlens.sae.optim import ConstrainedAdam, warmup_factor
+from boardlens.sae.model import build_ae
+from boardlens.sae.optim import ConstrainedAdam, lr_factor, ramp
 
 RECON_LOSSES = ("l2", "mse")
 
@@ -22,90 +30,216 @@ def recon_loss(x: torch.Tensor, x_hat: torch.Tensor, kind: str) -> torch.Tensor:
     return sq.sqrt().mean() if kind == "l2" else sq.mean()
 
 
+class Losses(NamedTuple):
+    """One batch's loss terms (tensors; `total` carries the graph) and what fired."""
+
+    total: torch.Tensor
+    recon: torch.Tensor  # reconstruction term
+    sparsity: torch.Tensor  # unscaled sparsity term (L1, sum f^p; 0 for TopK)
+    aux: torch.Tensor  # auxiliary term (gated: gate reconstruction; TopK: AuxK; else 0)
+    x_hat: torch.Tensor  # (N, d)
+    active: torch.Tensor  # (N, F) bool or (F,) bool: which latents fired (> 0)
+    l0: torch.Tensor  # mean active latents per row
+    penalised: torch.Tensor | None = None  # (N, F) detached: what the sparsity term is taken of
+
+
 class StepStats(NamedTuple):
     """One training step's figures (python floats, already off the device)."""
 
     loss: float  # total loss that was minimised
     recon: float  # reconstruction term
-    sparsity: float  # unscaled sparsity term (L1 or sum f^p)
+    sparsity: float  # unscaled sparsity term
+    aux: float  # auxiliary term
     l0: float  # mean number of active latents per activation
     var_explained: float  # 1 - sum Var(x - x_hat) / sum Var(x), on this batch
     dead_fraction: float  # latents that have not fired in the last `dead_window_tokens`
 
 
 class SAETrainer:
-    """Base class: subclasses implement `sparsity(f)` and may extend `after_step`."""
+    """Base class of the six trainers (see the module docstring)."""
 
     kind = "base"
+    arch = "relu"
+    betas: tuple[float, float] = (0.9, 0.999)
+    clip_norm: float | None = None
+    default_recon = "l2"
+    can_resample = False  # resampling re-initialises (encoder row, encoder bias, decoder column)
 
     def __init__(
         self,
         name: str,
         d_in: int,
         d_sae: int,
-        penalty: float,
+        penalty: float = 0.0,
+        *,
+        total_steps: int,
         lr: float = 3e-4,
         warmup_steps: int = 1000,
-        recon: str = "l2",
+        decay_start: int | None = None,
+        sparsity_warmup_steps: int = 0,
+        recon: str | None = None,
         seed: int = 0,
+        resample_every: int = 0,
+        normalize: bool = False,
         dead_window_tokens: int = 1_000_000,
         device: str | torch.device = "cpu",
+        arch_options: dict | None = None,
     ) -> None:
+        recon = recon or self.default_recon
         if recon not in RECON_LOSSES:
             raise ValueError(f"recon must be one of {RECON_LOSSES}, got {recon!r}")
-        if penalty < 0 or lr <= 0:
-            raise ValueError(f"penalty must be >= 0 and lr > 0, got {penalty}, {lr}")
+        if penalty < 0 or lr <= 0 or total_steps < 1:
+            raise ValueError(f"need penalty >= 0, lr > 0, total_steps >= 1; got {penalty}, {lr}, {total_steps}")
+        if decay_start is not None and not warmup_steps <= decay_start < total_steps:
+            raise ValueError(f"decay_start must be in warmup_steps..total_steps-1, got {decay_start}")
+        if resample_every and not self.can_resample:
+            raise ValueError(f"{self.kind} does not support resample_every")
+        if resample_every and decay_start is not None:
+            raise ValueError("resample_every and decay_start cannot be combined (as dictionary_learning)")
         self.name, self.penalty, self.lr, self.recon = name, penalty, lr, recon
-        self.warmup_steps, self.seed = warmup_steps, seed
+        self.total_steps, self.warmup_steps, self.decay_start = total_steps, warmup_steps, decay_start
+        self.sparsity_warmup_steps, self.seed = sparsity_warmup_steps, seed
+        self.resample_every, self.normalize = resample_every, normalize
         self.dead_window_tokens = dead_window_tokens
-        gen_state = torch.random.get_rng_state()
-        torch.manual_seed(seed)  # weights depend on the seed only, not on sweep order
-        self.ae = AutoEncoder(d_in, d_sae).to(device)
-        torch.random.set_rng_state(gen_state)
-        self.opt = ConstrainedAdam(self.ae.parameters(), self.ae.constrained_params(), lr=lr)
+        self.arch_options = dict(arch_options or {})
+        with torch.random.fork_rng(devices=[]):  # weights depend on the seed only, not on sweep order
+            torch.manual_seed(seed)
+            self.ae = build_ae(self.arch, d_in, d_sae, **self.arch_options).to(device)
+        self.opt = ConstrainedAdam(self.ae.parameters(), [self.ae.decoder_weight], clip_norm=self.clip_norm,
+                                   lr=lr, betas=self.betas)
+        self.gen = torch.Generator(device=torch.device(device)).manual_seed(seed)  # resampling draws
         self.step = 0
         self.tokens_since_fired = torch.zeros(d_sae, dtype=torch.long, device=device)
+        self.norm_scale = 1.0  # activations are divided by it (set from the first batch if normalize)
 
     # --- subclass hooks -------------------------------------------------------------
-    def sparsity(self, f: torch.Tensor) -> torch.Tensor:
+    def losses(self, x: torch.Tensor) -> Losses:
         raise NotImplementedError
 
     def penalty_coeff(self) -> float:
+        """Coefficient of the sparsity term (lambda; alpha for annealing trainers)."""
         return self.penalty
 
-    def after_step(self, f: torch.Tensor) -> None:
-        """Called with the batch's latents (detached) after each optimiser step."""
+    def sparsity_scale(self) -> float:
+        """Multiplier of the sparsity term at this step (sparsity warmup)."""
+        return ramp(self.step, self.sparsity_warmup_steps)
+
+    def first_batch(self, x: torch.Tensor) -> None:
+        """Called once with the (normalised) first batch before step 0."""
+
+    def after_step(self, losses: Losses) -> None:
+        """Called after each optimiser step (self.step already counts it)."""
+
+    def extra_state(self) -> dict:
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
 
     def hyperparams(self) -> dict:
-        return {"kind": self.kind, "penalty": self.penalty, "lr": self.lr, "recon": self.recon,
-                "warmup_steps": self.warmup_steps, "seed": self.seed,
-                "d_in": self.ae.d_in, "d_sae": self.ae.d_sae}
+        return {"kind": self.kind, "arch": self.arch, "penalty": self.penalty, "lr": self.lr,
+                "recon": self.recon, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
+                "decay_start": self.decay_start, "sparsity_warmup_steps": self.sparsity_warmup_steps,
+                "seed": self.seed, "resample_every": self.resample_every, "normalize": self.normalize,
+                "d_in": self.ae.d_in, "d_sae": self.ae.d_sae, **self.arch_options}
 
     def schedule_state(self) -> dict[str, float]:
         """Scalars worth exporting (p, alpha for annealing trainers)."""
         return {}
 
     # --- the step -------------------------------------------------------------------
-    def update(self, x: torch.Tensor) -> StepStats:
-        """One optimiser step on x (N, d)."""
+    def update(self, x: torch.Tensor, x_var: torch.Tensor | None = None) -> StepStats:
+        """One optimiser step on x (N, d); x_var = x.var(0).sum() if the caller has it."""
+        if self.step == 0:
+            if self.normalize:  # unit mean squared norm (dictionary_learning's normalisation)
+                self.norm_scale = x.pow(2).sum(-1).mean().sqrt().item()
+            self.first_batch(x / self.norm_scale)
+        if self.normalize:
+            x = x / self.norm_scale
+            x_var = None if x_var is None else x_var / self.norm_scale**2
         for g in self.opt.param_groups:
-            g["lr"] = self.lr * warmup_factor(self.step, self.warmup_steps)
-        x_hat, f = self.ae(x)
-        recon = recon_loss(x, x_hat, self.recon)
-        sparsity = self.sparsity(f)
-        loss = recon + self.penalty_coeff() * sparsity
+            g["lr"] = self.lr * lr_factor(self.step, self.warmup_steps, self.total_steps, self.decay_start,
+                                          self.resample_every)
+        losses = self.losses(x)
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        losses.total.backward()
         self.opt.step()
         self.step += 1
         with torch.no_grad():
-            f = f.detach()
-            fired = (f > 0).any(dim=0)
+            fired = losses.active if losses.active.ndim == 1 else losses.active.any(dim=0)
             self.tokens_since_fired += x.shape[0]
             self.tokens_since_fired[fired] = 0
-            l0 = (f > 0).float().sum(-1).mean()
-            resid = (x - x_hat.detach()).var(dim=0).sum()
-            fve = 1 - resid / x.var(dim=0).sum().clamp_min(1e-12)
-        self.after_step(f)
+            resid = (x - losses.x_hat.detach()).var(dim=0).sum()
+            x_var = x.var(dim=0).sum() if x_var is None else x_var
+            fve = 1 - resid / x_var.clamp_min(1e-12)
+        self.after_step(losses)
+        if self.resample_every and self.step % self.resample_every == 0:
+            self.resample(x)
         dead = (self.tokens_since_fired >= self.dead_window_tokens).float().mean()
-        return StepStats(loss.item(), recon.item(), sparsity.item(), l0.item(), fve.item(), dead.item())
+        # One transfer for all figures (one sync on a GPU).
+        figs = torch.stack([losses.total.detach(), losses.recon.detach(), losses.sparsity.detach(),
+                            losses.aux.detach(), losses.l0.float(), fve, dead]).tolist()
+        return StepStats(*figs)
+
+    @torch.no_grad()
+    def resample(self, x: torch.Tensor) -> None:
+        """Re-initialise latents silent for the last resample_every / 2 steps (Anthropic's recipe,
+        as dictionary_learning's StandardTrainer): encoder row = a high-loss input scaled to 0.2 x
+        the mean alive encoder norm, decoder column = that input normalised, bias 0, Adam state 0."""
+        dead = self.tokens_since_fired > (self.resample_every // 2) * x.shape[0]
+        n = int(dead.sum())
+        if n == 0:
+            return
+        err = (x - self.ae(x)[0]).norm(dim=-1)  # (N,)
+        n = min(n, x.shape[0])
+        pick = torch.multinomial(err, n, replacement=False, generator=self.gen)
+        vecs = x[pick]  # (n, d)
+        dead_ids = dead.nonzero().squeeze(1)[:n]
+        enc, dec = self.ae.encoder, self.ae.decoder_weight
+        alive_norm = enc.weight[~dead].norm(dim=-1).mean() if bool((~dead).any()) else 1.0
+        enc.weight[dead_ids] = vecs * alive_norm * 0.2
+        dec[:, dead_ids] = (vecs / vecs.norm(dim=-1, keepdim=True)).T
+        enc.bias[dead_ids] = 0.0
+        for p, by_column in ((enc.weight, False), (enc.bias, False), (dec, True)):
+            state = self.opt.state.get(p, {})
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in state:
+                    if by_column:
+                        state[key][:, dead_ids] = 0.0
+                    else:
+                        state[key][dead_ids] = 0.0
+        self.tokens_since_fired[dead_ids] = 0
+
+    # --- export and exact state -----------------------------------------------------
+    def export_ae(self) -> torch.nn.Module:
+        """The SAE for raw (unnormalised) activations: a copy with the scale folded into biases."""
+        if not self.normalize or self.norm_scale == 1.0:
+            return self.ae
+        ae = copy.deepcopy(self.ae)
+        ae.scale_biases(self.norm_scale)
+        return ae
+
+    def state_dict(self) -> dict:
+        return {"hyperparams": self.hyperparams(), "step": self.step, "ae": self.ae.state_dict(),
+                "opt": self.opt.state_dict(), "tokens_since_fired": self.tokens_since_fired,
+                "gen": self.gen.get_state(), "norm_scale": self.norm_scale, "extra": self.extra_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        mine, theirs = _canon(self.hyperparams()), _canon(state["hyperparams"])
+        if mine != theirs:
+            diff = {k: (theirs.get(k), mine.get(k)) for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k)}
+            raise ValueError(f"SAE {self.name!r}: the checkpoint was trained with other settings "
+                             f"(checkpoint, now): {diff}")
+        self.ae.load_state_dict(state["ae"])
+        self.opt.load_state_dict(state["opt"])
+        self.step = int(state["step"])
+        self.tokens_since_fired.copy_(state["tokens_since_fired"])
+        self.gen.set_state(state["gen"])
+        self.norm_scale = float(state["norm_scale"])
+        self.load_extra_state(state["extra"])
+
+
+def _canon(d: dict) -> dict:
+    """Hyperparameters as JSON would give them back (tuples -> lists, ints stay ints)."""
+    return json.loads(json.dumps(d))
+

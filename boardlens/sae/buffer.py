@@ -58,3 +58,17 @@ class ShuffleBuffer:
         self.unread = self.unread[keep]
         self.free = torch.cat([self.free, slots])
         return self.data[slots]
+
+    def state_dict(self) -> dict:
+        """What the next pops depend on: unread rows and slot order, free slot order, the RNG."""
+        return {"capacity": self.capacity, "d": self.d, "min_unread": self.min_unread,
+                "unread": self.unread.clone(), "free": self.free.clone(),
+                "rows": self.data[self.unread].cpu(), "gen": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if (state["capacity"], state["d"], state["min_unread"]) != (self.capacity, self.d, self.min_unread):
+            raise ValueError(f"shuffle buffer was {state['capacity']} x {state['d']} (min_unread "
+                             f"{state['min_unread']}), now {self.capacity} x {self.d} ({self.min_unread})")
+        self.unread, self.free = state["unread"].clone(), state["free"].clone()
+        self.data[self.unread] = state["rows"].to(self.data.device, self.data.dtype)
+        self.gen.set_state(state["gen"])

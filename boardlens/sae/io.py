@@ -13,40 +13,64 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from boardlens.sae.model import AutoEncoder
+from boardlens.sae.model import ARCHS, build_ae
 
 
-def sae_tensors(ae: AutoEncoder) -> dict[str, torch.Tensor]:
+def sae_tensors(ae: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in ae.state_dict().items()}
 
 
-def ae_from_tensors(tensors: dict[str, torch.Tensor]) -> AutoEncoder:
-    """Rebuild an AutoEncoder from its named tensors (shapes checked)."""
+def guess_arch(tensors: dict[str, torch.Tensor]) -> str:
+    """The architecture implied by the tensor names (TopK vs BatchTopK needs the metadata)."""
+    if "r_mag" in tensors:
+        return "gated"
+    if "k" in tensors:
+        return "topk"
+    return "relu"
+
+
+def ae_from_tensors(tensors: dict[str, torch.Tensor], arch: str | None = None) -> torch.nn.Module:
+    """Rebuild an SAE from its named tensors (shapes checked); arch defaults to guess_arch."""
+    arch = arch or guess_arch(tensors)
+    if arch not in ARCHS:
+        raise ValueError(f"unknown SAE architecture {arch!r}; known: {sorted(ARCHS)}")
     try:
         d_sae, d_in = tensors["encoder.weight"].shape
-    except (KeyError, ValueError) as e:
-        raise ValueError(f"not an SAE state: needs 2-D 'encoder.weight' ({e})") from e
-    ae = AutoEncoder(d_in, d_sae)
+        extra = {"k": int(tensors["k"])} if arch in ("topk", "batch_topk") else {}
+    except (KeyError, ValueError, TypeError, RuntimeError) as e:
+        raise ValueError(f"not a {arch} SAE state: needs a 2-D 'encoder.weight'"
+                         f"{' and a scalar k' if arch in ('topk', 'batch_topk') else ''} ({e})") from e
+    ae = build_ae(arch, d_in, d_sae, **extra)
     want = {k: tuple(v.shape) for k, v in ae.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in tensors.items()}
     if want != got:
-        raise ValueError(f"SAE tensors {got} do not match the architecture {want}")
-    ae.load_state_dict({k: v.float() for k, v in tensors.items()})
+        raise ValueError(f"SAE tensors {got} do not match the {arch} architecture {want}")
+    ae.load_state_dict({k: v.to(ae.state_dict()[k].dtype) for k, v in tensors.items()})
     return ae
 
 
-def save_sae(folder: str | Path, name: str, ae: AutoEncoder, meta: dict) -> Path:
+def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_sae(folder: str | Path, name: str, ae: torch.nn.Module, meta: dict) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    st, js = folder / f"{name}.safetensors", folder / f"{name}.json"
-    save_file(sae_tensors(ae), str(st) + ".tmp")
-    os.replace(str(st) + ".tmp", st)
-    js.with_name(js.name + ".tmp").write_text(json.dumps({"arch": ae.arch, **meta}, indent=2))
-    os.replace(js.with_name(js.name + ".tmp"), js)
+    st = folder / f"{name}.safetensors"
+    atomic_save_tensors(sae_tensors(ae), st)
+    atomic_write_text(folder / f"{name}.json", json.dumps({"arch": ae.arch, **meta}, indent=2))
     return st
 
 
-def load_sae(path: str | Path) -> tuple[AutoEncoder, dict]:
+def load_sae(path: str | Path) -> tuple[torch.nn.Module, dict]:
     path = Path(path)
     meta = json.loads(path.with_suffix(".json").read_text())
-    return ae_from_tensors(load_file(str(path))), meta
+    return ae_from_tensors(load_file(str(path)), meta.get("arch")), meta

@@ -1,4 +1,4 @@
-"""p-annealing trainer: loss = recon + alpha * mean(sum_i f_i^p), p annealed 1 -> p_end.
+"""p-annealing (the paper's trainer): sparsity term mean(sum_i f_i^p), p annealed 1 -> p_end.
 
 Schedule (as the paper's code): `n_updates` update steps evenly spaced (as integers) from
 `anneal_start` to `total_steps` inclusive, p values evenly spaced from p_start to p_end.
@@ -6,75 +6,108 @@ At the k-th update step p becomes p_values[k]; from the second update on, alpha 
 multiplied by mean(sum f^p_old) / mean(sum f^p_new) over the last `queue_len` batches, so
 the penalty is continuous across the switch. The last update falls on step == total_steps,
 so p_end is only reached by a run that goes past its planned length (upstream quirk).
+`AnnealedPenalty` adds this to any trainer whose sparsity term is a sum over latents
+(p-anneal on the ReLU SAE here, Gated + p-anneal in gated_anneal.py).
 """
 
 from __future__ import annotations
 
 import torch
 
-from boardlens.sae.base import SAETrainer
+from boardlens.sae.base import Losses
+from boardlens.sae.standard import StandardTrainer
 
 
-class PAnnealTrainer(SAETrainer):
-    kind = "p_anneal"
+def lp_p(f: torch.Tensor, p: float) -> torch.Tensor:
+    """mean over rows of sum_i f_i^p (f >= 0): the 'Lp^p' sparsity term."""
+    return f.pow(p).sum(dim=-1).mean()
 
-    def __init__(
-        self,
-        *args,
-        total_steps: int,
-        anneal_start: int = 10_000,
-        p_start: float = 1.0,
-        p_end: float = 0.2,
-        n_updates: int = 10,
-        queue_len: int = 10,
-        **kw,
-    ) -> None:
-        super().__init__(*args, **kw)
+
+class PAnnealSchedule:
+    """p, alpha and the penalty queue; `observe` once per step after the optimiser step."""
+
+    def __init__(self, total_steps: int, alpha: float, anneal_start: int, p_start: float, p_end: float,
+                 n_updates: int, queue_len: int) -> None:
         if not 0 <= anneal_start <= total_steps:
-            raise ValueError(f"anneal_start must be in 0..total_steps, got {anneal_start}")
-        if n_updates < 2 or not 0 < p_end <= p_start:
-            raise ValueError("need n_updates >= 2 and 0 < p_end <= p_start")
-        self.total_steps, self.anneal_start = total_steps, anneal_start
+            raise ValueError(f"anneal_start must be in 0..total_steps ({total_steps}), got {anneal_start}")
+        if n_updates < 2 or not 0 < p_end <= p_start or queue_len < 1:
+            raise ValueError("need n_updates >= 2, 0 < p_end <= p_start and queue_len >= 1")
         self.p_start, self.p_end, self.queue_len = p_start, p_end, queue_len
         self.update_steps = torch.linspace(anneal_start, total_steps, n_updates).long().tolist()
+        if len(set(self.update_steps)) != n_updates:
+            raise ValueError(f"{n_updates} p updates do not fit between steps {anneal_start} and {total_steps}")
         self.p_values = torch.linspace(p_start, p_end, n_updates).tolist()
         self.p = p_start
         self.next_p: float | None = None
-        self.alpha = self.penalty
+        self.alpha = alpha
         self.k = 0  # updates done
-        self.queue: list[tuple[float, float]] = []  # (sum f^p, sum f^next_p) per recent batch
+        self.queue: list[tuple[float, float]] = []  # (sum f^p, sum f^next_p) of recent batches
 
-    @staticmethod
-    def lp_p(f: torch.Tensor, p: float) -> torch.Tensor:
-        return f.pow(p).sum(dim=-1).mean()
-
-    def sparsity(self, f: torch.Tensor) -> torch.Tensor:
-        return self.lp_p(f, self.p)
-
-    def penalty_coeff(self) -> float:
-        return self.alpha
-
-    def after_step(self, f: torch.Tensor) -> None:
-        # `self.step` is now the number of steps done; upstream checks the 0-based step index.
-        step = self.step - 1
-        if self.next_p is not None:
-            self.queue.append((self.lp_p(f, self.p).item(), self.lp_p(f, self.next_p).item()))
+    def observe(self, step: int, lp_now: torch.Tensor, f: torch.Tensor) -> None:
+        """After 0-based step `step`, whose sparsity term was lp_now = lp_p(f, p)."""
+        nxt = self.update_steps[self.k] if self.k < len(self.update_steps) else None
+        # Only the last queue_len entries before an update are ever used: skip the rest
+        # (a second f^p pass over (N, F) per step otherwise).
+        if self.next_p is not None and nxt is not None and step > nxt - self.queue_len:
+            self.queue.append((lp_now.item(), lp_p(f, self.next_p).item()))
             self.queue = self.queue[-self.queue_len :]
-        if self.k < len(self.update_steps) and step >= self.update_steps[self.k]:
+        if nxt is not None and step >= nxt:
             if self.next_p is not None and self.queue:
-                old = sum(q[0] for q in self.queue) / len(self.queue)
-                new = sum(q[1] for q in self.queue) / len(self.queue)
+                # float32 means of each column, as the reference computes them (a float64
+                # mean drifts by 1e-7 and Adam amplifies that).
+                now, new = (torch.tensor([q[i] for q in self.queue]).mean() for i in (0, 1))
                 if new > 0:
-                    self.alpha *= old / new
+                    self.alpha *= (now / new).item()
             self.p = self.p_values[self.k]
-            nxt = self.k + 1
-            self.next_p = self.p_values[nxt] if nxt < len(self.p_values) else self.p_end
+            self.next_p = self.p_values[self.k + 1] if self.k + 1 < len(self.p_values) else self.p_end
             self.k += 1
 
+    def state_dict(self) -> dict:
+        return {"p": self.p, "next_p": self.next_p, "alpha": self.alpha, "k": self.k,
+                "queue": [list(q) for q in self.queue]}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.p, self.next_p, self.alpha, self.k = s["p"], s["next_p"], s["alpha"], s["k"]
+        self.queue = [tuple(q) for q in s["queue"]]
+
+
+class AnnealedPenalty:
+    """Mixin (listed before the trainer class): the trainer's sparsity term becomes the annealed one."""
+
+    def __init__(self, *args, anneal_start: int = 10_000, p_start: float = 1.0, p_end: float = 0.2,
+                 n_updates: int = 10, queue_len: int = 10, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.sched = PAnnealSchedule(self.total_steps, self.penalty, anneal_start, p_start, p_end,
+                                     n_updates, queue_len)
+        self.anneal_start = anneal_start
+
+    def sparsity(self, f: torch.Tensor) -> torch.Tensor:
+        return lp_p(f, self.sched.p)
+
+    def penalty_coeff(self) -> float:
+        return self.sched.alpha
+
+    def after_step(self, losses: Losses) -> None:
+        super().after_step(losses)
+        self.sched.observe(self.step - 1, losses.sparsity, losses.penalised)
+
     def hyperparams(self) -> dict:
-        return {**super().hyperparams(), "total_steps": self.total_steps,
-                "anneal_start": self.anneal_start, "p_start": self.p_start, "p_end": self.p_end,
-                "n_updates": len(self.update_steps), "queue_len": self.queue_len}
+        s = self.sched
+        return {**super().hyperparams(), "anneal_start": self.anneal_start, "p_start": s.p_start,
+                "p_end": s.p_end, "n_updates": len(s.update_steps), "queue_len": s.queue_len}
 
     def schedule_state(self) -> dict[str, float]:
-        return {"p": self.p, "alpha": self.alpha}
+        return {"p": self.sched.p, "alpha": self.sched.alpha}
+
+    def extra_state(self) -> dict:
+        return {**super().extra_state(), "schedule": self.sched.state_dict()}
+
+    def load_extra_state(self, state: dict) -> None:
+        super().load_extra_state(state)
+        self.sched.load_state_dict(state["schedule"])
+
+
+class PAnnealTrainer(AnnealedPenalty, StandardTrainer):
+    """ReLU SAE, loss = recon + alpha * mean(sum_i f_i^p) with p annealed."""
+
+    kind = "p_anneal"

@@ -1,9 +1,7 @@
 """SAE export/import: dictionary_learning and SAELens layouts, round trips and the real library."""
 
-import importlib
 import json
 import sys
-import types
 
 import pytest
 import torch
@@ -49,17 +47,8 @@ def test_saelens_layout_follows_its_documented_formulas(tmp_path):
     torch.testing.assert_close(f @ w["W_dec"] + w["b_dec"], ae(x)[0], rtol=1e-5, atol=1e-5)
 
 
-def _dictionary_learning():
-    # Its package __init__ imports nnsight for the LM buffer only; the SAE classes do not use it.
-    sys.modules.setdefault("nnsight", types.SimpleNamespace(LanguageModel=None))
-    try:
-        return importlib.import_module("dictionary_learning")
-    except ImportError:
-        pytest.skip("dictionary-learning not installed (make venv installs it)")
-
-
-def test_the_real_dictionary_learning_loads_our_export_and_we_load_its_save(tmp_path):
-    dl = _dictionary_learning()
+def test_the_real_dictionary_learning_loads_our_export_and_we_load_its_save(tmp_path, dictionary_learning):
+    dl = dictionary_learning
     ae = _ae()
     export_sae(ae, "dictionary_learning", tmp_path / "ours")
     theirs = dl.AutoEncoder.from_pretrained(str(tmp_path / "ours" / "ae.pt"), normalize_decoder=False)

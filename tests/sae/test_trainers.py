@@ -8,7 +8,7 @@ import torch
 from boardlens.sae.buffer import ShuffleBuffer
 from boardlens.sae.io import load_sae, save_sae
 from boardlens.sae.p_anneal import PAnnealTrainer
-from boardlens.sae.sweep import TRAINERS, TrainerSpec, build_trainers
+from boardlens.sae.sweep import ANNEAL_KINDS, TOPK_KINDS, TRAINERS, TrainerSpec, build_trainers, expand_specs
 
 D, F = 16, 64
 
@@ -24,18 +24,24 @@ def data(n=4096, seed=0):
 
 
 def make(kind, **kw):
-    extra = {"total_steps": 300, "anneal_start": 50} if kind == "p_anneal" else {}
-    return TRAINERS[kind]("t", D, F, 0.01, warmup_steps=10, lr=1e-3, **extra, **kw)
+    extra = {"anneal_start": 50} if kind in ANNEAL_KINDS else {}
+    if kind in TOPK_KINDS:
+        extra["k"] = 4
+    return TRAINERS[kind]("t", D, F, 0.0 if kind in TOPK_KINDS else 0.01, total_steps=300, warmup_steps=10,
+                          lr=1e-3, **extra, **kw)
 
 
 @pytest.mark.parametrize("kind", sorted(TRAINERS))
 def test_shapes_and_decode_encode_is_forward(kind):
     tr = make(kind)
     x = data(64)
+    tr.update(x)  # TopK: b_dec from the first batch; every kind: one step off the init
     x_hat, f = tr.ae(x)
     assert x_hat.shape == (64, D) and f.shape == (64, F)
     assert torch.allclose(tr.ae.decode(tr.ae.encode(x)), x_hat)
     assert (f >= 0).all()
+    if kind == "topk":
+        assert ((f > 0).sum(-1) <= 4).all()
 
 
 @pytest.mark.parametrize("kind", sorted(TRAINERS))
@@ -51,6 +57,8 @@ def test_loss_decreases_and_decoder_stays_unit_norm(kind, recon):
     norms = tr.ae.decoder.weight.norm(dim=0)
     assert torch.allclose(norms, torch.ones(F), atol=1e-5)
     assert 0 < stats.l0 <= F and stats.var_explained > 0.5
+    if kind in TOPK_KINDS:
+        assert stats.l0 <= 4 + 1e-6 and stats.sparsity == 0
     assert 0 <= stats.dead_fraction <= 1
 
 
@@ -64,27 +72,30 @@ def test_warmup_starts_at_zero_lr():
 
 def test_p_anneal_schedule_matches_reference():
     tr = PAnnealTrainer("p", D, F, 0.05, total_steps=200, anneal_start=20, warmup_steps=1)
-    assert tr.update_steps == [20, 40, 60, 80, 100, 120, 140, 160, 180, 200]
-    assert [round(p, 4) for p in tr.p_values] == [round(1 - 0.8 * i / 9, 4) for i in range(10)]
+    sched = tr.sched
+    assert sched.update_steps == [20, 40, 60, 80, 100, 120, 140, 160, 180, 200]
+    assert [round(p, 4) for p in sched.p_values] == [round(1 - 0.8 * i / 9, 4) for i in range(10)]
     x = data(8192)
-    seen_p, alphas = [], []
+    seen_p = []
     for step in range(200):
         f_batch = x[(step % 32) * 256 : (step % 32 + 1) * 256]
-        queue_before = list(tr.queue)
-        p_before, next_before, alpha_before = tr.p, tr.next_p, tr.alpha
+        queue_before = list(sched.queue)
+        p_before, next_before, alpha_before = sched.p, sched.next_p, sched.alpha
         tr.update(f_batch)
-        seen_p.append(tr.p)
-        alphas.append(tr.alpha)
-        if step in tr.update_steps and step > 20:
+        seen_p.append(sched.p)
+        if step in sched.update_steps and step > 20:
             # alpha was rescaled by mean(sum f^p_old) / mean(sum f^p_new) over the last 10 batches.
-            q = (queue_before + [tr.queue[-1]])[-10:]
+            q = (queue_before + [sched.queue[-1]])[-10:]
+            assert len(q) == 10
             ratio = sum(a for a, _ in q) / sum(b for _, b in q)
-            assert math.isclose(tr.alpha, alpha_before * ratio, rel_tol=1e-6)
-            assert tr.p == pytest.approx(next_before) and tr.p < p_before
+            assert math.isclose(sched.alpha, alpha_before * ratio, rel_tol=1e-6)
+            assert sched.p == pytest.approx(next_before) and sched.p < p_before
     assert seen_p[19] == 1.0 and seen_p[20] == 1.0  # first update keeps p = p_start
-    assert seen_p[40] == pytest.approx(tr.p_values[1])
-    assert seen_p[-1] == pytest.approx(tr.p_values[8])  # p_end only at step == total_steps
-    assert tr.alpha != 0.05
+    assert seen_p[40] == pytest.approx(sched.p_values[1])
+    assert seen_p[-1] == pytest.approx(sched.p_values[8])  # p_end only at step == total_steps
+    assert sched.alpha != 0.05
+    with pytest.raises(ValueError, match="do not fit"):
+        PAnnealTrainer("p", D, F, 0.05, total_steps=25, anneal_start=20)
 
 
 def test_shuffle_buffer_serves_each_row_once():
@@ -109,9 +120,13 @@ def test_shuffle_buffer_serves_each_row_once():
 def test_spec_parsing_and_names():
     spec = TrainerSpec.parse("p_anneal:penalty=0.03,anneal_start=5,d_sae=32")
     assert spec.options == {"penalty": 0.03, "anneal_start": 5, "d_sae": 32}
-    trs = build_trainers([spec, TrainerSpec.parse("standard")], D, 100, {"d_sae": 64, "penalty": 0.1})
-    assert [t.name for t in trs] == ["p_anneal-32-0.03", "standard-64-0.1"]
-    for bad in ("nope", "standard:penalty", "standard:foo=1", "standard:anneal_start=3"):
+    trs = build_trainers([spec, TrainerSpec.parse("standard"), TrainerSpec.parse("topk:k=8")], D, 100,
+                         {"d_sae": 64, "penalty": 0.1})
+    assert [t.name for t in trs] == ["p_anneal-32-0.03", "standard-64-0.1", "topk-64-k8"]
+    assert trs[2].ae.extra_config() == {"k": 8}
+    for bad in ("nope", "standard:penalty", "standard:foo=1", "standard:anneal_start=3", "topk:penalty=0.1",
+                "gated:resample_every=10", "standard:penalty=x", "standard:penalty=1..2", "standard:normalize=2",
+                "standard:penalty=0.1,penalty=0.2"):
         with pytest.raises(ValueError):
             TrainerSpec.parse(bad)
     with pytest.raises(ValueError, match="unique"):
@@ -126,3 +141,19 @@ def test_save_and_load_round_trip(tmp_path):
     assert meta["step"] == 1 and meta["arch"] == "relu"
     x = data(32)
     assert torch.allclose(ae(x)[0], tr.ae(x)[0])
+
+
+def test_grid_specs_expand_to_stable_names():
+    specs = expand_specs(["p_anneal:penalty=0.02..0.08/4,d_sae=64|128", "gated:lr=1e-3|2e-3"])
+    assert len(specs) == 10
+    assert [s.options["penalty"] for s in specs[:8:2]] == pytest.approx([0.02, 0.04, 0.06, 0.08])
+    trs = build_trainers(specs, D, 100, {"d_sae": 32, "penalty": 0.05})
+    names = [t.name for t in trs]
+    assert names[:3] == ["p_anneal-64-0.02", "p_anneal-128-0.02", "p_anneal-64-0.04"]
+    assert names[-2:] == ["gated-32-0.05-lr0.001", "gated-32-0.05-lr0.002"]
+    # The same spec gives the same names and the same initial weights, whatever else is in the sweep.
+    again = build_trainers(expand_specs(["gated:lr=1e-3|2e-3,seed=8"]), D, 100, {"d_sae": 32})
+    alone = build_trainers(expand_specs(["gated:lr=1e-3,seed=8"]), D, 100, {"d_sae": 32})
+    assert torch.equal(again[0].ae.encoder.weight, alone[0].ae.encoder.weight)
+    with pytest.raises(ValueError, match="grid"):
+        TrainerSpec.parse("standard:penalty=0.1|0.2")

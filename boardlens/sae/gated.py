@@ -1,0 +1,34 @@
+"""Gated trainer (Rajamanoharan et al. 2404.16014), as dictionary_learning's GatedSAETrainer.
+
+loss = recon(x, x_hat) + lambda * mean ||ReLU(pi_gate)||_1 + recon(x, x_hat_gate), where
+x_hat_gate decodes ReLU(pi_gate) through a detached decoder (so the auxiliary term trains the
+gate path only). Adam betas (0, 0.999). Reconstruction is squared error by default.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from boardlens.sae.base import Losses, SAETrainer, recon_loss
+
+
+class GatedTrainer(SAETrainer):
+    kind = "gated"
+    arch = "gated"
+    betas = (0.0, 0.999)
+    default_recon = "mse"
+
+    def sparsity(self, gate: torch.Tensor) -> torch.Tensor:
+        return gate.sum(dim=-1).mean()  # gate = ReLU(pi_gate) >= 0: its L1 norm
+
+    def losses(self, x: torch.Tensor) -> Losses:
+        ae = self.ae
+        f, gate = ae.encode_with_gate(x)  # (N, F) each
+        x_hat = ae.decode(f)
+        x_hat_gate = gate @ ae.decoder.weight.detach().T + ae.decoder_bias.detach()
+        recon = recon_loss(x, x_hat, self.recon)
+        aux = recon_loss(x, x_hat_gate, self.recon)
+        sparsity = self.sparsity(gate)
+        active = f > 0
+        total = recon + self.penalty_coeff() * self.sparsity_scale() * sparsity + aux
+        return Losses(total, recon, sparsity, aux, x_hat, active, active.sum() / x.shape[0], gate.detach())
