@@ -154,6 +154,7 @@ class SweepTrainer:
         self.checkpointed_step = -1
         self.run_dir = Path(cfg.run_dir)
         self.ckpt_root = self.run_dir / "checkpoints"
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume_from is not None:
             self.restore(resume_from)
         self.log = open(self.run_dir / "train.jsonl", "a")

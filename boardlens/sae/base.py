@@ -111,6 +111,7 @@ class SAETrainer:
         self.step = 0
         self.tokens_since_fired = torch.zeros(d_sae, dtype=torch.long, device=device)
         self.norm_scale = 1.0  # activations are divided by it (set from the first batch if normalize)
+        self.resampled = 0  # latents re-initialised so far
 
     # --- subclass hooks -------------------------------------------------------------
     def losses(self, x: torch.Tensor) -> Losses:
@@ -209,6 +210,7 @@ class SAETrainer:
                     else:
                         state[key][dead_ids] = 0.0
         self.tokens_since_fired[dead_ids] = 0
+        self.resampled += n
 
     # --- export and exact state -----------------------------------------------------
     def export_ae(self) -> torch.nn.Module:
@@ -222,7 +224,8 @@ class SAETrainer:
     def state_dict(self) -> dict:
         return {"hyperparams": self.hyperparams(), "step": self.step, "ae": self.ae.state_dict(),
                 "opt": self.opt.state_dict(), "tokens_since_fired": self.tokens_since_fired,
-                "gen": self.gen.get_state(), "norm_scale": self.norm_scale, "extra": self.extra_state()}
+                "gen": self.gen.get_state(), "norm_scale": self.norm_scale, "resampled": self.resampled,
+                "extra": self.extra_state()}
 
     def load_state_dict(self, state: dict) -> None:
         mine, theirs = _canon(self.hyperparams()), _canon(state["hyperparams"])
@@ -236,6 +239,7 @@ class SAETrainer:
         self.tokens_since_fired.copy_(state["tokens_since_fired"])
         self.gen.set_state(state["gen"])
         self.norm_scale = float(state["norm_scale"])
+        self.resampled = int(state["resampled"])
         self.load_extra_state(state["extra"])
 
 

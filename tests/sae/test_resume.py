@@ -28,7 +28,11 @@ def _batches():
 
 
 def _make(kind):
-    return TRAINERS[kind]("t", D, F, total_steps=STEPS, lr=3e-3, warmup_steps=3, seed=5, **OPTIONS[kind])
+    tr = TRAINERS[kind]("t", D, F, total_steps=STEPS, lr=3e-3, warmup_steps=3, seed=5, **OPTIONS[kind])
+    if kind == "standard":
+        with torch.no_grad():
+            tr.ae.encoder.bias[:32] = -1e3  # dead from the start: step 6 resamples them
+    return tr
 
 
 def _via_disk(state):
@@ -59,6 +63,8 @@ def test_resumed_training_is_bit_identical(kind):
             assert torch.equal(straight.opt.state[p_a][key], resumed.opt.state[p_b][key]), key
     assert straight.schedule_state() == resumed.schedule_state()
     assert torch.equal(straight.tokens_since_fired, resumed.tokens_since_fired)
+    assert torch.equal(straight.gen.get_state(), resumed.gen.get_state())
+    assert (straight.resampled, straight.norm_scale) == (resumed.resampled, resumed.norm_scale)
 
 
 def test_the_options_really_exercise_the_state():
@@ -66,6 +72,7 @@ def test_the_options_really_exercise_the_state():
     batches = _batches()
     trs = {kind: _make(kind) for kind in TRAINERS}
     aux = {kind: sum(tr.update(x).aux for x in batches) for kind, tr in trs.items()}
+    assert trs["standard"].resampled >= 32
     assert trs["p_anneal"].sched.k >= 3 and trs["gated_anneal"].sched.alpha != 0.05
     assert trs["gated"].norm_scale != 1.0
     assert aux["topk"] > 0 and aux["batch_topk"] > 0

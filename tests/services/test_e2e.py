@@ -84,7 +84,7 @@ def test_pipeline_trains_and_evaluates_live(tmp_path, game):
     assert all(proc.returncode == 0 for proc in procs.values()), {n: q.returncode for n, q in procs.items()}
     records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     assert records and {"families", "l0", "var_explained", "sae", "step"} <= set(records[-1])
-    assert (tmp_path / "run" / "checkpoints" / "standard-256-0.05.safetensors").exists()
+    assert (tmp_path / "run" / "checkpoints" / "latest" / "standard-256-0.05.safetensors").exists()
 
 
 def _batch(epoch: str, seq: int, d: int = 32) -> ActivationBatch:

@@ -29,7 +29,7 @@ def test_up_runs_to_the_final_table(tmp_path):
     assert {r["step"] for r in final.values()} == {60000 // 256}
     lines = (run / "train.jsonl").read_text().splitlines()
     assert json.loads(lines[-1])["step"] == 60000 // 256
-    assert (run / "checkpoints" / "p_anneal-128-0.05.json").exists()
+    assert (run / "checkpoints" / "latest" / "p_anneal-128-0.05.json").exists()
     for name in ("producer", "trainer", "evaluator"):
         log = (run / "logs" / f"{name}.log").read_text()
         assert f"{name} config {{" in log, f"{name} did not log its resolved config"
