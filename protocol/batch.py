@@ -56,6 +56,12 @@ class ActivationBatch:
         """Valid (non-padding) positions in the batch."""
         return int(self.lengths.sum())
 
+    def valid_acts(self) -> torch.Tensor:
+        """The activations of the valid positions, game by game: (n_tokens, D), a copy."""
+        T = self.acts.shape[1]
+        valid = torch.arange(T)[None, :] < self.lengths.long()[:, None]  # (B, T)
+        return self.acts[valid]
+
 
 def _fail(detail: str) -> None:
     raise ProtocolError("batch_schema", detail)

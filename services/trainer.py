@@ -186,9 +186,7 @@ class SweepTrainer:
             raise IncompatibleBatch(f"activations are {batch.acts.shape[-1]} wide, the SAEs "
                                     f"{self.buffer.d} (another model on the stream?)")
         self.source = {"game": batch.game, "model": batch.model, "layer": batch.layer}
-        T = batch.acts.shape[1]
-        valid = torch.arange(T)[None, :] < batch.lengths.long()[:, None]  # (B, T)
-        rows = batch.acts[valid].float()  # (N, d)
+        rows = batch.valid_acts().float()  # (N, d)
         self.m.tokens.inc(rows.shape[0])
         if rows.shape[0] and not self.done:
             self.pending.append(rows)

@@ -112,7 +112,7 @@ ROWS: list[tuple[str, list[Panel]]] = [
         ), "short"),
         Panel("Loss per SAE", ((f'boardlens_sae_loss{{{SAE}, term="loss"}}', "{{sae}}"),), "short"),
         Panel("Loss terms per SAE", (
-            (f'boardlens_sae_loss{{{SAE}, term=~"recon|sparsity"}}', "{{sae}} {{term}}"),
+            (f'boardlens_sae_loss{{{SAE}, term=~"recon|sparsity|aux"}}', "{{sae}} {{term}}"),
         ), "short"),
         Panel("L0 per SAE (training batch)", ((f"boardlens_sae_l0{{{SAE}}}", "{{sae}}"),), "short"),
         Panel("Variance explained per SAE (training batch)", (
@@ -123,6 +123,13 @@ ROWS: list[tuple[str, list[Panel]]] = [
         Panel("Sparsity schedule: p and alpha", (
             (f"boardlens_sae_p{{{SAE}}}", "{{sae}} p"),
             (f"boardlens_sae_alpha{{{SAE}}}", "{{sae}} alpha"),
+        ), "short"),
+        Panel("Steps / s per SAE (from its own update time)", (
+            (f"boardlens_sae_steps_per_second{{{SAE}}}", "{{sae}}"),
+        ), "short"),
+        Panel("Checkpoints: step of the latest and its write time (s)", (
+            ("max(boardlens_trainer_checkpoint_step)", "step"),
+            ("max(boardlens_trainer_checkpoint_seconds)", "write seconds"),
         ), "short"),
         Panel("Trainer messages / s: received, lost, rejected", (
             (rate("boardlens_trainer_messages_total"), "received"),
