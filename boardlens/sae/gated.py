@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from boardlens.sae.base import Losses, SAETrainer, recon_loss
+from boardlens.sae.base import Losses, SAETrainer, firing, recon_loss
 
 
 class GatedTrainer(SAETrainer):
@@ -29,6 +29,5 @@ class GatedTrainer(SAETrainer):
         recon = recon_loss(x, x_hat, self.recon)
         aux = recon_loss(x, x_hat_gate, self.recon)
         sparsity = self.sparsity(gate)
-        active = f > 0
         total = recon + self.penalty_coeff() * self.sparsity_scale() * sparsity + aux
-        return Losses(total, recon, sparsity, aux, x_hat, active, active.sum() / x.shape[0], gate.detach())
+        return Losses(total, recon, sparsity, aux, x_hat, *firing(f), gate.detach())

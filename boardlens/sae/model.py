@@ -20,6 +20,34 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+class _CentredLinear(torch.autograd.Function):
+    """W (x - c) + b for a constant x (N, d): W (F, d), b (F,) or None, c (d,).
+
+    Same forward as `F.linear(x - c, W, b)`. The backward gives c its gradient as
+    -(sum_n g_n) W, a (F,) x (F, d) product, where autograd would first form the (N, d) input
+    gradient g W, a full (N, F) x (F, d) matmul: one of the six big matmuls of a ReLU SAE step.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, centre):
+        xc = x - centre
+        ctx.save_for_backward(xc, weight)
+        return F.linear(xc, weight, bias)
+
+    @staticmethod
+    def backward(ctx, g):
+        xc, weight = ctx.saved_tensors
+        g_sum = g.sum(dim=0)  # (F,)
+        grad_x = g @ weight if ctx.needs_input_grad[0] else None
+        return grad_x, g.T @ xc, g_sum if ctx.needs_input_grad[2] else None, -(g_sum @ weight)
+
+
+def centred_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                   centre: torch.Tensor) -> torch.Tensor:
+    """(N, d) -> (N, F): W (x - centre) + bias (see _CentredLinear)."""
+    return _CentredLinear.apply(x, weight, bias, centre)
+
+
 def _unit_columns(d_in: int, d_sae: int) -> torch.Tensor:
     w = torch.randn(d_in, d_sae)  # (d, F)
     return w / w.norm(dim=0, keepdim=True)
@@ -50,10 +78,10 @@ class AutoEncoder(nn.Module):
         return self.decoder.weight
 
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x - self.bias)
+        return centred_linear(x, self.encoder.weight, self.encoder.bias, self.bias)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.pre_acts(x))
+        return self.pre_acts(x).relu_()  # in place: the (N, F) pre-activations are not kept
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:
         return self.decoder(f) + self.bias
@@ -98,7 +126,7 @@ class GatedAutoEncoder(nn.Module):
 
     def encode_with_gate(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(f, ReLU(pi_gate)), both (N, F); the second feeds the sparsity and auxiliary losses."""
-        pi = self.encoder(x - self.decoder_bias)
+        pi = centred_linear(x, self.encoder.weight, None, self.decoder_bias)
         pi_gate = pi + self.gate_bias
         f = (pi_gate > 0).to(pi.dtype) * torch.relu(self.r_mag.exp() * pi + self.mag_bias)
         return f, torch.relu(pi_gate)
@@ -153,7 +181,7 @@ class TopKAutoEncoder(nn.Module):
         return self.decoder.weight
 
     def post_relu(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.encoder(x - self.b_dec))  # (N, F)
+        return centred_linear(x, self.encoder.weight, self.encoder.bias, self.b_dec).relu_()  # (N, F)
 
     def top_k(self, acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per row: (values (N, k), indices (N, k)) of the k largest latents."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from boardlens.sae.base import Losses, SAETrainer, recon_loss
+from boardlens.sae.base import Losses, SAETrainer, firing, recon_loss
 
 
 class StandardTrainer(SAETrainer):
@@ -18,7 +18,5 @@ class StandardTrainer(SAETrainer):
         x_hat, f = self.ae(x)  # (N, d), (N, F)
         recon = recon_loss(x, x_hat, self.recon)
         sparsity = self.sparsity(f)
-        active = f > 0
         total = recon + self.penalty_coeff() * self.sparsity_scale() * sparsity
-        return Losses(total, recon, sparsity, torch.zeros((), device=x.device), x_hat, active,
-                      active.sum() / x.shape[0], f.detach())
+        return Losses(total, recon, sparsity, torch.zeros((), device=x.device), x_hat, *firing(f), f.detach())
