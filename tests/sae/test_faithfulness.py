@@ -2,13 +2,20 @@
 
 Same initial weights, same 100 batches, squared-error reconstruction. Our steps are not
 bit-identical to theirs by design (fused Adam, the b_dec gradient as a matvec, TopK decoding
-only the k active columns sum in another order), so weights must agree to float rounding:
-1e-4 relative for Standard, Gated, TopK and BatchTopK (measured ~1e-6). Once p < 1 the
-annealed penalty's gradient p f^(p-1) blows up as f -> 0+, which magnifies rounding
-differences (measured up to 6e-3 of a tensor's largest entry after 80 annealed steps), so
-the annealing trainers get 2e-2 of each tensor's largest entry, and their schedule must match:
-update steps and p exactly, alpha to 1e-4 after every step. AuxK is exercised by lowering the
-dead threshold so latents die within the run.
+only the k active columns, in another summation order), so:
+
+- Step faithfulness, every kind: before each of the 100 steps our weights and Adam moments
+  are set to theirs; after the step at least 99% of every tensor's entries agree to 1e-5 and
+  none differs by more than two Adam steps (2 x the step's lr). Adam moves an entry by ~lr
+  whatever the gradient's size, so an entry whose gradient cancels to rounding noise (a sum
+  taken in another order) may move +lr in one library and -lr in the other.
+- Free-running 100 steps: Standard, Gated, TopK and BatchTopK weights agree to 1e-4 relative
+  (measured ~1e-6). Once p < 1 the annealed penalty's gradient p f^(p-1) blows up as f -> 0+
+  and magnifies rounding differences step after step, so for p-anneal and Gated+p-anneal the
+  free run checks the schedule (update steps and p exactly, alpha to 1e-4 after every step)
+  and that both end with the same loss to 1%.
+
+AuxK is exercised by lowering the dead threshold so latents die within the run.
 """
 
 import pytest
@@ -16,7 +23,7 @@ import torch
 
 from boardlens.sae.sweep import TRAINERS
 
-D, F, STEPS, N = 32, 512, 100, 256
+D, F, STEPS, N, LR = 32, 512, 100, 256, 1e-3
 
 
 def _data():
@@ -51,19 +58,56 @@ def _theirs(dictionary_learning, path, kw):
 
     module, cls = path.rsplit(".", 1)
     trainer_cls = getattr(importlib.import_module(f"dictionary_learning.trainers.{module}"), cls)
-    return trainer_cls(steps=STEPS, activation_dim=D, dict_size=F, layer=0, lm_name="m", lr=1e-3,
+    return trainer_cls(steps=STEPS, activation_dim=D, dict_size=F, layer=0, lm_name="m", lr=LR,
                        warmup_steps=10, device="cpu", seed=0, **kw)
 
 
-@pytest.mark.parametrize("kind", sorted(CASES))
-def test_steps_match_dictionary_learning(kind, dictionary_learning):
-    path, their_kw, our_kw, annealed = CASES[kind]
+def _pair(kind, dictionary_learning):
+    path, their_kw, our_kw, _ = CASES[kind]
     theirs = _theirs(dictionary_learning, path, their_kw)
-    ours = TRAINERS[kind]("t", D, F, total_steps=STEPS, lr=1e-3, warmup_steps=10, recon="mse", **our_kw)
+    ours = TRAINERS[kind]("t", D, F, total_steps=STEPS, lr=LR, warmup_steps=10, recon="mse", **our_kw)
     if kind.endswith("topk"):  # let latents die within the run so AuxK is exercised
         theirs.dead_feature_threshold = 2 * N  # silent for two batches
         ours.auxk_dead_tokens = 2 * N
     ours.ae.load_state_dict(theirs.ae.state_dict())
+    return ours, theirs
+
+
+def _sync(ours, theirs):
+    """Our weights, Adam moments and firing counters := theirs."""
+    ours.ae.load_state_dict(theirs.ae.state_dict())
+    mine = dict(ours.ae.named_parameters())
+    for name, p in theirs.ae.named_parameters():
+        if p in theirs.optimizer.state:  # in our parameter's memory layout (theirs may be a transposed view)
+            ours.opt.state[mine[name]] = {k: v.clone() if v.ndim == 0 else torch.empty_like(mine[name]).copy_(v)
+                                          for k, v in theirs.optimizer.state[p].items()}
+    if hasattr(theirs, "num_tokens_since_fired"):
+        ours.tokens_since_fired.copy_(theirs.num_tokens_since_fired)
+
+
+@pytest.mark.parametrize("kind", sorted(CASES))
+def test_each_step_matches_dictionary_learning(kind, dictionary_learning):
+    ours, theirs = _pair(kind, dictionary_learning)
+    data = _data()
+    for step in range(STEPS):
+        x = data[step * N : (step + 1) * N]
+        if step:
+            _sync(ours, theirs)
+        theirs.update(step, x.clone())
+        ours.update(x.clone())
+        lr_now = LR * min(step / 10, 1.0)
+        want = theirs.ae.state_dict()
+        for name, got in ours.ae.state_dict().items():
+            diff = (got.float() - want[name].float()).abs()
+            close = diff <= 1e-5 + 1e-5 * want[name].float().abs()
+            assert close.float().mean() >= 0.99, (step, name, close.float().mean())
+            assert diff.max() <= 2 * lr_now + 1e-5, (step, name, diff.max())
+
+
+@pytest.mark.parametrize("kind", sorted(CASES))
+def test_free_running_steps_match_dictionary_learning(kind, dictionary_learning):
+    annealed = CASES[kind][3]
+    ours, theirs = _pair(kind, dictionary_learning)
     data = _data()
     aux_seen = 0.0
     for step in range(STEPS):
@@ -80,9 +124,10 @@ def test_steps_match_dictionary_learning(kind, dictionary_learning):
         assert aux_seen > 0 and theirs.dead_features > 0  # AuxK really ran
         assert float(ours.ae.threshold) > 0
     want = theirs.ae.state_dict()
+    if annealed:
+        x = data[-N:]
+        mse = [(x - ae(x)[0] if ae is ours.ae else x - ae(x)).pow(2).sum(-1).mean().item() for ae in (ours.ae, theirs.ae)]
+        assert mse[0] == pytest.approx(mse[1], rel=1e-2)
+        return
     for name, got in ours.ae.state_dict().items():
-        if annealed:
-            scale = want[name].abs().max().item()
-            assert (got - want[name]).abs().max().item() <= 2e-2 * scale, name
-        else:
-            torch.testing.assert_close(got, want[name], rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(got, want[name], rtol=1e-4, atol=1e-5, msg=name)
