@@ -8,29 +8,59 @@ import torch
 from safetensors.torch import load_file
 
 from boardlens.sae.interop import export_sae, import_sae
-from boardlens.sae.model import AutoEncoder
+from boardlens.sae.model import ARCHS, build_ae
+
+ARCH_LIST = sorted(ARCHS)
 
 
-def _ae() -> AutoEncoder:
+def _ae(arch: str = "relu"):
     torch.manual_seed(0)
-    ae = AutoEncoder(24, 96)
+    ae = build_ae(arch, 24, 96, **({"k": 6} if "topk" in arch else {}))
     with torch.no_grad():
         for p in ae.parameters():
             p.add_(0.1 * torch.randn_like(p))  # nonzero biases, so a swapped bias would show
+        if arch == "batch_topk":
+            ae.threshold.fill_(0.05)  # a tracked inference threshold
     return ae
 
 
+@pytest.mark.parametrize("arch", ARCH_LIST)
 @pytest.mark.parametrize("fmt", ["dictionary_learning", "saelens"])
-def test_round_trip_is_exact(tmp_path, fmt):
-    ae = _ae()
+def test_round_trip_is_exact(tmp_path, fmt, arch):
+    ae = _ae(arch)
     export_sae(ae, fmt, tmp_path / fmt, {"kind": "p_anneal", "penalty": 0.05, "lr": 1e-3, "layer": 5,
                                         "model": "chess-gpt", "step": 100})
     back, cfg = import_sae(tmp_path / fmt)
+    assert back.arch == arch
     for k, v in ae.state_dict().items():
         assert torch.equal(back.state_dict()[k], v), k
     x = torch.randn(16, 24)
     torch.testing.assert_close(back(x)[0], ae(x)[0], rtol=0, atol=0)
     assert cfg
+
+
+@pytest.mark.parametrize("arch", ["gated", "topk", "batch_topk"])
+def test_saelens_encodings_of_the_other_architectures(tmp_path, arch):
+    ae = _ae(arch)
+    export_sae(ae, "saelens", tmp_path)
+    w = load_file(str(tmp_path / "sae_weights.safetensors"))
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    x = torch.randn(32, 24)
+    xc = x - w["b_dec"]
+    if arch == "gated":  # SAELens's gated encode
+        assert cfg["architecture"] == "gated"
+        gate = (xc @ w["W_enc"] + w["b_gate"]) > 0
+        f = gate * torch.relu(xc @ (w["W_enc"] * w["r_mag"].exp()) + w["b_mag"])
+    elif arch == "topk":  # top k of the pre-activations, then ReLU
+        assert cfg["architecture"] == "topk" and cfg["k"] == 6
+        top = (xc @ w["W_enc"] + w["b_enc"]).topk(cfg["k"], dim=-1)
+        f = torch.zeros(32, 96).scatter(-1, top.indices, torch.relu(top.values))
+    else:  # JumpReLU
+        assert cfg["architecture"] == "jumprelu"
+        pre = xc @ w["W_enc"] + w["b_enc"]
+        f = torch.relu(pre) * (pre > w["threshold"])
+    torch.testing.assert_close(f, ae.encode(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(f @ w["W_dec"] + w["b_dec"], ae(x)[0], rtol=1e-5, atol=1e-5)
 
 
 def test_saelens_layout_follows_its_documented_formulas(tmp_path):
@@ -45,6 +75,22 @@ def test_saelens_layout_follows_its_documented_formulas(tmp_path):
     f = torch.relu((x - w["b_dec"]) @ w["W_enc"] + w["b_enc"])  # SAELens's standard encode
     torch.testing.assert_close(f, ae.encode(x), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(f @ w["W_dec"] + w["b_dec"], ae(x)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["gated", "topk", "batch_topk"])
+def test_the_real_dictionary_learning_loads_every_architecture(tmp_path, dictionary_learning, arch):
+    from dictionary_learning.trainers.batch_top_k import BatchTopKSAE
+    from dictionary_learning.trainers.top_k import AutoEncoderTopK
+
+    cls = {"gated": dictionary_learning.GatedAutoEncoder, "topk": AutoEncoderTopK, "batch_topk": BatchTopKSAE}[arch]
+    ae = _ae(arch)
+    export_sae(ae, "dictionary_learning", tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["trainer"]["dict_class"] == cls.__name__
+    theirs = cls.from_pretrained(str(tmp_path / "ae.pt"))
+    x = torch.randn(16, 24)
+    torch.testing.assert_close(theirs(x), ae(x)[0])
+    torch.testing.assert_close(theirs.encode(x), ae.encode(x))
 
 
 def test_the_real_dictionary_learning_loads_our_export_and_we_load_its_save(tmp_path, dictionary_learning):
@@ -73,7 +119,10 @@ def test_bad_files_give_clear_errors(tmp_path):
     export_sae(_ae(), "saelens", tmp_path / "sl")
     cfg = json.loads((tmp_path / "sl" / "cfg.json").read_text())
     (tmp_path / "sl" / "cfg.json").write_text(json.dumps({**cfg, "architecture": "gated"}))
-    with pytest.raises(ValueError, match="only 'standard'"):
+    with pytest.raises(ValueError, match="b_gate"):  # a gated cfg over standard weights
+        import_sae(tmp_path / "sl")
+    (tmp_path / "sl" / "cfg.json").write_text(json.dumps({**cfg, "architecture": "transcoder"}))
+    with pytest.raises(ValueError, match="supported are architectures"):
         import_sae(tmp_path / "sl")
     with pytest.raises(ValueError, match="format must be"):
         export_sae(_ae(), "onnx", tmp_path / "x")
