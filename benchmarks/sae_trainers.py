@@ -8,6 +8,9 @@
    alternately in this one run; ratio = ours / theirs (target >= 1.0). Our step includes the
    statistics the service exports every step (L0, variance explained, dead fraction).
    dictionary_learning runs in squared-error mode without sparsity warmup, as ours here.
+   p-anneal and Gated+p-anneal are timed mid-anneal (p = 0.7, paper-length schedule): there
+   dictionary_learning evaluates the next p's penalty on every step after the first update,
+   ours only in the `queue_len` steps before each update (the only ones whose values are used).
 2. Sweep: K Standard SAEs trained by one `boardlens train` process (the K share every batch:
    one receive, one decode, one shuffle, one host-to-device copy) vs K `boardlens train`
    processes with one SAE each, all fed by a real ZeroMQ publisher of the same messages.
@@ -35,16 +38,19 @@ sys.path.insert(0, str(ROOT))
 from boardlens.sae.sweep import TRAINERS  # noqa: E402
 
 # kind -> (dictionary_learning module.class, its kwargs, our kwargs)
-ANNEAL = dict(anneal_start=2, p_start=1.0, p_end=0.2, n_sparsity_updates=10, sparsity_queue_length=10,
+# The annealing trainers are timed mid-anneal as in a paper-length run: a fractional p (0.7,
+# as after a few updates) and the paper's 36,621-step schedule, so each p lasts ~3,600 steps.
+PAPER_STEPS = 36_621
+ANNEAL = dict(anneal_start=1, p_start=0.7, p_end=0.2, n_sparsity_updates=10, sparsity_queue_length=10,
               sparsity_function="Lp^p")
 PAIRS = {
     "standard": ("standard.StandardTrainer", dict(l1_penalty=0.05, sparsity_warmup_steps=None), dict(penalty=0.05)),
     "p_anneal": ("p_anneal.PAnnealTrainer", dict(initial_sparsity_penalty=0.05, sparsity_warmup_steps=None, **ANNEAL),
-                 dict(penalty=0.05, anneal_start=2)),
+                 dict(penalty=0.05, anneal_start=1, p_start=0.7)),
     "gated": ("gdm.GatedSAETrainer", dict(l1_penalty=0.05, sparsity_warmup_steps=None), dict(penalty=0.05)),
     "gated_anneal": ("gated_anneal.GatedAnnealTrainer",
                      dict(initial_sparsity_penalty=0.05, sparsity_warmup_steps=None, **ANNEAL),
-                     dict(penalty=0.05, anneal_start=2)),
+                     dict(penalty=0.05, anneal_start=1, p_start=0.7)),
     "topk": ("top_k.TopKTrainer", dict(k=32), dict(k=32)),
     "batch_topk": ("batch_top_k.BatchTopKTrainer", dict(k=32), dict(k=32)),
 }
@@ -63,9 +69,9 @@ def compare(kind: str, d: int, d_sae: int, batch: int, steps: int, data: torch.T
     module, cls = path.rsplit(".", 1)
     their_cls = getattr(importlib.import_module(f"dictionary_learning.trainers.{module}"), cls)
     total = steps + 2
-    theirs = their_cls(steps=total + 10, activation_dim=d, dict_size=d_sae, layer=0, lm_name="bench", lr=1e-3,
+    theirs = their_cls(steps=PAPER_STEPS, activation_dim=d, dict_size=d_sae, layer=0, lm_name="bench", lr=1e-3,
                        warmup_steps=1, device="cpu", seed=0, **their_kw)
-    ours = TRAINERS[kind]("bench", d, d_sae, total_steps=total + 10, lr=1e-3, warmup_steps=1, recon="mse", **our_kw)
+    ours = TRAINERS[kind]("bench", d, d_sae, total_steps=PAPER_STEPS, lr=1e-3, warmup_steps=1, recon="mse", **our_kw)
     ours.ae.load_state_dict(theirs.ae.state_dict())
     times = {"ours": 0.0, "theirs": 0.0}
     for step in range(total):

@@ -8,6 +8,7 @@ gate path only). Adam betas (0, 0.999). Reconstruction is squared error by defau
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from boardlens.sae.base import Losses, SAETrainer, firing, recon_loss
 
@@ -25,7 +26,7 @@ class GatedTrainer(SAETrainer):
         ae = self.ae
         f, gate = ae.encode_with_gate(x)  # (N, F) each
         x_hat = ae.decode(f)
-        x_hat_gate = gate @ ae.decoder.weight.detach().T + ae.decoder_bias.detach()
+        x_hat_gate = F.linear(gate, ae.decoder.weight.detach(), ae.decoder_bias.detach())
         recon = recon_loss(x, x_hat, self.recon)
         aux = recon_loss(x, x_hat_gate, self.recon)
         sparsity = self.sparsity(gate)

@@ -84,7 +84,7 @@ class AutoEncoder(nn.Module):
         return self.pre_acts(x).relu_()  # in place: the (N, F) pre-activations are not kept
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:
-        return self.decoder(f) + self.bias
+        return F.linear(f, self.decoder.weight, self.bias)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (N, d) -> (x_hat (N, d), f (N, F))."""
@@ -126,16 +126,18 @@ class GatedAutoEncoder(nn.Module):
 
     def encode_with_gate(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(f, ReLU(pi_gate)), both (N, F); the second feeds the sparsity and auxiliary losses."""
-        pi = centred_linear(x, self.encoder.weight, None, self.decoder_bias)
-        pi_gate = pi + self.gate_bias
-        f = (pi_gate > 0).to(pi.dtype) * torch.relu(self.r_mag.exp() * pi + self.mag_bias)
-        return f, torch.relu(pi_gate)
+        pi = centred_linear(x, self.encoder.weight, None, self.decoder_bias)  # (N, F)
+        gate = (pi + self.gate_bias).relu_()  # ReLU(pi_gate): > 0 exactly where the gate is open
+        mag = torch.addcmul(self.mag_bias, pi, self.r_mag.exp()).relu_()  # fused: fewer (N, F) passes
+        # sign() of the non-negative gate is the 0/1 Heaviside mask; cheaper than where() or a
+        # bool mask cast (measured), and detached: the gate gets no gradient through f.
+        return mag * gate.detach().sign(), gate
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.encode_with_gate(x)[0]
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:
-        return self.decoder(f) + self.decoder_bias
+        return F.linear(f, self.decoder.weight, self.decoder_bias)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.encode(x)
@@ -194,7 +196,7 @@ class TopKAutoEncoder(nn.Module):
         return torch.zeros_like(acts).scatter_(-1, idx, vals)
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:
-        return self.decoder(f) + self.b_dec
+        return F.linear(f, self.decoder.weight, self.b_dec)
 
     def decode_sparse(self, vals: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """decode() of a row-sparse f given as (values, indices) (N, k): N*k*d work, not N*F*d."""
