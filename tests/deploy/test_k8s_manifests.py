@@ -111,6 +111,9 @@ def test_trainer_keeps_its_run_and_time_to_checkpoint(overlay):
     _, r = overlay
     spec = r.deployments["boardlens-trainer"]["spec"]["template"]["spec"]
     assert spec["terminationGracePeriodSeconds"] == 60
+    cfg = r.config("boardlens-trainer")
+    # the trainer's own deadline (checkpoint, then exit) ends before the kubelet's SIGKILL
+    assert cfg.stop_grace_s < spec["terminationGracePeriodSeconds"] and cfg.resume == "auto"
     claim = {v["name"]: v.get("persistentVolumeClaim", {}).get("claimName") for v in spec["volumes"]}
     mounts = {m["mountPath"]: m["name"] for m in r.container("boardlens-trainer")["volumeMounts"]}
     run_dir = r.config("boardlens-trainer").run_dir
