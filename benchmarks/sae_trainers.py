@@ -76,10 +76,13 @@ def compare(kind: str, d: int, d_sae: int, batch: int, steps: int, data: torch.T
     times = {"ours": 0.0, "theirs": 0.0}
     for step in range(total):
         x = data[(step % 4) * batch : (step % 4 + 1) * batch]
-        order = (("ours", lambda: ours.update(x)), ("theirs", lambda: theirs.update(step, x)))
-        for who, fn in order if step % 2 else order[::-1]:  # alternate who goes first
+        order = ("ours", "theirs") if step % 2 else ("theirs", "ours")  # alternate who goes first
+        for who in order:
             t0 = time.perf_counter()
-            fn()
+            if who == "ours":
+                ours.update(x)
+            else:
+                theirs.update(step, x)
             if step >= 2:  # the first two steps warm up allocators and (TopK) the median init
                 times[who] += time.perf_counter() - t0
     return steps / times["ours"], steps / times["theirs"]

@@ -26,7 +26,15 @@ from boardlens.games.labelled import LabelledGames
 from boardlens.games.stream import GameStream
 from boardlens.lm.formats import load_any
 from protocol import ActivationBatch, Publisher, SendTimeout, encode, encode_batch, new_epoch
-from services.common import StartupError, log, log_config, pick_device, set_threads, stop_on_signals, transport
+from services.common import (
+    StartupError,
+    log,
+    log_config,
+    pick_device,
+    set_threads,
+    stop_on_signals,
+    transport,
+)
 from services.config import ProducerConfig
 from services.telemetry import Telemetry
 

@@ -170,7 +170,7 @@ class SweepTrainer:
         except (ValueError, KeyError, RuntimeError) as e:
             raise StartupError(f"cannot resume from {point.folder}: {e} (--resume never starts afresh)") from e
         pending = point.sweep["pending"]
-        self.pending = [pending.to(self.device)] if pending.numel() else []
+        self.pending = [pending] if pending.numel() else []  # on the host, like received rows
         self.source = dict(point.sweep["source"])
         self.step = self.checkpointed_step = int(point.sweep["step"])
         log.info("trainer: resumed from %s at step %d (%d buffered + %d pending rows)", point.folder, self.step,

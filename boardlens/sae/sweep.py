@@ -115,7 +115,7 @@ class TrainerSpec:
         if "name" in varied or ("name" in grid and varied):
             raise ValueError(f"{text!r}: name= cannot be combined with a grid")
         keys = list(grid)
-        return [cls(kind, dict(zip(keys, combo)), varied) for combo in itertools.product(*grid.values())]
+        return [cls(kind, dict(zip(keys, combo, strict=True)), varied) for combo in itertools.product(*grid.values())]
 
     @classmethod
     def parse(cls, text: str) -> TrainerSpec:

@@ -58,7 +58,7 @@ def test_resumed_training_is_bit_identical(kind):
     assert stats_resumed == stats_straight[CUT:]
     for name, t in straight.ae.state_dict().items():
         assert torch.equal(t, resumed.ae.state_dict()[name]), name
-    for p_a, p_b in zip(straight.ae.parameters(), resumed.ae.parameters()):
+    for p_a, p_b in zip(straight.ae.parameters(), resumed.ae.parameters(), strict=True):
         for key in ("exp_avg", "exp_avg_sq", "step"):
             assert torch.equal(straight.opt.state[p_a][key], resumed.opt.state[p_b][key]), key
     assert straight.schedule_state() == resumed.schedule_state()

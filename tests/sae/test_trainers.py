@@ -8,7 +8,14 @@ import torch
 from boardlens.sae.buffer import ShuffleBuffer
 from boardlens.sae.io import load_sae, save_sae
 from boardlens.sae.p_anneal import PAnnealTrainer
-from boardlens.sae.sweep import ANNEAL_KINDS, TOPK_KINDS, TRAINERS, TrainerSpec, build_trainers, expand_specs
+from boardlens.sae.sweep import (
+    ANNEAL_KINDS,
+    TOPK_KINDS,
+    TRAINERS,
+    TrainerSpec,
+    build_trainers,
+    expand_specs,
+)
 
 D, F = 16, 64
 

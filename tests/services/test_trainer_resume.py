@@ -69,11 +69,11 @@ def test_a_resumed_sweep_trains_bit_identically(tmp_path):
     for b in batches[fed:]:
         resumed.on_batch(b)
     assert resumed.step == straight.step == 40
-    for a, b in zip(straight.trainers, resumed.trainers):
+    for a, b in zip(straight.trainers, resumed.trainers, strict=True):
         for name, t in a.ae.state_dict().items():
             assert torch.equal(t, b.ae.state_dict()[name]), (a.name, name)
         assert a.schedule_state() == b.schedule_state()
-        for pa, pb in zip(a.ae.parameters(), b.ae.parameters()):
+        for pa, pb in zip(a.ae.parameters(), b.ae.parameters(), strict=True):
             assert torch.equal(a.opt.state[pa]["exp_avg_sq"], b.opt.state[pb]["exp_avg_sq"])
     assert torch.equal(straight.buffer.unread, resumed.buffer.unread)
 
