@@ -230,7 +230,7 @@ def sae() -> None:
 @click.option("--format", "fmt", required=True, type=click.Choice(["dictionary_learning", "saelens"]))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write.")
 def sae_export(checkpoint: str, fmt: str, out: str) -> None:
-    """Export a trainer checkpoint (<run>/checkpoints/<name>.safetensors) to another layout."""
+    """Export a trainer checkpoint (<run>/checkpoints/latest/<name>.safetensors) to another layout."""
     from boardlens.sae.interop import export_sae
     from boardlens.sae.io import load_sae
 
