@@ -58,7 +58,34 @@ def _check_sizes(d_in: int, d_sae: int) -> None:
         raise ValueError(f"d_in and d_sae must be >= 1, got {d_in}, {d_sae}")
 
 
-class AutoEncoder(nn.Module):
+class _SAE(nn.Module):
+    """What the architectures share: forward = decode(encode(x)), the decoder's (d, F) weight."""
+
+    arch = ""
+    decoder: nn.Linear
+
+    @property
+    def decoder_weight(self) -> nn.Parameter:
+        return self.decoder.weight
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (N, d) -> (x_hat (N, d), f (N, F))."""
+        f = self.encode(x)
+        return self.decode(f), f
+
+    def extra_config(self) -> dict:
+        """Architecture settings beyond the sizes (TopK: k)."""
+        return {}
+
+    def tie_to_unit_decoder(self) -> None:
+        """Decoder columns random unit vectors, encoder = decoder^T (dictionary_learning's init)."""
+        with torch.no_grad():
+            w = _unit_columns(self.d_in, self.d_sae)
+            self.decoder.weight.copy_(w)
+            self.encoder.weight.copy_(w.T)
+
+
+class AutoEncoder(_SAE):
     """The ReLU SAE of the paper era: Kaiming-uniform encoder, random unit decoder columns."""
 
     arch = "relu"
@@ -73,10 +100,6 @@ class AutoEncoder(nn.Module):
         with torch.no_grad():
             self.decoder.weight.copy_(_unit_columns(d_in, d_sae))
 
-    @property
-    def decoder_weight(self) -> nn.Parameter:
-        return self.decoder.weight
-
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
         return centred_linear(x, self.encoder.weight, self.encoder.bias, self.bias)
 
@@ -86,21 +109,13 @@ class AutoEncoder(nn.Module):
     def decode(self, f: torch.Tensor) -> torch.Tensor:
         return F.linear(f, self.decoder.weight, self.bias)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (N, d) -> (x_hat (N, d), f (N, F))."""
-        f = self.encode(x)
-        return self.decode(f), f
-
     @torch.no_grad()
     def scale_biases(self, s: float) -> None:
         self.bias.mul_(s)
         self.encoder.bias.mul_(s)
 
-    def extra_config(self) -> dict:
-        return {}
 
-
-class GatedAutoEncoder(nn.Module):
+class GatedAutoEncoder(_SAE):
     """Gated SAE (Rajamanoharan et al. 2404.16014); zero biases, encoder tied to the decoder at init."""
 
     arch = "gated"
@@ -115,14 +130,7 @@ class GatedAutoEncoder(nn.Module):
         self.gate_bias = nn.Parameter(torch.zeros(d_sae))
         self.mag_bias = nn.Parameter(torch.zeros(d_sae))
         self.decoder = nn.Linear(d_sae, d_in, bias=False)
-        with torch.no_grad():
-            w = _unit_columns(d_in, d_sae)
-            self.decoder.weight.copy_(w)
-            self.encoder.weight.copy_(w.T)
-
-    @property
-    def decoder_weight(self) -> nn.Parameter:
-        return self.decoder.weight
+        self.tie_to_unit_decoder()
 
     def encode_with_gate(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(f, ReLU(pi_gate)), both (N, F); the second feeds the sparsity and auxiliary losses."""
@@ -139,20 +147,13 @@ class GatedAutoEncoder(nn.Module):
     def decode(self, f: torch.Tensor) -> torch.Tensor:
         return F.linear(f, self.decoder.weight, self.decoder_bias)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f = self.encode(x)
-        return self.decode(f), f
-
     @torch.no_grad()
     def scale_biases(self, s: float) -> None:
         for p in (self.decoder_bias, self.gate_bias, self.mag_bias):
             p.mul_(s)
 
-    def extra_config(self) -> dict:
-        return {}
 
-
-class TopKAutoEncoder(nn.Module):
+class TopKAutoEncoder(_SAE):
     """TopK SAE (Gao et al. 2406.04093): encoder tied to the unit decoder at init, zero biases.
 
     Buffers `k` (int32 scalar) and `threshold` (float32 scalar, -1 until the trainer tracks it:
@@ -172,15 +173,9 @@ class TopKAutoEncoder(nn.Module):
         self.decoder = nn.Linear(d_sae, d_in, bias=False)
         self.encoder = nn.Linear(d_in, d_sae, bias=True)
         self.b_dec = nn.Parameter(torch.zeros(d_in))
+        self.tie_to_unit_decoder()
         with torch.no_grad():
-            w = _unit_columns(d_in, d_sae)
-            self.decoder.weight.copy_(w)
-            self.encoder.weight.copy_(w.T)
             self.encoder.bias.zero_()
-
-    @property
-    def decoder_weight(self) -> nn.Parameter:
-        return self.decoder.weight
 
     def post_relu(self, x: torch.Tensor) -> torch.Tensor:
         return centred_linear(x, self.encoder.weight, self.encoder.bias, self.b_dec).relu_()  # (N, F)
@@ -201,10 +196,6 @@ class TopKAutoEncoder(nn.Module):
     def decode_sparse(self, vals: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """decode() of a row-sparse f given as (values, indices) (N, k): N*k*d work, not N*F*d."""
         return F.embedding_bag(idx, self.decoder.weight.T, per_sample_weights=vals, mode="sum") + self.b_dec
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f = self.encode(x)
-        return self.decode(f), f
 
     @torch.no_grad()
     def scale_biases(self, s: float) -> None:
