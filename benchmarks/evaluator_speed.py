@@ -64,7 +64,7 @@ def main() -> None:
     gid = 0
     while not es.full:
         g = labelled_games(rng, 64)
-        es.add(activations(model, layer, g), torch.arange(gid, gid + 64), torch.from_numpy(g.lengths),
+        es.add(activations(model, layer, g), torch.from_numpy(g.tokens), torch.arange(gid, gid + 64), torch.from_numpy(g.lengths),
                torch.from_numpy(g.label_pos), {k: torch.from_numpy(v) for k, v in g.labels.items()})
         gid += 64
     t0 = time.perf_counter()

@@ -149,6 +149,11 @@ def lm() -> None:
 @click.option("--eval-every", default=500, show_default=True, help="Steps between legality evaluations.")
 @click.option("--eval-games", default=500, show_default=True, help="Held-out games per evaluation.")
 @click.option("--threads", default=0, show_default=True, help="torch threads (0 = torch's default).")
+@click.option("--objective", default="auto", show_default=True, type=click.Choice(["auto", "next", "legal"]),
+              help="next: the move played; legal: uniform over the legal moves (Othello; auto picks it).")
+@click.option("--compile/--no-compile", default=False, show_default=True, help="torch.compile the model.")
+@click.option("--snapshots/--no-snapshots", default=True, show_default=True,
+              help="Keep the model at every evaluation in <out>/snapshots/ (learning curves).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from <out>/train_state.pt.")
 def lm_train(resume: bool, out: str | None, **options) -> None:

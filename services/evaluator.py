@@ -6,9 +6,12 @@ It builds its evaluation set from the producer's lossy endpoint (it never slows 
 producer; batches it misses are simply other games), splitting games by a hash of their id,
 then closes that subscription. It keeps only the newest snapshot of each SAE (older queued
 ones are skipped, never evaluated late) and evaluates it: coverage and board reconstruction
-per family, L0, variance explained and friends. Results go to gauges and one JSON line per
-evaluation in `<run>/metrics.jsonl`; on the trainer's 'end' it evaluates what is pending,
-writes `<run>/final_metrics.json` and exits.
+per family, L0, variance explained and friends. Once the eval set is complete it also scores
+the references (`boardlens.metrics.references`: linear-probe ceiling, MLP neurons, random
+SAE, SAE on the random-init model) on the same games with the same code. Results go to
+gauges and one JSON line per evaluation or reference in `<run>/metrics.jsonl`; on the
+trainer's 'end' it evaluates what is pending, writes `<run>/final_metrics.json`
+(`{"saes": {name: record}, "references": {name: record}}`) and exits.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from boardlens.games import families, family_groups
+from boardlens.lm.formats import load_any
 from boardlens.metrics.evalset import EvalSet, evaluate_sae
+from boardlens.metrics.references import Reference, ReferenceSuite, floor_saes
 from boardlens.sae.io import ae_from_tensors
 from protocol import ActivationBatch, Message, Subscriber
 from services.common import (
@@ -55,6 +60,11 @@ class EvaluatorMetrics:
         self.evaluations = tel.counter("eval_evaluations_total", "Snapshots evaluated", ["sae"])
         self.skipped = tel.counter("eval_snapshots_skipped_total", "Snapshots superseded before evaluation")
         self.games = tel.gauge("eval_set_games", "Games in the evaluation set", ["split"])
+        self.ref_coverage = tel.gauge("eval_reference_coverage", "Coverage of a floor/ceiling reference",
+                                      ["reference", "family"])
+        self.ref_reconstruction = tel.gauge("eval_reference_reconstruction",
+                                            "Board reconstruction F1 of a floor/ceiling reference",
+                                            ["reference", "family"])
 
 
 class LiveEvaluator:
@@ -66,6 +76,9 @@ class LiveEvaluator:
         self.game = ""
         self.pending: dict[str, Message] = {}
         self.latest: dict[str, dict] = {}
+        self.references: dict[str, dict] = {}
+        self.suite: ReferenceSuite | None = None
+        self.layer = 0
         self.run_dir = Path(cfg.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log = open(self.run_dir / "metrics.jsonl", "a")
@@ -77,13 +90,13 @@ class LiveEvaluator:
             except ValueError as e:
                 raise IncompatibleBatch(str(e)) from e
             self.evalset = EvalSet(fams, self.cfg.train_games, self.cfg.test_games)
-            self.game = batch.game
+            self.game, self.layer = batch.game, batch.layer
         if self.evalset.full:
             return
         if batch.game != self.game or not set(self.evalset.families) <= set(batch.labels):
             raise IncompatibleBatch(f"batch of game {batch.game!r} with labels {sorted(batch.labels)} "
                                     f"does not match the eval set ({self.game}, {sorted(self.evalset.families)})")
-        self.evalset.add(batch.acts, batch.game_ids, batch.lengths, batch.label_pos, batch.labels)
+        self.evalset.add(batch.acts, batch.tokens, batch.game_ids, batch.lengths, batch.label_pos, batch.labels)
         for split, n in self.evalset.progress().items():
             self.m.games.labels(split).set(n)
 
@@ -104,6 +117,7 @@ class LiveEvaluator:
         es = self.evalset
         if es is None or not (es.full or (partial and all(es.progress().values()))):
             return 0
+        self.score_references()
         done = 0
         while self.pending:
             name, msg = self.pending.popitem()
@@ -121,15 +135,8 @@ class LiveEvaluator:
         scores, stats = evaluate_sae(ae, self.evalset)
         dt = time.perf_counter() - t0
         step = int(msg.header.meta.get("step", 0))
-        averages = {group: {"coverage": float(np.mean([scores[f].coverage for f in members])),
-                            "reconstruction": float(np.mean([scores[f].reconstruction for f in members]))}
-                    for group, members in family_groups(self.game).items()}
-        for fam, s in scores.items():
-            self.m.coverage.labels(name, fam).set(s.coverage)
-            self.m.reconstruction.labels(name, fam).set(s.reconstruction)
-        for group, v in averages.items():  # same gauges; 'family' names the group
-            self.m.coverage.labels(name, group).set(v["coverage"])
-            self.m.reconstruction.labels(name, group).set(v["reconstruction"])
+        averages = self._averages(scores)
+        self._set_scores(self.m.coverage, self.m.reconstruction, name, scores, averages)
         self.m.l0.labels(name).set(stats.l0)
         self.m.fve.labels(name).set(stats.var_explained)
         self.m.alive.labels(name).set(stats.frac_alive)
@@ -143,6 +150,8 @@ class LiveEvaluator:
         self.latest[name] = record
         self.log.write(json.dumps(record) + "\n")
         self.log.flush()
+        if self.suite is not None:  # a random SAE of this size, scored once
+            self._record_reference(self.suite.random_sae(ae.d_in, ae.d_sae))
         shown = {**{k: v._asdict() for k, v in scores.items()}, **averages}
         if len(scores) > 4:  # chess: the first (piece) family and the averages; all in metrics.jsonl
             shown = {k: shown[k] for k in (next(iter(scores)), *averages)}
@@ -151,8 +160,52 @@ class LiveEvaluator:
                  stats.l0, stats.var_explained)
         return record
 
+    def _averages(self, scores: dict) -> dict[str, dict[str, float]]:
+        return {group: {"coverage": float(np.mean([scores[f].coverage for f in members])),
+                        "reconstruction": float(np.mean([scores[f].reconstruction for f in members]))}
+                for group, members in family_groups(self.game).items()}
+
+    @staticmethod
+    def _set_scores(cov_gauge, rec_gauge, name: str, scores: dict, averages: dict) -> None:
+        for fam, s in scores.items():
+            cov_gauge.labels(name, fam).set(s.coverage)
+            rec_gauge.labels(name, fam).set(s.reconstruction)
+        for group, v in averages.items():  # same gauges; 'family' names the group
+            cov_gauge.labels(name, group).set(v["coverage"])
+            rec_gauge.labels(name, group).set(v["reconstruction"])
+
+    def score_references(self) -> None:
+        """Once per eval set: the fixed references (probe, MLP neurons, random-init SAE)."""
+        if self.suite is not None or not self.cfg.references:
+            return
+        model, floor = None, []
+        if self.cfg.model:
+            model = load_any(self.cfg.model)[0].eval()
+            floor = [(p, m) for p, m in floor_saes(self.cfg.model) if int(m["layer"]) == self.layer]
+        self.suite = ReferenceSuite(self.evalset, model, self.layer, floor,
+                                    lambda path: load_any(path)[0].eval(), self.cfg.model or None)
+        t0 = time.perf_counter()
+        for ref in self.suite.fixed():
+            self._record_reference(ref)
+        log.info("references scored in %.1f s: %s", time.perf_counter() - t0, ", ".join(
+            f"{n} rec {r['averages']['average']['reconstruction']:.3f}" for n, r in self.references.items()))
+
+    def _record_reference(self, ref: Reference) -> None:
+        if ref.name in self.references and self.references[ref.name]["detail"] == ref.detail:
+            return
+        averages = self._averages(ref.scores)
+        self._set_scores(self.m.ref_coverage, self.m.ref_reconstruction, ref.name, ref.scores, averages)
+        record = {"time": time.time(), "reference": ref.name, "detail": ref.detail,
+                  "games": self.evalset.progress(),
+                  "families": {k: v._asdict() for k, v in ref.scores.items()}, "averages": averages,
+                  **(ref.stats._asdict() if ref.stats is not None else {})}
+        self.references[ref.name] = record
+        self.log.write(json.dumps(record) + "\n")
+        self.log.flush()
+
     def close(self) -> None:
-        (self.run_dir / "final_metrics.json").write_text(json.dumps(self.latest, indent=2))
+        final = {"saes": self.latest, "references": self.references}
+        (self.run_dir / "final_metrics.json").write_text(json.dumps(final, indent=2))
         self.log.close()
 
 

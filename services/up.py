@@ -73,7 +73,8 @@ def build_configs(config_file: str | None, run_dir: str, tokens: int, base_port:
         "threads": th("trainer"), "resume": "never"})  # `up` always starts a run afresh
     ev = resolve(EvaluatorConfig, config_file, {
         "connect": ep[1], "snapshots": ep[2], "run_dir": run_dir, "train_games": train_games,
-        "test_games": test_games, "metrics_port": ports[5], "threads": th("evaluator")})
+        "test_games": test_games, "metrics_port": ports[5], "threads": th("evaluator"),
+        "model": prod.model})  # the same LM: its MLP neurons and floor SAEs are references
     return {"producer": prod, "trainer": train, "evaluator": ev}
 
 
@@ -142,26 +143,36 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
     return "\n".join([fmt.format(*head), fmt.format(*["-" * w for w in widths])] + [fmt.format(*r) for r in rows])
 
 
+REFERENCE_ORDER = ("linear_probe", "mlp_neurons", "random_sae", "random_init_sae")
+
+
 def final_table(run_dir: Path) -> str:
-    """Per SAE: step, L0, FVE and the family averages; then coverage/reconstruction per family."""
+    """Per SAE, then per reference: step, L0, FVE and the family averages; then
+    coverage/reconstruction per family (rows) for every SAE and reference (columns)."""
     path = run_dir / "final_metrics.json"
     if not path.exists():
         return f"(no evaluation finished: {path} is missing)"
-    latest = json.loads(path.read_text())
+    final = json.loads(path.read_text())
+    latest, refs = final.get("saes", {}), final.get("references", {})
     if not latest:
         return "(no SAE was evaluated)"
-    saes = sorted(latest)
-    groups = list(latest[saes[0]].get("averages", {}))
+    ref_names = sorted(refs, key=lambda n: next((i for i, p in enumerate(REFERENCE_ORDER) if n.startswith(p)), 9))
+    rows = {**{n: latest[n] for n in sorted(latest)}, **{f"[{n}]": refs[n] for n in ref_names}}
+    groups = list(next(iter(latest.values())).get("averages", {}))
+
+    def num(r: dict, key: str, fmt: str) -> str:
+        return format(r[key], fmt) if key in r else "-"
+
     summary = _table(
-        ["sae", "step", "L0", "FVE", *[f"{g} {m}" for g in groups for m in ("cov", "rec")]],
-        [[n, str(latest[n]["step"]), f"{latest[n]['l0']:.1f}", f"{latest[n]['var_explained']:.3f}",
-          *[f"{latest[n]['averages'][g][m]:.3f}" for g in groups for m in ("coverage", "reconstruction")]]
-         for n in saes])
-    fams = list(latest[saes[0]]["families"])
+        ["sae / [reference]", "step", "L0", "FVE", *[f"{g} {m}" for g in groups for m in ("cov", "rec")]],
+        [[n, str(r.get("step", "-")), num(r, "l0", ".1f"), num(r, "var_explained", ".3f"),
+          *[f"{r['averages'][g][m]:.3f}" for g in groups for m in ("coverage", "reconstruction")]]
+         for n, r in rows.items()])
+    fams = list(next(iter(latest.values()))["families"])
     per_family = _table(
-        ["family", *[f"{n} {m}" for n in saes for m in ("cov", "rec")]],
-        [[f, *[f"{latest[n]['families'][f][m]:.3f}" for n in saes for m in ("coverage", "reconstruction")]]
-         for f in fams])
+        ["cov / rec", *rows],
+        [[f, *[f"{r['families'][f]['coverage']:.3f} / {r['families'][f]['reconstruction']:.3f}"
+               for r in rows.values()]] for f in fams])
     return summary + "\n\n" + per_family
 
 

@@ -34,13 +34,15 @@ from boardlens.games import GAMES
 from boardlens.lm.checkpoint import save_model
 from boardlens.lm.model import GPT, GPTConfig
 
+Batch = Callable[[np.random.Generator, int], tuple[torch.Tensor, torch.Tensor]]
+
 
 class GameData(NamedTuple):
     """What training needs from a game: its vocabulary, batches and a legality score."""
 
     vocab_size: int
     context: int  # tokens per training sequence
-    batch: Callable[[np.random.Generator, int], tuple[torch.Tensor, torch.Tensor]]
+    batches: dict[str, Batch]  # objective -> (inputs (B, T), targets (B, T) ids or (B, T, V) probs)
     eval_set: Callable[[int, int], object]  # (num_games, seed) -> held-out set
     score: Callable[[GPT, object], float]  # legal-move score on the held-out set, in [0, 1]
     score_name: str
@@ -51,15 +53,28 @@ def game_data(game: str) -> GameData:
         from boardlens.games.othello import lm_data, tokenizer
         from boardlens.games.othello.engine import play_random
 
-        return GameData(tokenizer.VOCAB_SIZE, tokenizer.CONTEXT, lm_data.training_batch,
+        return GameData(tokenizer.VOCAB_SIZE, tokenizer.CONTEXT,
+                        {"next": lm_data.training_batch, "legal": lm_data.legal_target_batch},
                         lambda n, seed: play_random(n, seed=seed), lm_data.legal_move_accuracy,
                         "legal_move_acc")
     if game == "chess":
         from boardlens.games.chess import lm_data, tokenizer
 
-        return GameData(tokenizer.VOCAB_SIZE, tokenizer.GAME_CHARS, lm_data.training_batch,
+        return GameData(tokenizer.VOCAB_SIZE, tokenizer.GAME_CHARS, {"next": lm_data.training_batch},
                         lm_data.eval_prompts, lm_data.legal_move_rate, "legal_move_rate")
     raise ValueError(f"unknown game {game!r}; known: {GAMES}")
+
+
+def lm_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy. logits (B, T, V); target (B, T) ids (-100 = none) or (B, T, V) probs.
+
+    Probability rows that are all zero (no next move) are skipped.
+    """
+    if target.dtype.is_floating_point:
+        keep = target.sum(-1) > 0  # (B, T)
+        logp = F.log_softmax(logits[keep].float(), dim=-1)  # (n, V)
+        return -(target[keep] * logp).sum(-1).mean()
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1), ignore_index=-100)
 
 
 @dataclass(frozen=True)
@@ -98,10 +113,22 @@ class LMTrainConfig:
     """Seed for weights and game generation."""
     threads: int = 0
     """torch intra-op threads (0 = torch's default)."""
+    objective: str = "auto"
+    """'next': cross-entropy on the move played; 'legal': against the uniform distribution over
+    the legal moves it was drawn from (Othello; same optimum, less noise); 'auto': legal where
+    the game supports it."""
+    compile: bool = False
+    """torch.compile the model (about 15% more tokens/s on this CPU, ~1 min to compile)."""
+    snapshots: bool = True
+    """Also keep the model at every evaluation in <out>/snapshots/step-N (for learning curves)."""
 
     def __post_init__(self) -> None:
         if self.game not in GAMES:
             raise ValueError(f"game must be one of {GAMES}, got {self.game!r}")
+        if self.objective not in ("auto", "next", "legal"):
+            raise ValueError(f"objective must be auto, next or legal, got {self.objective!r}")
+        if self.game == "chess" and self.objective == "legal":
+            raise ValueError("objective 'legal' is for Othello (chess trains on characters)")
         for k in ("steps", "batch_games", "ckpt_every", "eval_every", "eval_games"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{k} must be >= 1")
@@ -154,6 +181,9 @@ def train(cfg: LMTrainConfig, resume: bool = False) -> dict:
         n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
     )
     model = GPT(gpt_cfg)
+    forward = torch.compile(model) if cfg.compile else model
+    objective = cfg.objective if cfg.objective != "auto" else ("legal" if "legal" in data.batches else "next")
+    batch = data.batches[objective]
     opt = _optimizer(model, cfg)
     rng = np.random.default_rng(cfg.seed)
     eval_set = data.eval_set(cfg.eval_games, 10_000_019 + cfg.seed)  # disjoint seed stream
@@ -180,9 +210,9 @@ def train(cfg: LMTrainConfig, resume: bool = False) -> dict:
         while step < cfg.steps and not stop["now"]:
             for g in opt.param_groups:
                 g["lr"] = lr_at(cfg, step)
-            x, y = data.batch(rng, cfg.batch_games)
-            logits, _ = model(x)
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100)
+            x, y = batch(rng, cfg.batch_games)
+            logits, _ = forward(x)
+            loss = lm_loss(logits, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -198,13 +228,14 @@ def train(cfg: LMTrainConfig, resume: bool = False) -> dict:
                 model.train()
                 rec[data.score_name] = acc
                 print(f"\nstep {step}: held-out {data.score_name} {acc:.4f}", flush=True)
+                meta = {"game": cfg.game, "sae_layer": cfg.sae_layer, data.score_name: acc,
+                        "train_steps": step, "games_seen": seen, "tokens_seen": seen * data.context,
+                        "objective": objective}
+                if cfg.snapshots:
+                    save_model(model, out / "snapshots" / f"step-{step:07d}", meta)
                 if acc > best:
                     best = acc
-                    save_model(model, out / "model", {
-                        "game": cfg.game, "sae_layer": cfg.sae_layer, data.score_name: acc,
-                        "train_steps": step, "games_seen": seen,
-                        "tokens_seen": seen * data.context,
-                    })
+                    save_model(model, out / "model", meta)
             log.write(json.dumps(rec) + "\n")
             if step % cfg.ckpt_every == 0:
                 log.flush()

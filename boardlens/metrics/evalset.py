@@ -32,6 +32,8 @@ class _Split:
         self.x_labelled: list[torch.Tensor] = []
         self.labels: dict[str, list[torch.Tensor]] = {}
         self.x_all: list[torch.Tensor] = []
+        self.tokens: list[torch.Tensor] = []  # per game (length,) int64
+        self.positions: list[torch.Tensor] = []  # per game: its labelled positions (n,) int64
 
 
 class EvalSet:
@@ -50,11 +52,11 @@ class EvalSet:
     def progress(self) -> dict[str, int]:
         return {s: len(self.splits[s].games) for s in self.splits}
 
-    def add(self, acts: torch.Tensor, game_ids: torch.Tensor, lengths: torch.Tensor,
+    def add(self, acts: torch.Tensor, tokens: torch.Tensor, game_ids: torch.Tensor, lengths: torch.Tensor,
             label_pos: torch.Tensor, labels: dict[str, torch.Tensor]) -> int:
         """Take games from a batch until both splits are full; returns games taken.
 
-        acts (B, T, d); game_ids (B,); lengths (B,); label_pos (B, P) (-1 = none);
+        acts (B, T, d); tokens (B, T); game_ids (B,); lengths (B,); label_pos (B, P) (-1 = none);
         labels {family: (B, P, R, C)} class values.
         """
         missing = set(self.families) - set(labels)
@@ -74,6 +76,8 @@ class EvalSet:
             keep = (pos >= 0) & (pos < n)
             p = pos[keep].long()
             split.x_labelled.append(acts[b, p].float().clone())
+            split.tokens.append(tokens[b, :n].clone())
+            split.positions.append(p)
             for name, fam in self.families.items():
                 split.labels.setdefault(name, []).append(fam.one_hot(labels[name][b][keep]))
             taken += 1
@@ -93,10 +97,39 @@ class EvalSet:
             self._frozen = out
         return self._frozen
 
+    @torch.no_grad()
+    def recompute(self, features, batch_games: int = 64) -> dict:
+        """`tensors()` with x and x_all replaced by features(tokens (B, T)) -> (B, T, F).
+
+        Games of equal length are run together (no padding enters a causal model's valid
+        positions anyway); rows come out in the order of `tensors()`.
+        """
+        out = {}
+        for s, sp in self.splits.items():
+            xs, alls = [None] * len(sp.tokens), [None] * len(sp.tokens)
+            by_len: dict[int, list[int]] = {}
+            for i, tok in enumerate(sp.tokens):
+                by_len.setdefault(tok.numel(), []).append(i)
+            for idx in by_len.values():
+                for c in range(0, len(idx), batch_games):
+                    group = idx[c : c + batch_games]
+                    f = features(torch.stack([sp.tokens[i] for i in group]))  # (b, T, F)
+                    for j, i in enumerate(group):
+                        alls[i] = f[j]
+                        xs[i] = f[j, sp.positions[i]]
+            out[s] = {"x": torch.cat(xs) if xs else torch.empty(0),
+                      "x_all": torch.cat(alls) if alls else torch.empty(0),
+                      "labels": self.tensors()[s]["labels"]}
+        return out
+
 
 def evaluate_sae(ae, evalset: EvalSet) -> tuple[dict[str, FamilyScore], ReconStats]:
     """Supervised scores per family and unsupervised stats over all eval positions."""
-    t = evalset.tensors()
+    return evaluate_tensors(ae, evalset.tensors())
+
+
+def evaluate_tensors(ae, t: dict) -> tuple[dict[str, FamilyScore], ReconStats]:
+    """`evaluate_sae` on split tensors as `EvalSet.tensors()` / `recompute()` give them."""
     tr, te = t["train"], t["test"]
     ae = ae.float().eval()
     fmax = max_activations(ae.encode, tr["x_all"])

@@ -6,7 +6,9 @@ than t * (its max activation over the train split); dead latents (max 0) are nev
 and latent ids are the SAE's own (no re-indexing by alive latents).
 
 Counts are accumulated chunk by chunk from the sparse nonzero codes (one sparse product per
-chunk for all thresholds at once), so no (K, F, N, B) product is ever built.
+chunk for all thresholds at once), so no (K, F, N, B) product is ever built. Codes that are
+not sparse (a random SAE fires half its latents; probe and MLP-neuron references are dense)
+take dense products instead, one per threshold: above DENSE_FRACTION nonzeros they are faster.
 
 - coverage = max_t mean_b max_f F1[t, f, b] (in-sample, on the train split, as upstream);
   a BSP that never holds contributes F1 = 0.
@@ -24,6 +26,7 @@ from typing import NamedTuple
 import torch
 
 THRESHOLDS = tuple(i / 10 for i in range(11))
+DENSE_FRACTION = 0.05  # above this share of nonzero codes, dense products beat sparse ones
 Encoder = Callable[[torch.Tensor], torch.Tensor]  # x (n, d) -> f (n, F)
 
 
@@ -63,6 +66,18 @@ def _buckets(f: torch.Tensor, cut: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return rows, cols, k
 
 
+def _dense(f: torch.Tensor) -> bool:
+    return bool((f > 0).float().mean() > DENSE_FRACTION)
+
+
+def _bucket_index(f: torch.Tensor, cut: torch.Tensor) -> torch.Tensor:
+    """Dense twin of `_buckets`: (n, F) number of thresholds each code exceeds (0 if f <= 0)."""
+    k = torch.zeros(f.shape, dtype=torch.int8)
+    for c in cut:  # (F,) per threshold: K passes over (n, F), no (K, n, F) tensor
+        k += f > c
+    return k
+
+
 def _spmm(rows: torch.Tensor, cols: torch.Tensor, shape: tuple[int, int], rhs: torch.Tensor) -> torch.Tensor:
     """0/1 sparse matrix with ones at (rows, cols) of `shape`, times dense rhs."""
     sp = torch.sparse_coo_tensor(torch.stack([rows, cols]), torch.ones(rows.numel()), shape,
@@ -83,9 +98,17 @@ def count_on(encode: Encoder, x: torch.Tensor, labels: torch.Tensor, fmax: torch
     active_b = torch.zeros((K + 1) * F)
     cut = _cuts(fmax, thresholds)
     for sl in _chunks(x.shape[0], chunk):
-        rows, cols, k = _buckets(encode(x[sl]), cut)
+        f, lab = encode(x[sl]), labels[sl].float()
+        if _dense(f):
+            k = _bucket_index(f, cut)  # (n, F)
+            for j in range(1, K + 1):
+                hit = (k == j).float()
+                per_bucket[j * F : (j + 1) * F] += hit.T @ lab
+                active_b[j * F : (j + 1) * F] += hit.sum(0)
+            continue
+        rows, cols, k = _buckets(f, cut)
         flat = k * F + cols  # row of (bucket, latent)
-        per_bucket += _spmm(flat, rows, (per_bucket.shape[0], sl.stop - sl.start), labels[sl].float())
+        per_bucket += _spmm(flat, rows, (per_bucket.shape[0], sl.stop - sl.start), lab)
         active_b += torch.bincount(flat, minlength=active_b.numel()).float()
     # on[i] = sum over buckets j > i; drop bucket 0 (exceeds no threshold).
     on = per_bucket.view(K + 1, F, -1).flip(0).cumsum(0).flip(0)[1:]
@@ -130,11 +153,18 @@ def reconstruction(encode: Encoder, x: torch.Tensor, labels: torch.Tensor, fmax:
     cut = _cuts(fmax, thresholds)
     for sl in _chunks(x.shape[0], chunk):
         n = sl.stop - sl.start
-        rows, cols, k = _buckets(encode(x[sl]), cut)
-        lab = labels[sl]
+        f, lab = encode(x[sl]), labels[sl]
+        dense = _dense(f)
+        if dense:
+            kd = _bucket_index(f, cut)
+        else:
+            rows, cols, k = _buckets(f, cut)
         for i in range(K):
-            keep = k > i
-            pred = _spmm(rows[keep], cols[keep], (n, hpc.shape[1]), hpc[i].float()) > 0  # (n, B)
+            if dense:
+                pred = ((kd > i).float() @ hpc[i].float()) > 0  # (n, B)
+            else:
+                keep = k > i
+                pred = _spmm(rows[keep], cols[keep], (n, hpc.shape[1]), hpc[i].float()) > 0
             counts[i, :, 0] += (pred & lab).sum(0)
             counts[i, :, 1] += (pred & ~lab).sum(0)
             counts[i, :, 2] += (~pred & lab).sum(0)

@@ -6,6 +6,7 @@ import torch
 from boardlens.games import families
 from boardlens.games.othello.engine import play_random
 from boardlens.games.othello.labels import label_games
+from boardlens.games.othello.lm_data import tokens_of
 from boardlens.metrics import supervised as S
 from boardlens.metrics.evalset import EvalSet, evaluate_sae, is_test_game
 from boardlens.metrics.unsupervised import recon_stats
@@ -40,6 +41,23 @@ def test_counts_match_the_definition_dense_and_sparse():
         assert torch.allclose(on, bon) and torch.allclose(active, bactive)
         assert active[:, :3].sum() == 0
         assert active[-1].sum() == 0  # t = 1.0: strictly above the max never happens
+
+
+def test_dense_and_sparse_counting_paths_agree(monkeypatch):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(600, 8, generator=g)
+    labels = torch.rand(600, 10, generator=g) < 0.3
+    ae = AutoEncoder(8, 48)
+    fmax = S.max_activations(ae.encode, x)
+    results = []
+    for frac in (2.0, -1.0):  # never dense, always dense
+        monkeypatch.setattr(S, "DENSE_FRACTION", frac)
+        on, active = S.count_on(ae.encode, x, labels, fmax, chunk=128)
+        rec = S.reconstruction(ae.encode, x, labels, fmax, S.high_precision(on, active, 0.4, 3), chunk=128)
+        results.append((on, active, rec))
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
+    assert results[0][2][..., 0].sum() > 0  # some true positives: the comparison is not vacuous
 
 
 def test_planted_feature_gives_perfect_coverage_and_reconstruction():
@@ -101,7 +119,7 @@ def test_evalset_and_evaluate_sae_on_real_games():
         lab = {k: torch.from_numpy(v) for k, v in label_games(rec, 59).items()}
         acts = torch.randn(16, 59, 8)
         lengths = torch.from_numpy(rec.lengths).clamp(max=59)
-        es.add(acts, torch.arange(gid, gid + 16), lengths, torch.arange(59).repeat(16, 1), lab)
+        es.add(acts, torch.from_numpy(tokens_of(rec)[:, :59]), torch.arange(gid, gid + 16), lengths, torch.arange(59).repeat(16, 1), lab)
         gid += 16
     assert es.progress() == {"train": 20, "test": 20}
     t = es.tensors()

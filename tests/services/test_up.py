@@ -20,13 +20,20 @@ def test_up_runs_to_the_final_table(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     table = out.stdout
     assert "standard-128-0.05" in table and "p_anneal-128-0.05" in table
-    assert "average cov" in table and "standard-128-0.05 rec" in table
+    assert "average cov" in table
+    # The references stand beside the SAEs: rows of the summary, columns of the family table.
+    for ref in ("[linear_probe]", "[mlp_neurons]", "[random_sae-128]"):
+        assert any(line.startswith(ref) for line in table.splitlines()), ref
+    assert any(line.startswith("cov / rec") and "[linear_probe]" in line for line in table.splitlines())
     assert any(line.startswith("mine_theirs_empty ") for line in table.splitlines())
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["producer"]["max_tokens"] == 60000 and cfg["trainer"]["steps"] == 60000 // 256
     final = json.loads((run / "final_metrics.json").read_text())
     # The last evaluation is of the final snapshot: the trainer's last step.
-    assert {r["step"] for r in final.values()} == {60000 // 256}
+    assert {r["step"] for r in final["saes"].values()} == {60000 // 256}
+    assert {"linear_probe", "mlp_neurons", "random_sae-128"} <= set(final["references"])
+    probe = final["references"]["linear_probe"]["families"]["mine_theirs_empty"]
+    assert 0 <= probe["reconstruction"] <= 1 and probe["num_bsps"] == 128
     lines = (run / "train.jsonl").read_text().splitlines()
     assert json.loads(lines[-1])["step"] == 60000 // 256
     assert (run / "checkpoints" / "latest" / "p_anneal-128-0.05.json").exists()
@@ -51,4 +58,5 @@ def test_up_game_chess_runs_on_the_bundled_chess_model(tmp_path):
     assert cfg["producer"]["model"].endswith("models/chess-gpt")
     assert "(chess), layer 5" in (run / "logs" / "producer.log").read_text()
     final = json.loads((run / "final_metrics.json").read_text())
-    assert all(len(r["families"]) == 15 for r in final.values())
+    assert all(len(r["families"]) == 15 for r in final["saes"].values())
+    assert all(len(r["families"]) == 15 for r in final["references"].values())

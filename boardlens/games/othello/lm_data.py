@@ -24,6 +24,26 @@ def training_batch(rng: np.random.Generator, batch_size: int) -> tuple[torch.Ten
     return x, y
 
 
+def legal_target_batch(rng: np.random.Generator, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fresh random games -> inputs (B, 59) and next-move distributions (B, 59, 61).
+
+    In a game of uniformly random legal moves, the move after position p is drawn uniformly
+    from the legal set there, so this distribution is the conditional expectation of the
+    one-hot next-move target: cross-entropy against it has the same expected gradient as
+    next-token cross-entropy (same optimum: the same language model), minus the sampling
+    noise of the one move actually played (Rao-Blackwellised). Rows after the game's end
+    are all zero (nothing to predict; `lm_loss` skips them).
+    """
+    rec = play_random(batch_size, rng=rng)
+    x = torch.from_numpy(tokens_of(rec)[:, : tokenizer.CONTEXT])
+    legal = bits_to_bool(rec.legal[:, : tokenizer.CONTEXT])  # (B, 59, 64)
+    q = np.zeros((batch_size, tokenizer.CONTEXT, tokenizer.VOCAB_SIZE), dtype=np.float32)
+    q[..., 1:] = legal[..., tokenizer.PLAYABLE]  # token t >= 1 is square PLAYABLE[t - 1]
+    n = q.sum(-1, keepdims=True)
+    np.divide(q, n, out=q, where=n > 0)
+    return x, torch.from_numpy(q)
+
+
 @torch.no_grad()
 def legal_move_accuracy(model, rec: GameRecord, batch_size: int = 512) -> float:
     """Fraction of positions (with a next move) where the top-1 prediction is a legal move."""
