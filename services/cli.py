@@ -207,22 +207,85 @@ def lm_eval(model, games: int, seed: int, temperature: float) -> None:
 
 @lm.command("probe")
 @click.option("--model", default=None, help="Model folder or checkpoint [default: models/othello-gpt].")
-@click.option("--layer", type=int, default=None, help="Block whose output is probed [default: the model's SAE layer].")
+@click.option("--layer", "layers", default=None,
+              help="Block(s) whose output is probed: N, N,M,... or 'all' [default: the model's SAE layer].")
 @click.option("--train-games", default=1000, show_default=True)
-@click.option("--test-games", default=500, show_default=True)
+@click.option("--test-games", default=1000, show_default=True)
 @click.option("--seed", default=12345, show_default=True, help="Seed of the probed games.")
-def lm_probe(model, layer, train_games: int, test_games: int, seed: int) -> None:
-    """Linear-probe board accuracy of the main family at one layer (held-out games)."""
-    from boardlens.lm.probe import probe_board
+@click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False),
+              help="Also write the figures to this JSON file.")
+def lm_probe(model, layers, train_games: int, test_games: int, seed: int, json_out) -> None:
+    """How linearly each layer encodes the board, with the evaluator's metrics.
+
+    Per layer: the main family's square accuracy (one multinomial probe per square), then
+    coverage and board reconstruction of per-BSP linear probes (the evaluator's ceiling) and
+    of the block's MLP neurons (the paper's baseline), on the same held-out games.
+    """
+    import json
+
+    from boardlens.lm.probe import layer_reports, probe_board
 
     net, meta = _load_lm(model)
-    layer = int(meta.get("sae_layer", 0)) if layer is None else layer
-    if not 0 <= layer < net.config.n_layer:
-        raise click.UsageError(f"--layer must be in 0..{net.config.n_layer - 1}")
-    r = probe_board(net, meta["game"], layer, train_games, test_games, seed)
-    click.echo(f"{meta['game']} {r.family} linear probe at layer {r.layer}: accuracy {r.accuracy:.4f} "
-               f"on {r.test_positions} held-out positions (most-common-class baseline {r.baseline:.4f}; "
-               f"{r.train_positions} training positions)")
+    n = net.config.n_layer
+    try:
+        picked = (range(n) if layers == "all" else [int(meta.get("sae_layer", 0))] if layers is None
+                  else [int(v) for v in layers.split(",")])
+    except ValueError as e:
+        raise click.UsageError(f"--layer takes N, N,M,... or 'all', got {layers!r}") from e
+    if not all(0 <= v < n for v in picked):
+        raise click.UsageError(f"--layer must be in 0..{n - 1}")
+    out = []
+    for rep in layer_reports(net, meta["game"], picked, train_games, test_games, seed):
+        acc = probe_board(net, meta["game"], rep.layer, train_games, test_games, seed)
+        row = {"layer": rep.layer, "square_accuracy": acc.accuracy, "majority_baseline": acc.baseline,
+               "probe": {f: s._asdict() for f, s in rep.probe.items()},
+               "mlp_neurons": {f: s._asdict() for f, s in rep.mlp.items()}}
+        out.append(row)
+        click.echo(f"layer {rep.layer}: {acc.family} square accuracy {acc.accuracy:.4f} (majority {acc.baseline:.4f})"
+                   + "".join(f" | {f}: probe cov {rep.probe[f].coverage:.3f} rec {rep.probe[f].reconstruction:.3f},"
+                             f" MLP cov {rep.mlp[f].coverage:.3f} rec {rep.mlp[f].reconstruction:.3f}"
+                             for f in list(rep.probe)[:2]))
+    if json_out:
+        with open(json_out, "w") as f:
+            json.dump({"model": model, "game": meta["game"], "train_games": train_games,
+                       "test_games": test_games, "seed": seed, "layers": out}, f, indent=2)
+
+
+@lm.command("curve")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--layer", "layers", default="all", show_default=True, help="N, N,M,... or 'all'.")
+@click.option("--train-games", default=300, show_default=True)
+@click.option("--test-games", default=300, show_default=True)
+@click.option("--seed", default=12345, show_default=True, help="Seed of the probed games.")
+def lm_curve(run_dir: str, layers: str, train_games: int, test_games: int, seed: int) -> None:
+    """Learning curve of an `lm train` run: held-out legality and linear-probe board
+    reconstruction per layer for every snapshot in RUN_DIR/snapshots (written to curve.json)."""
+    import json
+    from pathlib import Path
+
+    from boardlens.lm.checkpoint import load_model
+    from boardlens.lm.probe import layer_reports
+
+    snaps = sorted(Path(run_dir, "snapshots").glob("step-*"))
+    if not snaps:
+        raise click.UsageError(f"{run_dir}/snapshots holds no step-* snapshot (lm train --snapshots)")
+    path = Path(run_dir, "curve.json")
+    done = {r["step"]: r for r in json.loads(path.read_text())} if path.exists() else {}
+    for snap in snaps:
+        net, meta = load_model(snap)
+        if meta["train_steps"] in done:
+            continue
+        picked = range(net.config.n_layer) if layers == "all" else [int(v) for v in layers.split(",")]
+        reps = layer_reports(net, meta["game"], picked, train_games, test_games, seed, mlp=False)
+        fam = next(iter(reps[0].probe))
+        row = {"step": meta["train_steps"], "tokens": meta["tokens_seen"],
+               "legal": meta.get("legal_move_acc", meta.get("legal_move_rate")),
+               "family": fam, "probe_reconstruction": {r.layer: r.probe[fam].reconstruction for r in reps},
+               "probe_coverage": {r.layer: r.probe[fam].coverage for r in reps}}
+        done[row["step"]] = row
+        path.write_text(json.dumps([done[k] for k in sorted(done)], indent=1))
+        click.echo(f"step {row['step']:>6} tokens {row['tokens']:>11,} legal {row['legal']:.4f} | {fam} probe rec "
+                   + " ".join(f"L{k} {v:.3f}" for k, v in row["probe_reconstruction"].items()))
 
 
 @main.group()
@@ -244,6 +307,49 @@ def sae_export(checkpoint: str, fmt: str, out: str) -> None:
     except (ValueError, OSError) as e:
         raise click.ClickException(f"{checkpoint}: {e}") from e
     click.echo(f"wrote {export_sae(ae, fmt, out, meta)} ({fmt}, {ae.d_in} -> {ae.d_sae} latents)")
+
+
+@sae.command("floor")
+@click.option("--model", default=None, help="The model whose floor is built [default: models/othello-gpt].")
+@click.option("--control", default=None, help="Its random-init control [default: <model>-random].")
+@click.option("--tokens", type=int, default=1_000_000, show_default=True, help="Tokens to train on.")
+@click.option("--sae", "saes", multiple=True, help="Trainer spec, repeatable [default: up's standard + p_anneal].")
+@click.option("--d-sae", type=int, default=None, help="Dictionary size [default: 4096].")
+@click.option("--run-dir", default=None, help="Run folder of the training [default: runs/floor-<model name>].")
+def sae_floor(model, control, tokens: int, saes, d_sae, run_dir) -> None:
+    """Train SAEs on the model's random-init control (`boardlens up` on it) into <model>/floor/.
+
+    The evaluator scores the best of them, on the control's activations at its own eval
+    positions, as the random_init_sae reference (the paper's floor).
+    """
+    import json
+    import os
+    import shlex
+    from pathlib import Path
+
+    from safetensors.torch import load_file, save_file
+
+    from services import up
+    from services.config import DEFAULT_MODEL
+
+    model_dir = Path(model or DEFAULT_MODEL)
+    control_dir = Path(control or f"{model_dir}-random")
+    _, meta = _load_lm(str(control_dir))
+    run = Path(run_dir or f"runs/floor-{model_dir.name}")
+    code = up.run(tokens=tokens, run_dir=str(run), model=str(control_dir), saes=saes, d_sae=d_sae, quiet=True)
+    if code:
+        raise click.ClickException(f"the training on {control_dir} failed; see {run}/logs")
+    floor = model_dir / "floor"
+    floor.mkdir(exist_ok=True)
+    for st in sorted((run / "checkpoints" / "latest").glob("*.safetensors")):
+        info = json.loads(st.with_suffix(".json").read_text())
+        # float16 halves the file; the evaluator loads it back as float32 (a floor needs no more).
+        save_file({k: v.half() if v.is_floating_point() else v for k, v in load_file(str(st)).items()},
+                  str(floor / st.name))
+        info.update(control_model=os.path.relpath(control_dir, model_dir), layer=int(meta["sae_layer"]),
+                    tokens=tokens, command="boardlens sae floor " + shlex.join(sys.argv[3:]))
+        (floor / st.with_suffix(".json").name).write_text(json.dumps(info, indent=2))
+        click.echo(f"wrote {floor / st.name}")
 
 
 if __name__ == "__main__":

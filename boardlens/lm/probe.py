@@ -81,3 +81,49 @@ def probe_board(model, game: str, layer: int, train_games: int = 1000, test_game
     return ProbeResult(float((pred == y[test]).float().mean()),
                        float((majority[None, :] == y[test]).float().mean()),
                        fam.name, layer, int((~test).sum()), int(test.sum()))
+
+
+def model_evalset(model, game: str, layer: int, train_games: int, test_games: int, seed: int,
+                  batch_games: int = 64):
+    """An `EvalSet` (as the evaluator builds it) of fresh games, activations after block `layer`."""
+    from boardlens.metrics.evalset import EvalSet
+    from boardlens.metrics.references import residual
+
+    es = EvalSet(families(game), train_games, test_games)
+    features = residual(model, layer)
+    gid = 0
+    with GameStream(game, batch_games, seed=seed) as stream:
+        while not es.full:
+            g = stream.next()
+            tokens = torch.from_numpy(g.tokens)
+            es.add(features(tokens), tokens, torch.arange(gid, gid + len(g)), torch.from_numpy(g.lengths),
+                   torch.from_numpy(g.label_pos), {k: torch.from_numpy(v) for k, v in g.labels.items()})
+            gid += len(g)
+    return es
+
+
+class LayerReport(NamedTuple):
+    layer: int
+    probe: dict  # family -> FamilyScore of the per-BSP probes (the evaluator's linear_probe)
+    mlp: dict | None  # family -> FamilyScore of the block's MLP neurons (None: not asked for)
+
+
+def layer_reports(model, game: str, layers, train_games: int = 1000, test_games: int = 1000,
+                  seed: int = 12345, mlp: bool = True) -> list[LayerReport]:
+    """Coverage and reconstruction of the linear probe and of the MLP neurons at each layer,
+    on the same fresh games (the evaluator's splits and metric code)."""
+    from boardlens.metrics.references import (
+        mlp_neurons,
+        probe_reference,
+        residual,
+        score_features,
+    )
+
+    layers = list(layers)
+    es = model_evalset(model, game, layers[0], train_games, test_games, seed)
+    out = []
+    for layer in layers:  # the same games at every layer
+        probe = probe_reference(es.recompute(residual(model, layer))).scores
+        neurons = es.recompute(mlp_neurons(model, layer)) if mlp else None
+        out.append(LayerReport(layer, probe, neurons and score_features(neurons["train"], neurons["test"])))
+    return out

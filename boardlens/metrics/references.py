@@ -89,9 +89,11 @@ def fit_bsp_probe(x: torch.Tensor, labels: torch.Tensor, iters: int = 100,
     return probe.requires_grad_(False)
 
 
-def probe_reference(evalset: EvalSet) -> Reference:
-    """The linear-probe ceiling: probes fit on the train split, scored like SAE latents."""
-    t = evalset.tensors()
+def probe_reference(t: dict) -> Reference:
+    """The linear-probe ceiling: probes fit on the train split, scored like SAE latents.
+
+    t: split tensors as `EvalSet.tensors()` or `EvalSet.recompute()` give them.
+    """
     names = list(t["train"]["labels"])
     labels = torch.cat([t["train"]["labels"][n] for n in names], 1)
     probe = fit_bsp_probe(t["train"]["x"], labels)
@@ -182,7 +184,7 @@ class ReferenceSuite:
 
     def fixed(self) -> list[Reference]:
         """linear_probe, then mlp_neurons and random_init_sae where their inputs exist."""
-        out = [probe_reference(self.evalset)]
+        out = [probe_reference(self.evalset.tensors())]
         if self.model is not None:
             t = self.evalset.recompute(mlp_neurons(self.model, self.layer))
             width = t["train"]["x"].shape[1]

@@ -1,6 +1,7 @@
 """`boardlens up`: the main job as a user runs it, ending with the table and the run folder."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -11,9 +12,21 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 
 def test_up_runs_to_the_final_table(tmp_path):
+    # A model folder with its random-init control beside it (the shipped control is tiny: a
+    # config; it stands in for both) and a floor built by the real pipeline on the control.
+    model = tmp_path / "m"
+    shutil.copytree("models/othello-gpt-random", model)
+    shutil.copytree("models/othello-gpt-random", tmp_path / "m-random")
+    floor = subprocess.run(
+        [sys.executable, "-m", "services.cli", "sae", "floor", "--model", str(model), "--tokens", "30000",
+         "--d-sae", "128", "--sae", "standard", "--run-dir", str(tmp_path / "floor-run")],
+        capture_output=True, text=True, timeout=200)
+    assert floor.returncode == 0, floor.stdout + floor.stderr
+    meta = json.loads((model / "floor" / "standard-128-0.05.json").read_text())
+    assert meta["control_model"] == "../m-random" and meta["layer"] == 4 and meta["tokens"] == 30000
     run = tmp_path / "run"
     out = subprocess.run(
-        [sys.executable, "-m", "services.cli", "up", "--model", "models/othello-gpt-random",
+        [sys.executable, "-m", "services.cli", "up", "--model", str(model),
          "--tokens", "60000", "--d-sae", "128", "--batch-size", "256", "--train-games", "20",
          "--test-games", "20", "--run-dir", str(run), "--quiet"],
         capture_output=True, text=True, timeout=280)
@@ -22,7 +35,7 @@ def test_up_runs_to_the_final_table(tmp_path):
     assert "standard-128-0.05" in table and "p_anneal-128-0.05" in table
     assert "average cov" in table
     # The references stand beside the SAEs: rows of the summary, columns of the family table.
-    for ref in ("[linear_probe]", "[mlp_neurons]", "[random_sae-128]"):
+    for ref in ("[linear_probe]", "[mlp_neurons]", "[random_sae-128]", "[random_init_sae]"):
         assert any(line.startswith(ref) for line in table.splitlines()), ref
     assert any(line.startswith("cov / rec") and "[linear_probe]" in line for line in table.splitlines())
     assert any(line.startswith("mine_theirs_empty ") for line in table.splitlines())
@@ -31,7 +44,8 @@ def test_up_runs_to_the_final_table(tmp_path):
     final = json.loads((run / "final_metrics.json").read_text())
     # The last evaluation is of the final snapshot: the trainer's last step.
     assert {r["step"] for r in final["saes"].values()} == {60000 // 256}
-    assert {"linear_probe", "mlp_neurons", "random_sae-128"} <= set(final["references"])
+    assert set(final["references"]) == {"linear_probe", "mlp_neurons", "random_sae-128", "random_init_sae"}
+    assert final["references"]["random_init_sae"]["detail"].startswith("standard-128-0.05 trained on ../m-random")
     probe = final["references"]["linear_probe"]["families"]["mine_theirs_empty"]
     assert 0 <= probe["reconstruction"] <= 1 and probe["num_bsps"] == 128
     lines = (run / "train.jsonl").read_text().splitlines()
