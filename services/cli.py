@@ -145,6 +145,9 @@ def lm() -> None:
 @click.option("--sae-layer", default=4, show_default=True, help="Default streamed block, stored in the model.")
 @click.option("--lr", default=1e-3, show_default=True)
 @click.option("--warmup-steps", default=200, show_default=True)
+@click.option("--schedule", default="cosine", show_default=True, type=click.Choice(["cosine", "wsd"]),
+              help="wsd: constant LR, then a linear decay over the last --decay-frac of --steps.")
+@click.option("--decay-frac", default=0.2, show_default=True, help="wsd: share of the steps spent decaying.")
 @click.option("--ckpt-every", default=250, show_default=True, help="Steps between training checkpoints.")
 @click.option("--eval-every", default=500, show_default=True, help="Steps between legality evaluations.")
 @click.option("--eval-games", default=500, show_default=True, help="Held-out games per evaluation.")

@@ -98,7 +98,13 @@ class LMTrainConfig:
     warmup_steps: int = 200
     """Linear warmup steps."""
     min_lr_ratio: float = 0.1
-    """Cosine decay floor as a fraction of lr."""
+    """Decay floor as a fraction of lr."""
+    schedule: str = "cosine"
+    """'cosine' (warmup, then cosine decay over all steps) or 'wsd' (warmup, constant, then a
+    linear decay over the last decay_frac of the steps): a wsd run can be extended or ended
+    early on --resume by changing --steps, since only its final decay depends on them."""
+    decay_frac: float = 0.2
+    """wsd: fraction of the steps spent decaying."""
     weight_decay: float = 0.1
     """AdamW weight decay on matrices."""
     ckpt_every: int = 250
@@ -136,11 +142,19 @@ class LMTrainConfig:
             raise ValueError(f"sae_layer must be in 0..{self.n_layer - 1}")
         if self.lr <= 0:
             raise ValueError("lr must be > 0")
+        if self.schedule not in ("cosine", "wsd"):
+            raise ValueError(f"schedule must be cosine or wsd, got {self.schedule!r}")
+        if not 0 < self.decay_frac <= 1:
+            raise ValueError(f"decay_frac must be in (0, 1], got {self.decay_frac}")
 
 
 def lr_at(cfg: LMTrainConfig, step: int) -> float:
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "wsd":
+        decay_steps = max(1, round(cfg.decay_frac * cfg.steps))
+        frac = min(1.0, max(0.0, (step - (cfg.steps - decay_steps)) / decay_steps))
+        return cfg.lr * (1 - (1 - cfg.min_lr_ratio) * frac)
     frac = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
 

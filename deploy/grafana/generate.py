@@ -12,7 +12,9 @@ run, so the conventions below are load-bearing:
   (one every few hundred steps), so their rates and the evaluation-duration quantiles use a
   fixed 5m window instead, else most windows would hold no event;
 - a counter with a `reason` label has no series until the first rejection, so those queries
-  end in `or on() ...vector(0)` and show 0 instead of "No data".
+  end in `or on() ...vector(0)` and show 0 instead of "No data";
+- floor/ceiling references (boardlens_eval_reference_*) are legended "[reference] ..." and
+  drawn dashed (an override on that legend pattern) beside the SAEs' solid lines.
 """
 
 from __future__ import annotations
@@ -144,12 +146,15 @@ ROWS: list[tuple[str, list[Panel]]] = [
         Panel("Family averages per SAE: coverage and reconstruction", (
             (f'boardlens_eval_coverage{{{SAE}, family=~".*average"}}', "{{sae}} {{family}} coverage"),
             (f'boardlens_eval_reconstruction{{{SAE}, family=~".*average"}}', "{{sae}} {{family}} reconstruction"),
+            ('boardlens_eval_reference_reconstruction{family="average"}', "[{{reference}}] average reconstruction"),
         ), "percentunit"),
         Panel("Coverage per SAE and family", (
             (f"boardlens_eval_coverage{{{SAE}}}", "{{sae}} {{family}}"),
+            ('boardlens_eval_reference_coverage{family!~".*average"}', "[{{reference}}] {{family}}"),
         ), "percentunit"),
         Panel("Board reconstruction F1 per SAE and family", (
             (f"boardlens_eval_reconstruction{{{SAE}}}", "{{sae}} {{family}}"),
+            ('boardlens_eval_reference_reconstruction{family!~".*average"}', "[{{reference}}] {{family}}"),
         ), "percentunit"),
         Panel("L0 per SAE (eval set)", ((f"boardlens_eval_l0{{{SAE}}}", "{{sae}}"),), "short"),
         Panel("Variance explained and alive latents (eval set)", (
@@ -194,7 +199,10 @@ def _panel(pid: int, p: Panel, x: int, y: int) -> dict:
                 "custom": {"drawStyle": "line", "lineWidth": 1, "fillOpacity": 10, "showPoints": "never",
                            "spanNulls": False},
             },
-            "overrides": [],
+            "overrides": [{
+                "matcher": {"id": "byRegexp", "options": "^\\[.*"},
+                "properties": [{"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}}],
+            }] if any(legend.startswith("[") for _, legend in p.queries) else [],
         },
         "options": {
             "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
