@@ -163,7 +163,8 @@ def _optimizer(model: GPT, cfg: LMTrainConfig) -> torch.optim.AdamW:
     decay = [p for p in model.parameters() if p.dim() >= 2]
     other = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
+    # fused: one kernel for all parameters (about 1.1x tokens/s here, benchmarks/lm_training.py)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=True)
 
 
 def _save_state(path: Path, model, opt, step, rng, best, seen) -> None:

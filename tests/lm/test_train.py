@@ -4,10 +4,14 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import torch
 
+from boardlens.games.othello import lm_data, tokenizer
+from boardlens.games.othello.engine import bits_to_bool, play_random
 from boardlens.lm.checkpoint import load_model
-from boardlens.lm.train import LMTrainConfig
+from boardlens.lm.train import LMTrainConfig, lm_loss, lr_at
 
 TINY = ["--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--sae-layer", "0", "--batch-games", "16",
         "--warmup-steps", "5", "--lr", "3e-3", "--eval-games", "32", "--threads", "1"]
@@ -29,6 +33,8 @@ def test_tiny_lm_learns_checkpoints_resumes_and_exports(tmp_path, game):
     assert len(losses) == 60 and sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.1  # it learns (noise is ~0.01)
     model, cfg = load_model(out / "model")
     assert cfg["game"] == game and cfg["train_steps"] in (30, 60) and cfg["sae_layer"] == 0
+    assert cfg["objective"] == ("legal" if game == "othello" else "next")  # 'auto'
+    assert sorted(p.name for p in (out / "snapshots").iterdir()) == ["step-0000030", "step-0000060"]
     # --resume continues from the saved step to a longer schedule.
     again = _cli("lm", "train", "--game", game, "--out", str(out), "--steps", "70", *TINY,
                  "--eval-every", "100", "--ckpt-every", "100", "--resume")
@@ -46,3 +52,46 @@ def test_bad_lm_config_is_refused():
         LMTrainConfig(n_layer=2, sae_layer=2)
     r = _cli("lm", "eval", "--model", "/nonexistent/model")
     assert r.returncode != 0 and "/nonexistent/model" in r.stderr
+
+
+def test_legal_targets_are_the_distribution_the_next_move_is_drawn_from():
+    rng = np.random.default_rng(5)
+    x, q = lm_data.legal_target_batch(rng, 32)
+    rec = play_random(32, rng=np.random.default_rng(5))  # the same games
+    assert torch.equal(x, torch.from_numpy(lm_data.tokens_of(rec)[:, :59]))
+    has_next = torch.from_numpy(rec.to_move[:, :59] >= 0)
+    sums = q.sum(-1)
+    assert torch.allclose(sums[has_next], torch.ones(int(has_next.sum()))) and (sums[~has_next] == 0).all()
+    # Support = the legal squares; uniform on it; the move actually played is in it.
+    legal = torch.from_numpy(bits_to_bool(rec.legal[:, :59]))[..., tokenizer.PLAYABLE]  # (B, 59, 60)
+    assert torch.equal(q[..., 1:] > 0, legal) and (q[..., 0] == 0).all()
+    nxt = torch.from_numpy(lm_data.tokens_of(rec)[:, 1:60])
+    played = q.gather(-1, nxt[..., None])[..., 0]
+    assert (played[has_next] > 0).all()
+    assert torch.allclose(q[has_next].max(-1).values, 1 / legal[has_next].sum(-1).float())
+
+
+def test_lm_loss_soft_targets_match_the_expected_hard_loss():
+    # Cross-entropy against q equals the mean hard cross-entropy over next moves drawn from q.
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 5, generator=g)
+    q = torch.zeros(2, 3, 5)
+    q[..., 1:3] = 0.5
+    q[1, 2] = 0  # no next move: skipped
+    soft = lm_loss(logits, q)
+    y1, y2 = torch.full((2, 3), 1), torch.full((2, 3), 2)
+    y1[1, 2] = y2[1, 2] = -100
+    assert torch.isclose(soft, (lm_loss(logits, y1) + lm_loss(logits, y2)) / 2)
+
+
+def test_wsd_schedule_is_flat_then_decays_only_at_the_end():
+    cfg = LMTrainConfig(schedule="wsd", steps=1000, warmup_steps=100, lr=1e-3, decay_frac=0.2, min_lr_ratio=0.1)
+    assert lr_at(cfg, 0) == pytest.approx(1e-5) and lr_at(cfg, 99) == pytest.approx(1e-3)
+    assert lr_at(cfg, 500) == lr_at(cfg, 800) == pytest.approx(1e-3)
+    assert lr_at(cfg, 900) == pytest.approx(0.55e-3) and lr_at(cfg, 1000) == pytest.approx(1e-4)
+    longer = LMTrainConfig(schedule="wsd", steps=2000, warmup_steps=100, lr=1e-3)  # resumed longer
+    assert lr_at(longer, 800) == lr_at(cfg, 800)
+    with pytest.raises(ValueError, match="schedule"):
+        LMTrainConfig(schedule="linear")
+    with pytest.raises(ValueError, match="objective 'legal' is for Othello"):
+        LMTrainConfig(game="chess", objective="legal")
