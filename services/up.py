@@ -115,6 +115,10 @@ def progress_line(cfgs: dict, t0: float, last: dict) -> str:
     rec = [v for (n, _), v in e.items() if n == "boardlens_eval_reconstruction"]
     if cov:
         parts.append(f"best cov {max(cov):.3f} rec {max(rec):.3f}")
+    refs = {dict(k[1])["reference"]: v for k, v in e.items()
+            if k[0] == "boardlens_eval_reference_reconstruction" and dict(k[1]).get("family") == "average"}
+    if refs:  # the floor and ceiling the SAEs' reconstruction stands between
+        parts.append("rec " + " ".join(f"{n} {v:.3f}" for n, v in sorted(refs.items())))
     games = _sum(e, "boardlens_eval_set_games")
     if not cov:
         parts.append(f"eval set {games:.0f} games")
