@@ -151,6 +151,8 @@ def lm() -> None:
 @click.option("--ckpt-every", default=250, show_default=True, help="Steps between training checkpoints.")
 @click.option("--eval-every", default=500, show_default=True, help="Steps between legality evaluations.")
 @click.option("--eval-games", default=500, show_default=True, help="Held-out games per evaluation.")
+@click.option("--probe-games", default=200, show_default=True,
+              help="Train + test games of the per-layer probe curve at each evaluation (0 = off).")
 @click.option("--threads", default=0, show_default=True, help="torch threads (0 = torch's default).")
 @click.option("--objective", default="auto", show_default=True, type=click.Choice(["auto", "next", "legal"]),
               help="next: the move played; legal: uniform over the legal moves (Othello; auto picks it).")

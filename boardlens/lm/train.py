@@ -113,6 +113,9 @@ class LMTrainConfig:
     """Steps between legal-move evaluations."""
     eval_games: int = 500
     """Held-out games for legal-move accuracy."""
+    probe_games: int = 200
+    """At every evaluation, also fit linear probes on this many train + test games at every
+    layer and log their board reconstruction (the world-model curve); 0 = off."""
     sae_layer: int = 4
     """Default block whose output the producer streams (stored in the model's config)."""
     seed: int = 0
@@ -138,6 +141,8 @@ class LMTrainConfig:
         for k in ("steps", "batch_games", "ckpt_every", "eval_every", "eval_games"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{k} must be >= 1")
+        if self.probe_games < 0:
+            raise ValueError(f"probe_games must be >= 0, got {self.probe_games}")
         if not 0 <= self.sae_layer < self.n_layer:
             raise ValueError(f"sae_layer must be in 0..{self.n_layer - 1}")
         if self.lr <= 0:
@@ -243,6 +248,9 @@ def train(cfg: LMTrainConfig, resume: bool = False) -> dict:
                 model.train()
                 rec[data.score_name] = acc
                 print(f"\nstep {step}: held-out {data.score_name} {acc:.4f}", flush=True)
+                if cfg.probe_games:
+                    rec["probe_reconstruction"] = _probe_curve(model, cfg)
+                    print(f"step {step}: probe reconstruction by layer {rec['probe_reconstruction']}", flush=True)
                 meta = {"game": cfg.game, "sae_layer": cfg.sae_layer, data.score_name: acc,
                         "train_steps": step, "games_seen": seen, "tokens_seen": seen * data.context,
                         "objective": objective}
@@ -262,6 +270,20 @@ def train(cfg: LMTrainConfig, resume: bool = False) -> dict:
             signal.signal(s, h)
     print(f"\nstopped at step {step}; best legal-move accuracy {best:.4f}", flush=True)
     return {"step": step, "best_acc": best, "games_seen": seen}
+
+
+def _probe_curve(model: GPT, cfg: LMTrainConfig) -> dict[str, float]:
+    """{layer: board reconstruction F1 of per-BSP linear probes} for the game's main family."""
+    from boardlens.lm.probe import layer_reports
+
+    model.eval()
+    try:
+        reps = layer_reports(model, cfg.game, range(cfg.n_layer), cfg.probe_games, cfg.probe_games,
+                             seed=20_000_003 + cfg.seed, mlp=False)
+    finally:
+        model.train()
+    fam = next(iter(reps[0].probe))
+    return {str(r.layer): round(r.probe[fam].reconstruction, 4) for r in reps}
 
 
 def _progress(step: int, total: int, loss: float, tokens_per_s: float) -> None:

@@ -14,7 +14,8 @@ from boardlens.lm.checkpoint import load_model
 from boardlens.lm.train import LMTrainConfig, lm_loss, lr_at
 
 TINY = ["--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--sae-layer", "0", "--batch-games", "16",
-        "--warmup-steps", "5", "--lr", "3e-3", "--eval-games", "32", "--threads", "1"]
+        "--warmup-steps", "5", "--lr", "3e-3", "--eval-games", "32", "--threads", "1",
+        "--probe-games", "20"]
 
 
 def _cli(*args, timeout=240):
@@ -35,6 +36,9 @@ def test_tiny_lm_learns_checkpoints_resumes_and_exports(tmp_path, game):
     assert cfg["game"] == game and cfg["train_steps"] in (30, 60) and cfg["sae_layer"] == 0
     assert cfg["objective"] == ("legal" if game == "othello" else "next")  # 'auto'
     assert sorted(p.name for p in (out / "snapshots").iterdir()) == ["step-0000030", "step-0000060"]
+    evals = [r for r in map(json.loads, open(out / "lm_metrics.jsonl")) if "probe_reconstruction" in r]
+    assert [r["step"] for r in evals] == [30, 60]  # the world-model curve, one layer here
+    assert set(evals[-1]["probe_reconstruction"]) == {"0"} and 0 <= evals[-1]["probe_reconstruction"]["0"] <= 1
     # --resume continues from the saved step to a longer schedule.
     again = _cli("lm", "train", "--game", game, "--out", str(out), "--steps", "70", *TINY,
                  "--eval-every", "100", "--ckpt-every", "100", "--resume")
