@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from boardlens.games import families, family_groups
+from boardlens.lm.checkpoint import CheckpointError
 from boardlens.lm.formats import load_any
 from boardlens.metrics.evalset import EvalSet, evaluate_sae
 from boardlens.metrics.references import Reference, ReferenceSuite, floor_saes
@@ -181,12 +182,18 @@ class LiveEvaluator:
         model, floor = None, []
         if self.cfg.model:
             model = load_any(self.cfg.model)[0].eval()
-            floor = [(p, m) for p, m in floor_saes(self.cfg.model) if int(m["layer"]) == self.layer]
+            try:
+                floor = [(p, m) for p, m in floor_saes(self.cfg.model) if int(m["layer"]) == self.layer]
+            except ValueError as e:
+                log.warning("random_init_sae reference skipped: %s", e)
         self.suite = ReferenceSuite(self.evalset, model, self.layer, floor,
                                     lambda path: load_any(path)[0].eval(), self.cfg.model or None)
         t0 = time.perf_counter()
-        for ref in self.suite.fixed():
-            self._record_reference(ref)
+        for name, compute in self.suite.fixed():
+            try:
+                self._record_reference(compute())
+            except (OSError, ValueError, KeyError, CheckpointError) as e:  # a bad file costs one row
+                log.warning("%s reference skipped: %s", name, e)
         log.info("references scored in %.1f s: %s", time.perf_counter() - t0, ", ".join(
             f"{n} rec {r['averages']['average']['reconstruction']:.3f}" for n, r in self.references.items()))
 

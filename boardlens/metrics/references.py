@@ -24,12 +24,11 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 
 from boardlens.metrics.evalset import EvalSet, evaluate_tensors
 from boardlens.metrics.supervised import FamilyScore, max_activations, score_families
 from boardlens.metrics.unsupervised import ReconStats
-from boardlens.sae.io import ae_from_tensors
+from boardlens.sae.io import load_sae
 from boardlens.sae.model import AutoEncoder
 
 
@@ -163,7 +162,11 @@ def floor_saes(model_dir: str | Path) -> list[tuple[Path, dict]]:
     folder = Path(model_dir) / "floor"
     out = []
     for st in sorted(folder.glob("*.safetensors")) if folder.is_dir() else ():
-        meta = json.loads(st.with_suffix(".json").read_text())
+        try:
+            meta = json.loads(st.with_suffix(".json").read_text())
+            int(meta["layer"]), str(meta["control_model"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"floor SAE {st}: its .json must name control_model and layer ({e!r})") from e
         out.append((st, meta))
     return out
 
@@ -182,17 +185,20 @@ class ReferenceSuite:
         self.floor, self.load_control, self.model_dir = list(floor), load_control, model_dir
         self._random: dict[tuple[int, int], Reference] = {}
 
-    def fixed(self) -> list[Reference]:
-        """linear_probe, then mlp_neurons and random_init_sae where their inputs exist."""
-        out = [probe_reference(self.evalset.tensors())]
+    def fixed(self) -> list[tuple[str, Callable[[], Reference]]]:
+        """(name, compute) of linear_probe, then mlp_neurons and random_init_sae where their
+        inputs exist; each is computed on call, so a caller can survive one that fails."""
+        out = [("linear_probe", lambda: probe_reference(self.evalset.tensors()))]
         if self.model is not None:
-            t = self.evalset.recompute(mlp_neurons(self.model, self.layer))
-            width = t["train"]["x"].shape[1]
-            out.append(Reference("mlp_neurons", score_features(t["train"], t["test"]), None,
-                                 f"{width} post-GELU MLP neurons of block {self.layer}"))
+            out.append(("mlp_neurons", self._mlp))
         if self.floor and self.load_control is not None:
-            out.append(self._random_init())
+            out.append(("random_init_sae", self._random_init))
         return out
+
+    def _mlp(self) -> Reference:
+        t = self.evalset.recompute(mlp_neurons(self.model, self.layer))
+        return Reference("mlp_neurons", score_features(t["train"], t["test"]), None,
+                         f"{t['train']['x'].shape[1]} post-GELU MLP neurons of block {self.layer}")
 
     def _random_init(self) -> Reference:
         """The best (by average reconstruction) of the floor SAEs, on the control's activations."""
@@ -203,7 +209,7 @@ class ReferenceSuite:
             if key not in cache:
                 control = self.load_control(str(Path(self.model_dir) / key[0]))
                 cache[key] = self.evalset.recompute(residual(control, key[1]))
-            ae = ae_from_tensors(load_file(str(path)), meta.get("arch"))
+            ae = load_sae(path)[0]
             ref = sae_reference("random_init_sae", ae, cache[key],
                                 f"{path.stem} trained on {key[0]} block {key[1]} ({meta.get('tokens', '?')} tokens)")
             if best is None or _avg_rec(ref) > _avg_rec(best):

@@ -4,6 +4,7 @@ structure (and not shuffled structure), the random SAE, and the floor SAEs read 
 import json
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -12,7 +13,7 @@ from boardlens.games.othello.lm_data import labelled_games
 from boardlens.lm.model import GPT, GPTConfig
 from boardlens.metrics import references as R
 from boardlens.metrics.evalset import EvalSet
-from boardlens.sae.io import save_sae
+from boardlens.sae.io import load_sae, save_sae
 
 
 def tiny_gpt() -> GPT:
@@ -93,12 +94,13 @@ def test_suite_scores_every_reference_and_picks_the_best_floor_sae(tmp_path):
     assert [p.stem for p, _ in found] == ["a", "b"] and found[0][1]["layer"] == 1
     loaded = []
     suite = R.ReferenceSuite(es, model, 1, found, lambda path: loaded.append(path) or control, tmp_path / "m")
-    refs = {r.name: r for r in suite.fixed()}
+    refs = {name: compute() for name, compute in suite.fixed()}
     assert set(refs) == {"linear_probe", "mlp_neurons", "random_init_sae"}
+    assert all(r.name == n for n, r in refs.items())
     assert loaded == [str(tmp_path / "m" / "../m-random")]  # the control is loaded once
     scores = []
-    for path, meta in found:  # the floor is the better of the two, scored on the control's activations
-        scores.append(R.sae_reference("x", R.ae_from_tensors(R.load_file(str(path)), "relu"),
+    for path, _ in found:  # the floor is the better of the two, scored on the control's activations
+        scores.append(R.sae_reference("x", load_sae(path)[0],
                                       es.recompute(R.residual(control, 1)), "").scores)
     best = max(scores, key=lambda s: sum(v.reconstruction for v in s.values()))
     assert refs["random_init_sae"].scores == best
@@ -106,3 +108,11 @@ def test_suite_scores_every_reference_and_picks_the_best_floor_sae(tmp_path):
     rnd = suite.random_sae(16, 32)
     assert rnd.name == "random_sae-32" and rnd.stats is not None and suite.random_sae(16, 32) is rnd
     assert json.loads((floor / "a.json").read_text())["arch"] == "relu"
+
+
+def test_a_floor_sae_without_its_description_is_a_clear_error(tmp_path):
+    save_sae(tmp_path / "floor", "a", R.random_sae(4, 8), {"layer": 1})  # no control_model
+
+    with pytest.raises(ValueError, match="a.safetensors: its .json must name control_model"):
+        R.floor_saes(tmp_path)
+    assert R.floor_saes(tmp_path / "nothing-here") == []
