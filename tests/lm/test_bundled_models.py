@@ -17,7 +17,7 @@ from boardlens.lm.train import game_data
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 BUNDLED = sorted(p for p in MODELS.iterdir() if (p / "model.safetensors").exists())
-MARGIN = {"legal_move_acc": 0.01, "legal_move_rate": 0.12}  # 300 games / 200 sampled prompts
+MARGIN = {"legal_move_acc": 0.01, "legal_move_rate": 0.15}  # 300 games / 96 sampled prompts (3 sigma)
 PROBE_MARGIN = 0.08  # probes fit on 100 games instead of 1000
 
 
@@ -39,7 +39,7 @@ def test_legal_moves_hold(folder):
     data = game_data(meta["game"])
     name, figure = next(iter(_headline(folder)["legality"].items()))
     assert name == data.score_name
-    games = 300 if meta["game"] == "othello" else 200
+    games = 300 if meta["game"] == "othello" else 96
     got = data.score(model, data.eval_set(games, 777))
     assert got >= figure - MARGIN[name], f"{folder.name}: {name} {got:.4f} < card {figure:.4f} - {MARGIN[name]}"
 
