@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from boardlens.games.othello import lm_data  # noqa: E402
 from boardlens.lm.model import GPT, GPTConfig  # noqa: E402
-from boardlens.lm.train import lm_loss  # noqa: E402
+from boardlens.lm.train import train_step  # noqa: E402
 
 # name: (objective, compile, bf16 autocast, fused AdamW, games per step; 0 = --batch-games).
 # The bf16 variant runs --slow-steps. The last line is what the bundled model trains with.
@@ -56,13 +56,7 @@ def tokens_per_s(cfg: GPTConfig, batch_games: int, objective: str, compiled: boo
         if i == warmup:
             t0 = time.perf_counter()
         x, y = batches[i % len(batches)]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits, _ = forward(x)
-        loss = lm_loss(logits, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        train_step(model, forward, opt, x, y, bf16)
     return steps * batch_games * x.shape[1] / (time.perf_counter() - t0)
 
 

@@ -77,6 +77,20 @@ def lm_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1), ignore_index=-100)
 
 
+def train_step(model: GPT, forward, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               bf16: bool = False) -> torch.Tensor:
+    """One optimiser step (forward via `forward`, the model or its compiled wrapper; grad-norm
+    clip 1.0); returns the loss. bf16: forward under CPU bf16 autocast."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        logits, _ = forward(x)
+    loss = lm_loss(logits, y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return loss.detach()
+
+
 @dataclass(frozen=True)
 class LMTrainConfig:
     game: str = "othello"
@@ -230,13 +244,7 @@ def train(cfg: LMTrainConfig, resume: bool = False) -> dict:
         while step < cfg.steps and not stop["now"]:
             for g in opt.param_groups:
                 g["lr"] = lr_at(cfg, step)
-            x, y = batch(rng, cfg.batch_games)
-            logits, _ = forward(x)
-            loss = lm_loss(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            loss = train_step(model, forward, opt, *batch(rng, cfg.batch_games))
             step += 1
             seen += cfg.batch_games
             rate = (seen * data.context - tokens0) / max(time.time() - t0, 1e-9)
