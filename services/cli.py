@@ -95,8 +95,12 @@ def train(config_file, **options):
 def evaluate(config_file, **options):
     """Evaluate SAE snapshots live: coverage, board reconstruction, L0, variance explained."""
     from services import evaluator
+    from services.common import StartupError
 
-    evaluator.run(_resolve(EvaluatorConfig, config_file, options))
+    try:
+        evaluator.run(_resolve(EvaluatorConfig, config_file, options))
+    except StartupError as e:
+        raise click.ClickException(str(e)) from e
 
 
 @main.command()

@@ -33,6 +33,7 @@ from protocol import ActivationBatch, Message, Subscriber
 from services.common import (
     IncompatibleBatch,
     MessageCounters,
+    StartupError,
     log,
     log_config,
     receive,
@@ -71,8 +72,9 @@ class EvaluatorMetrics:
 class LiveEvaluator:
     """The consumer: `on_batch` fills the eval set, `on_snapshot` queues, `evaluate_pending` scores."""
 
-    def __init__(self, cfg: EvaluatorConfig, metrics: EvaluatorMetrics) -> None:
-        self.cfg, self.m = cfg, metrics
+    def __init__(self, cfg: EvaluatorConfig, metrics: EvaluatorMetrics, model=None) -> None:
+        """model: the producer's LM (for the MLP-neuron and floor references), or None."""
+        self.cfg, self.m, self.model = cfg, metrics, model
         self.evalset: EvalSet | None = None
         self.game = ""
         self.pending: dict[str, Message] = {}
@@ -179,14 +181,13 @@ class LiveEvaluator:
         """Once per eval set: the fixed references (probe, MLP neurons, random-init SAE)."""
         if self.suite is not None or not self.cfg.references:
             return
-        model, floor = None, []
-        if self.cfg.model:
-            model = load_any(self.cfg.model)[0].eval()
+        floor = []
+        if self.model is not None:
             try:
                 floor = [(p, m) for p, m in floor_saes(self.cfg.model) if int(m["layer"]) == self.layer]
             except ValueError as e:
                 log.warning("random_init_sae reference skipped: %s", e)
-        self.suite = ReferenceSuite(self.evalset, model, self.layer, floor,
+        self.suite = ReferenceSuite(self.evalset, self.model, self.layer, floor,
                                     lambda path: load_any(path)[0].eval(), self.cfg.model or None)
         t0 = time.perf_counter()
         for name, compute in self.suite.fixed():
@@ -223,9 +224,15 @@ def run(cfg: EvaluatorConfig) -> int:
     stop = stop_on_signals()
     Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
     (Path(cfg.run_dir) / "evaluator_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    model = None
+    if cfg.model and cfg.references:  # load now: a bad path fails at start, not after the eval set
+        try:
+            model = load_any(cfg.model)[0].eval()
+        except ValueError as e:
+            raise StartupError(f"evaluator --model: {e}") from e
     tel = Telemetry("evaluator", cfg.metrics_port, stall_after_s=cfg.health_stall_s)
     m = EvaluatorMetrics(tel)
-    ev = LiveEvaluator(cfg, m)
+    ev = LiveEvaluator(cfg, m, model)
     data: Subscriber | None = Subscriber(cfg.connect, lossy=True, cfg=transport(cfg))
     snaps = Subscriber(cfg.snapshots, lossy=False, cfg=transport(cfg))
     state = {"end": False, "evaluations": 0}

@@ -141,7 +141,7 @@ class LMTrainConfig:
     the legal moves it was drawn from (Othello; same optimum, less noise); 'auto': legal where
     the game supports it."""
     compile: bool = False
-    """torch.compile the model (about 15% more tokens/s on this CPU, ~1 min to compile)."""
+    """torch.compile the model (a few percent more tokens/s on this CPU; ~1 min to compile)."""
     snapshots: bool = True
     """Also keep the model at every evaluation in <out>/snapshots/step-N (for learning curves)."""
 
@@ -182,7 +182,7 @@ def _optimizer(model: GPT, cfg: LMTrainConfig) -> torch.optim.AdamW:
     decay = [p for p in model.parameters() if p.dim() >= 2]
     other = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}]
-    # fused: one kernel for all parameters (about 1.1x tokens/s here, benchmarks/lm_training.py)
+    # fused: one kernel for all parameters instead of a loop over them
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=True)
 
 

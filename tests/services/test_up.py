@@ -74,3 +74,13 @@ def test_up_game_chess_runs_on_the_bundled_chess_model(tmp_path):
     final = json.loads((run / "final_metrics.json").read_text())
     assert all(len(r["families"]) == 15 for r in final["saes"].values())
     assert all(len(r["families"]) == 15 for r in final["references"].values())
+
+
+def test_evaluator_with_an_unusable_model_fails_at_start_in_one_line(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "services.cli", "evaluate", "--model", str(tmp_path / "missing"),
+         "--run-dir", str(tmp_path / "run"), "--metrics-port", "0"],
+        capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert "Error: evaluator --model:" in out.stderr and "missing" in out.stderr
+    assert "Traceback" not in out.stderr
