@@ -201,6 +201,18 @@ def _save_state(path: Path, model, opt, step, rng, best, seen) -> None:
     os.replace(tmp, path)
 
 
+def compact_state(src: str | Path, dst: str | Path) -> None:
+    """A training state small enough to commit between sittings (a third of the size): weights
+    in float16, no AdamW moments. `--resume` from it re-initialises AdamW and warms the LR up
+    again over warmup_steps; step, games seen and RNG states carry over exactly."""
+    st = torch.load(src, weights_only=True)
+    st["model"] = {k: v.half() if v.is_floating_point() else v for k, v in st["model"].items()}
+    del st["opt"]
+    tmp = Path(str(dst) + ".tmp")
+    torch.save(st, tmp)
+    os.replace(tmp, dst)
+
+
 def train(cfg: LMTrainConfig, resume: bool = False) -> dict:
     data = game_data(cfg.game)
     if cfg.threads:
@@ -223,14 +235,20 @@ def train(cfg: LMTrainConfig, resume: bool = False) -> dict:
     eval_set = data.eval_set(cfg.eval_games, 10_000_019 + cfg.seed)  # disjoint seed stream
     step, best, seen = 0, -1.0, 0
     state_path = out / "train_state.pt"
+    rewarm_from = None  # a compact state has no AdamW moments: warm the LR up again from here
     if resume and state_path.exists():
         st = torch.load(state_path, weights_only=True)
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["opt"])
+        model.load_state_dict(st["model"])  # copies into the fp32 parameters, whatever the dtype
         step, best, seen = st["step"], st["best_acc"], st["games_seen"]
+        if "opt" in st:
+            opt.load_state_dict(st["opt"])
+        else:
+            rewarm_from = step
         torch.set_rng_state(st["torch_rng"])
         rng.bit_generator.state = json.loads(st["np_rng"])
-        print(f"resumed at step {step} (best acc {best:.4f})", flush=True)
+        print(f"resumed at step {step} (best acc {best:.4f})"
+              + ("" if rewarm_from is None else f"; compact state: fresh AdamW, LR re-warmed over "
+                 f"{cfg.warmup_steps} steps"), flush=True)
 
     stop = {"now": False}
 
@@ -242,8 +260,11 @@ def train(cfg: LMTrainConfig, resume: bool = False) -> dict:
     t0, tokens0 = time.time(), seen * data.context
     try:
         while step < cfg.steps and not stop["now"]:
+            lr = lr_at(cfg, step)
+            if rewarm_from is not None:
+                lr *= min(1.0, (step - rewarm_from + 1) / cfg.warmup_steps)
             for g in opt.param_groups:
-                g["lr"] = lr_at(cfg, step)
+                g["lr"] = lr
             loss = train_step(model, forward, opt, *batch(rng, cfg.batch_games))
             step += 1
             seen += cfg.batch_games

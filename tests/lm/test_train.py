@@ -1,5 +1,6 @@
 """`boardlens lm train` / `lm eval`: a tiny model learns, checkpoints, resumes and exports."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -99,3 +100,23 @@ def test_wsd_schedule_is_flat_then_decays_only_at_the_end():
         LMTrainConfig(schedule="linear")
     with pytest.raises(ValueError, match="objective 'legal' is for Othello"):
         LMTrainConfig(game="chess", objective="legal")
+
+
+def test_a_compact_state_is_small_and_resumes_with_a_fresh_optimizer(tmp_path, capsys):
+    from boardlens.lm.train import compact_state, train
+
+    cfg = LMTrainConfig(out=str(tmp_path / "lm"), n_layer=1, n_embd=32, n_head=2, sae_layer=0, steps=10,
+                        batch_games=8, warmup_steps=4, eval_every=100, eval_games=8, probe_games=0,
+                        snapshots=False, threads=1)
+    train(cfg)
+    full = tmp_path / "lm" / "train_state.pt"
+    compact_state(full, tmp_path / "compact.pt")
+    assert (tmp_path / "compact.pt").stat().st_size < full.stat().st_size / 2
+    small = torch.load(tmp_path / "compact.pt", weights_only=True)
+    assert "opt" not in small and small["step"] == 10
+    assert all(v.dtype == torch.float16 for v in small["model"].values())
+    (tmp_path / "compact.pt").replace(full)
+    capsys.readouterr()
+    assert train(dataclasses.replace(cfg, steps=14), resume=True)["step"] == 14
+    out = capsys.readouterr().out
+    assert "resumed at step 10" in out and "compact state: fresh AdamW" in out
