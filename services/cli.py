@@ -214,6 +214,17 @@ def lm_eval(model, games: int, seed: int, temperature: float) -> None:
     click.echo(f"{meta['game']} {data.score_name} on {games} held-out games (seed {seed}): {score:.4f}")
 
 
+def _layers(spec: str, n_layer: int) -> list[int]:
+    """--layer 'all' | 'N' | 'N,M,...' -> block indices, each checked against the model."""
+    try:
+        picked = list(range(n_layer)) if spec == "all" else [int(v) for v in spec.split(",")]
+    except ValueError as e:
+        raise click.UsageError(f"--layer takes N, N,M,... or 'all', got {spec!r}") from e
+    if not all(0 <= v < n_layer for v in picked):
+        raise click.UsageError(f"--layer must be in 0..{n_layer - 1}")
+    return picked
+
+
 @lm.command("probe")
 @click.option("--model", default=None, help="Model folder or checkpoint [default: models/othello-gpt].")
 @click.option("--layer", "layers", default=None,
@@ -235,14 +246,7 @@ def lm_probe(model, layers, train_games: int, test_games: int, seed: int, json_o
     from boardlens.lm.probe import layer_reports, probe_board
 
     net, meta = _load_lm(model)
-    n = net.config.n_layer
-    try:
-        picked = (range(n) if layers == "all" else [int(meta.get("sae_layer", 0))] if layers is None
-                  else [int(v) for v in layers.split(",")])
-    except ValueError as e:
-        raise click.UsageError(f"--layer takes N, N,M,... or 'all', got {layers!r}") from e
-    if not all(0 <= v < n for v in picked):
-        raise click.UsageError(f"--layer must be in 0..{n - 1}")
+    picked = _layers(layers or str(meta.get("sae_layer", 0)), net.config.n_layer)
     out = []
     for rep in layer_reports(net, meta["game"], picked, train_games, test_games, seed):
         acc = probe_board(net, meta["game"], rep.layer, train_games, test_games, seed)
@@ -284,8 +288,8 @@ def lm_curve(run_dir: str, layers: str, train_games: int, test_games: int, seed:
         net, meta = load_model(snap)
         if meta["train_steps"] in done:
             continue
-        picked = range(net.config.n_layer) if layers == "all" else [int(v) for v in layers.split(",")]
-        reps = layer_reports(net, meta["game"], picked, train_games, test_games, seed, mlp=False)
+        reps = layer_reports(net, meta["game"], _layers(layers, net.config.n_layer), train_games, test_games,
+                             seed, mlp=False)
         fam = next(iter(reps[0].probe))
         row = {"step": meta["train_steps"], "tokens": meta["tokens_seen"],
                "legal": meta.get("legal_move_acc", meta.get("legal_move_rate")),
@@ -336,8 +340,9 @@ def sae_floor(model, control, tokens: int, saes, d_sae, run_dir) -> None:
     import shlex
     from pathlib import Path
 
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
+    from boardlens.sae.io import atomic_save_tensors, atomic_write_text
     from services import up
     from services.config import DEFAULT_MODEL
 
@@ -353,11 +358,11 @@ def sae_floor(model, control, tokens: int, saes, d_sae, run_dir) -> None:
     for st in sorted((run / "checkpoints" / "latest").glob("*.safetensors")):
         info = json.loads(st.with_suffix(".json").read_text())
         # float16 halves the file; the evaluator loads it back as float32 (a floor needs no more).
-        save_file({k: v.half() if v.is_floating_point() else v for k, v in load_file(str(st)).items()},
-                  str(floor / st.name))
+        atomic_save_tensors({k: v.half() if v.is_floating_point() else v for k, v in load_file(str(st)).items()},
+                            floor / st.name)
         info.update(control_model=os.path.relpath(control_dir, model_dir), layer=int(meta["sae_layer"]),
                     tokens=tokens, command="boardlens sae floor " + shlex.join(sys.argv[3:]))
-        (floor / st.with_suffix(".json").name).write_text(json.dumps(info, indent=2))
+        atomic_write_text(floor / st.with_suffix(".json").name, json.dumps(info, indent=2))
         click.echo(f"wrote {floor / st.name}")
 
 

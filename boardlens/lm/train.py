@@ -196,8 +196,12 @@ def _save_state(path: Path, model, opt, step, rng, best, seen) -> None:
         "torch_rng": torch.get_rng_state(),
         "np_rng": json.dumps(rng.bit_generator.state),
     }
+    _atomic_torch_save(state, path)
+
+
+def _atomic_torch_save(obj: dict, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
+    torch.save(obj, tmp)
     os.replace(tmp, path)
 
 
@@ -208,9 +212,7 @@ def compact_state(src: str | Path, dst: str | Path) -> None:
     st = torch.load(src, weights_only=True)
     st["model"] = {k: v.half() if v.is_floating_point() else v for k, v in st["model"].items()}
     del st["opt"]
-    tmp = Path(str(dst) + ".tmp")
-    torch.save(st, tmp)
-    os.replace(tmp, dst)
+    _atomic_torch_save(st, Path(dst))
 
 
 def train(cfg: LMTrainConfig, resume: bool = False) -> dict:
