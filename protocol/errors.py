@@ -21,6 +21,12 @@ REASONS: tuple[str, ...] = (
     "frame_size",  # frame length != prod(shape) * itemsize, or a frame is not a buffer
     "limits",  # a Limits bound (other than header size / frame count) was exceeded
     "batch_schema",  # tensors of a "batch" message are inconsistent (see protocol.batch)
+    "non_finite",  # a batch's activations hold NaN or Inf
+    # Stream checks of a well-formed message (protocol.transport.SeqTracker):
+    "out_of_order",  # seq not above the last one of its epoch: a replay or duplicate
+    "seq_jump",  # a seq gap larger than any real loss (forged or corrupt)
+    "epoch_flap",  # a message from an epoch the stream already left
+    "end_epoch",  # an 'end' that does not belong to the epoch being consumed
 )
 
 

@@ -8,7 +8,15 @@ The only module of the package that imports zmq. Semantics (details in protocol/
     whole messages (multipart messages are never torn). For metrics-style consumers.
   - Messages sent before a consumer's subscription reached the producer are not delivered to
     it (the "slow joiner" race); `wait_for_subscribers` closes it for the lossless endpoint.
-  - Consumers count losses with SeqTracker over (epoch, seq).
+  - Consumers count losses with SeqTracker over (epoch, seq), which also rejects replays,
+    implausible jumps and a stale producer coming back (section "Sequence checks" of SPEC.md).
+  - End of stream is acknowledged: a lossless Subscriber names itself to the publisher and,
+    once its application has read 'end', confirms it; `Publisher.finish` sends 'end' and
+    waits for those confirmations. A linger only proves the bytes left the producer's queue;
+    once the producer process is gone, what the kernel still held for a consumer that was not
+    reading is lost when that orphaned connection is reset (reproduced: SPEC.md, "End of
+    stream"). Control messages ride on the subscription channel as topics no data message
+    can match (a message's first frame is a msgpack map: byte 0x80-0x8f or 0xde/0xdf).
 Producer binds, consumers connect; libzmq reconnects by itself while a producer restarts.
 Sockets are not thread-safe: use each Publisher / Subscriber from one thread.
 """
@@ -16,8 +24,11 @@ Sockets are not thread-safe: use each Publisher / Subscriber from one thread.
 from __future__ import annotations
 
 import ctypes
+import os
+import socket
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
@@ -42,6 +53,34 @@ def tune_malloc(
     m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
     return bool(mallopt(m_trim_threshold, trim_threshold_bytes)) and bool(
         mallopt(m_mmap_threshold, mmap_threshold_bytes))
+
+
+_HELLO = b"\xfehello:"  # + name: a lossless Subscriber introduces itself
+_END_ACK = b"\xffend:"  # + "<epoch>:<seq>:<name>": it has read that 'end'
+_MAX_PEERS = 4096  # bound on tracked names and confirmations (hostile subscribers)
+
+
+def default_name() -> str:
+    """This process's subscriber name: host:pid (unique per machine, readable in logs)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class EndReport:
+    """Who confirmed an end of stream (`Publisher.finish`)."""
+
+    confirmed: list[str] = field(default_factory=list)
+    unconfirmed: list[str] = field(default_factory=list)
+    """Subscribed when 'end' was sent, but no confirmation before the timeout or they left."""
+    anonymous: int = 0
+    """Lossless subscribers that never named themselves (not BoardLens): they cannot confirm."""
+    sent: bool = True
+    """False when 'end' itself could not be queued before the timeout."""
+    seconds: float = 0.0
+
+    @property
+    def complete(self) -> bool:
+        return self.sent and not self.unconfirmed and not self.anonymous
 
 
 class SendTimeout(Exception):
@@ -124,7 +163,9 @@ class Publisher:
         self._ctx = ctx if ctx is not None else zmq.Context.instance()
         self._lossless: zmq.Socket | None = None
         self._lossy: zmq.Socket | None = None
-        self._subs = {True: 0, False: 0}  # lossless? -> live subscriptions
+        self._subs = {True: 0, False: 0}  # lossless? -> live subscriptions (topic b"")
+        self._names: Counter[str] = Counter()  # named lossless subscribers (a name may reconnect)
+        self._acks: set[tuple[str, int, str]] = set()  # (epoch, seq, name) of confirmed ends
         try:
             if lossless_endpoint is not None:
                 self._lossless = self._bind(lossless_endpoint, lossless=True)
@@ -180,12 +221,37 @@ class Publisher:
                     msg = sock.recv(zmq.NOBLOCK)
                 except zmq.Again:
                     break
-                # b"\x01" + topic = subscribe, b"\x00" + topic = unsubscribe; our
-                # Subscriber makes one subscription (topic b""), so subscriptions == peers.
-                if msg[:1] == b"\x01":
-                    self._subs[lossless] += 1
-                elif msg[:1] == b"\x00":
-                    self._subs[lossless] = max(0, self._subs[lossless] - 1)
+                self._on_subscription(lossless, msg)
+
+    def _on_subscription(self, lossless: bool, msg: bytes) -> None:
+        # b"\x01" + topic = subscribe, b"\x00" + topic = unsubscribe (XPUB_VERBOSER also passes
+        # up the implicit unsubscribes of a peer that disconnects). Our Subscriber subscribes
+        # to b"" once, so those count peers; the other topics are control messages.
+        op, topic = msg[:1], msg[1:]
+        delta = {b"\x01": 1, b"\x00": -1}.get(op, 0)
+        if not delta:
+            return
+        if topic == b"":
+            self._subs[lossless] = max(0, self._subs[lossless] + delta)
+        elif not lossless:
+            return
+        elif topic.startswith(_HELLO):
+            name = topic[len(_HELLO):].decode("utf-8", "replace")
+            if delta > 0 and len(self._names) < _MAX_PEERS:
+                self._names[name] += 1
+            elif delta < 0 and self._names[name] > 0:
+                self._names[name] -= 1
+                if not self._names[name]:
+                    del self._names[name]
+        elif topic.startswith(_END_ACK) and delta > 0 and len(self._acks) < _MAX_PEERS:
+            epoch, seq, name = (topic[len(_END_ACK):].decode("utf-8", "replace").split(":", 2) + ["", ""])[:3]
+            if seq.isdigit():
+                self._acks.add((epoch, int(seq), name))
+
+    def subscriber_names(self) -> list[str]:
+        """Names of the lossless subscribers connected now (polls first)."""
+        self.poll_subscriptions()
+        return sorted(self._names)
 
     def subscriber_count(self, lossless: bool = True) -> int:
         """Live subscriptions on one endpoint (polls pending subscription messages first)."""
@@ -233,6 +299,40 @@ class Publisher:
             self._lossy.send_multipart(frames, copy=False)  # plain XPUB never blocks
         return blocked_s
 
+    def finish(self, frames: list[Any], epoch: str, seq: int, timeout_s: float,
+               should_stop=lambda: False) -> EndReport:
+        """Send the end-of-stream message `frames` (epoch, seq), then wait until every named
+        lossless subscriber connected at that moment has confirmed it, has left, or timeout_s
+        (from the call) has passed; `should_stop()` (polled at least every second) cuts the
+        wait short. A subscriber confirms only after its application read the 'end', so by
+        then it holds every message before it."""
+        t0 = time.monotonic()
+        deadline = t0 + timeout_s
+        report = EndReport(sent=False)
+        while not should_stop() and time.monotonic() < deadline:
+            try:
+                self.send(frames)
+                report.sent = True
+                break
+            except SendTimeout:
+                continue
+        self.poll_subscriptions()
+        expected = set(self._names)
+        report.anonymous = max(0, self._subs[True] - sum(self._names.values()))
+        pending = set(expected) if report.sent else set()
+        while pending and self._lossless is not None:
+            self.poll_subscriptions()
+            pending = {n for n in pending if (epoch, seq, n) not in self._acks and n in self._names}
+            left = deadline - time.monotonic()
+            if not pending or left <= 0 or should_stop():
+                break
+            self._lossless.poll(max(1, int(min(left, 1.0) * 1000)), zmq.POLLIN)
+        confirmed = {n for n in expected if (epoch, seq, n) in self._acks}
+        report.confirmed = sorted(confirmed)
+        report.unconfirmed = sorted(expected - confirmed)
+        report.seconds = time.monotonic() - t0
+        return report
+
     def close(self, linger_ms: int | None = None) -> None:
         """Close both sockets. Idempotent.
 
@@ -261,10 +361,13 @@ class Subscriber:
         lossy: bool = False,
         cfg: TransportConfig = DEFAULT_TRANSPORT,
         ctx: zmq.Context | None = None,
+        name: str | None = None,
     ) -> None:
+        """name: how the publisher reports this subscriber (default host:pid); lossless only."""
         self.cfg = cfg
         self.endpoint = endpoint
         self.lossy = lossy
+        self.name = name or default_name()
         ctx = ctx if ctx is not None else zmq.Context.instance()
         self._sock = ctx.socket(zmq.SUB)
         self._rcvtimeo = -1  # mirrors the socket's RCVTIMEO (-1 = wait forever)
@@ -274,6 +377,8 @@ class Subscriber:
             # TCP and the backpressure reaches the producer (which then blocks, not drops).
             self._sock.setsockopt(zmq.RCVHWM, cfg.lossy_rcvhwm_msgs if lossy else cfg.rcvhwm_msgs)
             self._sock.setsockopt(zmq.SUBSCRIBE, b"")
+            if not lossy:  # resent by libzmq on every reconnect, so a restarted producer knows us
+                self._sock.setsockopt(zmq.SUBSCRIBE, _HELLO + self.name.encode())
             self._sock.connect(endpoint)
         except BaseException:
             self._sock.close(linger=0)
@@ -293,6 +398,11 @@ class Subscriber:
         except zmq.Again:
             return None
 
+    def confirm_end(self, epoch: str, seq: int) -> None:
+        """Tell the publisher this subscriber's application has read 'end' (epoch, seq)."""
+        if not self.lossy and not self._sock.closed:
+            self._sock.setsockopt(zmq.SUBSCRIBE, _END_ACK + f"{epoch}:{seq}:{self.name}".encode())
+
     def close(self) -> None:
         """Close the socket. Idempotent."""
         if not self._sock.closed:
@@ -306,31 +416,56 @@ class Subscriber:
 
 
 class SeqTracker:
-    """Counts lost messages of one producer stream from (epoch, seq).
+    """Checks the order of one producer stream by (epoch, seq) and counts what it lost.
 
-    Messages before the first one seen in an epoch are not counted (the consumer was not
-    there, or the producer restarted before it reconnected).
+    `check` says, for each message, how many were lost just before it, or why it must be
+    dropped (a reason of protocol.errors.REASONS):
+      - out_of_order: a seq not above the last one of the epoch (a replay or duplicate);
+      - seq_jump: a gap above max_gap, more than any real stream loses while connected (a
+        forged or corrupt seq; counting it as lost would swamp the loss counter);
+      - epoch_flap: a message of an epoch this stream already left (a stale producer back);
+      - end_epoch: an 'end' that does not belong to the epoch being consumed.
+    A new epoch (a producer that started afresh) is adopted and the old one retired; messages
+    before the first one seen in an epoch are not counted (the consumer was not there). A
+    producer restarted with its state file keeps its epoch and sequence, so what its restart
+    lost shows up as an ordinary gap.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_gap: int = 1 << 16, max_retired: int = 256) -> None:
+        self.max_gap, self.max_retired = max_gap, max_retired
         self.epoch: str | None = None
         self.last_seq = -1
-        self.received = 0  # messages observed, duplicates included
-        self.lost_total = 0  # sum of seq gaps
-        self.out_of_order = 0  # duplicates or older seqs (not expected from one ZMQ stream)
+        self.received = 0  # messages observed, rejected ones included
+        self.lost_total = 0  # sum of accepted seq gaps
+        self.out_of_order = 0  # replays, duplicates or older seqs (never from one ZMQ stream)
         self.epochs_seen = 0
+        self._retired: dict[str, None] = {}  # insertion-ordered set, oldest dropped first
 
-    def observe(self, epoch: str, seq: int) -> int:
-        """Record one message; returns how many were lost just before it."""
+    def check(self, epoch: str, seq: int, kind: str = "batch") -> tuple[int, str | None]:
+        """Record one message: (lost just before it, None) or (0, reason to drop it)."""
         self.received += 1
         if epoch != self.epoch:
+            if kind == "end":
+                return 0, "end_epoch"
+            if epoch in self._retired:
+                return 0, "epoch_flap"
+            if self.epoch is not None:
+                self._retired[self.epoch] = None
+                if len(self._retired) > self.max_retired:
+                    del self._retired[next(iter(self._retired))]
             self.epoch, self.last_seq = epoch, seq
             self.epochs_seen += 1
-            return 0
+            return 0, None
         if seq <= self.last_seq:
             self.out_of_order += 1
-            return 0
+            return 0, "out_of_order"
         lost = seq - self.last_seq - 1
+        if lost > self.max_gap:
+            return 0, "seq_jump"
         self.last_seq = seq
         self.lost_total += lost
-        return lost
+        return lost, None
+
+    def observe(self, epoch: str, seq: int) -> int:
+        """`check` for a batch, returning only the count lost before it (0 when dropped)."""
+        return self.check(epoch, seq)[0]

@@ -63,12 +63,17 @@ class ActivationStream:
                 return
             try:
                 msg = decode(frames)
-                batch = decode_batch(msg) if msg.header.kind == "batch" else None
+                h = msg.header
+                lost, reason = self.tracker.check(h.epoch, h.seq, h.kind)
+                self.lost += lost
+                if reason is not None:
+                    raise ProtocolError(reason, f"seq {h.seq}")
+                batch = decode_batch(msg) if h.kind == "batch" else None
             except ProtocolError:
                 self.rejected += 1
                 continue
-            self.lost += self.tracker.observe(msg.header.epoch, msg.header.seq)
-            if msg.header.kind == "end":
+            if h.kind == "end":
+                self.sub.confirm_end(h.epoch, h.seq)  # the producer waits for this to exit
                 return
             if batch is not None:
                 self.source = {"game": batch.game, "model": batch.model, "layer": batch.layer}

@@ -100,7 +100,9 @@ def receive(sub: Subscriber, counters: MessageCounters, timeout_ms: int,
 
     `on_message(kind, message_or_batch)` gets an ActivationBatch for kind 'batch' and the raw
     protocol Message otherwise. Bad messages, and batches the handler refuses with
-    IncompatibleBatch, are counted by reason and skipped.
+    IncompatibleBatch, are counted by reason and skipped, as are messages out of sequence
+    (SeqTracker: replays, implausible jumps, a stale epoch, a foreign 'end'). An accepted
+    'end' is confirmed to the sender (it waits for that before it exits).
     """
     frames = sub.recv(timeout_ms)
     if frames is None:
@@ -108,16 +110,28 @@ def receive(sub: Subscriber, counters: MessageCounters, timeout_ms: int,
     counters.bytes.inc(sum(len(f.buffer) for f in frames))
     try:
         msg = decode(frames)
-        payload = decode_batch(msg) if msg.header.kind == "batch" else msg
+    except ProtocolError as e:
+        counters.rejected.labels(e.reason).inc()
+        log.warning("rejected message: %s", e)
+        return True
+    h = msg.header
+    # Sequence first: a replayed or stale message costs no batch validation, and a batch with
+    # a bad body still uses up its seq (it is counted as rejected, not also as lost).
+    lost, reason = counters.tracker.check(h.epoch, h.seq, h.kind)  # every kind shares seq
+    if lost:
+        counters.lost.inc(lost)
+        log.warning("lost %d messages before seq %d", lost, h.seq)
+    try:
+        if reason is not None:
+            raise ProtocolError(reason, f"{h.kind} epoch {h.epoch} seq {h.seq}")
+        payload = decode_batch(msg) if h.kind == "batch" else msg
     except ProtocolError as e:
         counters.rejected.labels(e.reason).inc()
         log.warning("rejected message: %s", e)
         return True
     counters.received.inc()
-    lost = counters.tracker.observe(msg.header.epoch, msg.header.seq)  # every kind shares seq
-    if lost:
-        counters.lost.inc(lost)
-        log.warning("lost %d messages before seq %d", lost, msg.header.seq)
+    if h.kind == "end":  # everything before it has been handed on: confirm to the sender
+        sub.confirm_end(h.epoch, h.seq)
     try:
         on_message(msg.header.kind, payload)
     except IncompatibleBatch as e:

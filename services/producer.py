@@ -26,6 +26,7 @@ from boardlens.games.labelled import LabelledGames
 from boardlens.games.stream import GameStream
 from boardlens.lm.formats import load_any
 from protocol import ActivationBatch, Publisher, SendTimeout, encode, encode_batch, new_epoch
+from protocol.transport import EndReport
 from services.common import (
     StartupError,
     log,
@@ -80,6 +81,7 @@ class Producer:
         self.next_game_id = 0
         self.m = ProducerMetrics(tel)
         self.pub = Publisher(cfg.bind, cfg.bind_lossy, transport(cfg))
+        self.end_report: EndReport | None = None
 
     def _games(self) -> LabelledGames | None:
         t0 = time.perf_counter()
@@ -172,20 +174,40 @@ class Producer:
         if exhausted or (cfg.max_tokens and streamed >= cfg.max_tokens):
             end = encode("end", epoch=self.epoch, seq=self.seq, game=self.game, model=self.model_id,
                          layer=self.layer, tensors={}, meta={"tokens": streamed})
-            self._send(end, stop)
-            log.info("producer: %s (%d tokens streamed), sent end of stream",
-                     "source exhausted" if exhausted else "reached max_tokens", streamed)
+            log.info("producer: %s (%d tokens streamed); sending end of stream and waiting up to "
+                     "%.0f s for the lossless subscribers to confirm it",
+                     "source exhausted" if exhausted else "reached max_tokens", streamed, cfg.drain_timeout_s)
+            self.tel.idle("waiting for subscribers to confirm the end of stream")
+            self.end_report = self.pub.finish(end, self.epoch, self.seq, cfg.drain_timeout_s, stop.is_set)
+            self._log_end(self.end_report)
         return streamed
 
-    def close(self) -> None:
-        """Deliver what is still queued (up to drain_timeout_s), then release the sockets.
+    @staticmethod
+    def _log_end(r: EndReport) -> None:
+        if r.complete:
+            log.info("producer: end of stream confirmed by %s after %.1f s", ", ".join(r.confirmed) or "nobody "
+                     "(no lossless subscriber)", r.seconds)
+            return
+        problems = [] if r.sent else ["the end itself could not be queued"]
+        if r.unconfirmed:
+            problems.append(f"not confirmed by {', '.join(r.unconfirmed)}")
+        if r.anonymous:
+            problems.append(f"{r.anonymous} unnamed subscriber(s) cannot confirm (not BoardLens consumers)")
+        log.error("producer: end of stream after %.1f s: %s; confirmed by %s", r.seconds, "; ".join(problems),
+                  ", ".join(r.confirmed) or "nobody")
 
-        Without this, batches queued for a slow trainer (up to sndhwm_msgs of them) and the
-        end-of-stream message would vanish when the process exits.
+    def close(self) -> None:
+        """Release the game workers and the sockets.
+
+        When every lossless subscriber confirmed the end, nothing is left to deliver. Else
+        (stopped by a signal, unconfirmed or unnamed subscribers) what is still queued gets up
+        to drain_timeout_s to leave, best effort: a linger only gets bytes into the kernel.
         """
         self.stream.close()
-        drain_ms = int(self.cfg.drain_timeout_s * 1000)
-        log.info("producer: delivering queued batches (up to %.0f s)", self.cfg.drain_timeout_s)
+        r = self.end_report
+        drain_ms = 0 if r is not None and r.complete else int(self.cfg.drain_timeout_s * 1000)
+        if drain_ms:
+            log.info("producer: delivering queued batches (up to %.0f s)", self.cfg.drain_timeout_s)
         self.pub.close(linger_ms=drain_ms)
         zmq.Context.instance().term()  # blocks until delivered or the linger expires
 

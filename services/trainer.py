@@ -275,33 +275,42 @@ class SnapshotPublisher:
         fast = dataclasses.replace(transport(cfg), send_timeout_ms=min(cfg.send_timeout_ms, 2000))
         self.pub = Publisher(cfg.snapshot_bind, None, fast)
         self.m, self.epoch, self.seq = metrics, new_epoch(), 0
+        self.end_confirmed = False
         self.source = {"game": "", "model": "", "layer": 0}  # the stream's, from its first batch
 
     def set_source(self, batch: ActivationBatch) -> None:
         self.source = {"game": batch.game, "model": batch.model, "layer": batch.layer}
 
-    def _send(self, kind: str, tensors: dict, meta: dict) -> bool:
+    def _frames(self, kind: str, tensors: dict, meta: dict) -> list:
         frames = encode(kind, epoch=self.epoch, seq=self.seq, tensors=tensors, meta=meta, **self.source)
         self.seq += 1
-        try:
-            self.pub.send(frames)
-            return True
-        except SendTimeout:
-            return False
+        return frames
 
     def __call__(self, sweep: SweepTrainer) -> None:
         for tr in sweep.trainers:
             meta = {"sae": tr.name, "step": tr.step, "arch": tr.ae.arch,
                     "hyperparams": json.dumps(tr.hyperparams())}
-            ok = self._send("snapshot", sae_tensors(tr.export_ae()), meta)
+            try:
+                self.pub.send(self._frames("snapshot", sae_tensors(tr.export_ae()), meta))
+                ok = True
+            except SendTimeout:
+                ok = False
             self.m.snapshots.labels("sent" if ok else "dropped").inc()
 
-    def end(self, step: int) -> None:
-        self._send("end", {}, {"step": step})
+    def end(self, step: int, timeout_s: float, should_stop) -> None:
+        """Send 'end' and wait (up to timeout_s) until the evaluators confirm reading it."""
+        seq = self.seq
+        r = self.pub.finish(self._frames("end", {}, {"step": step}), self.epoch, seq, timeout_s, should_stop)
+        self.end_confirmed = r.complete
+        if r.complete:
+            log.info("trainer: end confirmed by %s", ", ".join(r.confirmed) or "nobody (no evaluator)")
+        else:
+            log.warning("trainer: end not confirmed by %s%s", ", ".join(r.unconfirmed) or "-",
+                        f" and {r.anonymous} unnamed subscriber(s)" if r.anonymous else "")
 
     def close(self, drain_s: float = 30.0) -> None:
-        """Let the final snapshots and 'end' reach evaluators (bounded), then close."""
-        self.pub.close(linger_ms=int(drain_s * 1000))
+        """Close; unless every evaluator confirmed the end, let queued snapshots leave (bounded)."""
+        self.pub.close(linger_ms=0 if self.end_confirmed else int(drain_s * 1000))
 
 
 def run(cfg: TrainerConfig) -> int:
@@ -328,7 +337,7 @@ def run(cfg: TrainerConfig) -> int:
         return sweep
 
     def on_message(kind: str, payload) -> None:
-        if kind == "end":
+        if kind == "end":  # receive() has confirmed it: the producer may exit now
             state["ended"] = True
             return
         if kind != "batch":
@@ -359,7 +368,7 @@ def run(cfg: TrainerConfig) -> int:
             sweep.checkpoint()
             if not stop.is_set():
                 snap(sweep)
-                snap.end(sweep.step)
+                snap.end(sweep.step, 30.0, stop.is_set)
             sweep.close()
             log.info("trainer: stopped at step %d", sweep.step)
         return sweep.step if sweep else 0

@@ -165,7 +165,8 @@ def test_spec_shows_the_golden_bytes():
 
 def test_reason_tokens_are_fixed():
     assert REASONS == ("frame_count", "header_size", "header_decode", "header_schema", "version",
-                       "kind", "dtype", "shape", "frame_size", "limits", "batch_schema")
+                       "kind", "dtype", "shape", "frame_size", "limits", "batch_schema", "non_finite",
+                       "out_of_order", "seq_jump", "epoch_flap", "end_epoch")
     err = ProtocolError("dtype", "boom")
     assert str(err) == "dtype: boom" and isinstance(err, ValueError)
     with pytest.raises(ValueError):

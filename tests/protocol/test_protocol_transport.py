@@ -232,13 +232,104 @@ def test_seq_tracker_arithmetic():
     assert t.observe("a", 5) == 0  # first message of an epoch: nothing counted before it
     assert t.observe("a", 6) == 0
     assert t.observe("a", 9) == 2
-    assert t.observe("a", 9) == 0 and t.out_of_order == 1  # duplicate
-    assert t.observe("a", 7) == 0 and t.out_of_order == 2  # older
+    assert t.check("a", 9) == (0, "out_of_order") and t.out_of_order == 1  # duplicate
+    assert t.check("a", 7) == (0, "out_of_order") and t.out_of_order == 2  # older
     assert t.observe("a", 10) == 0
-    assert t.observe("b", 3) == 0 and t.epochs_seen == 2  # producer restart resets
+    assert t.check("b", 3) == (0, None) and t.epochs_seen == 2  # a fresh producer: adopted
     assert t.observe("b", 4) == 0
     assert t.observe("b", 14) == 9
     assert (t.lost_total, t.received, t.epochs_seen) == (11, 9, 2)
+
+
+def test_seq_tracker_rejects_hostile_sequences():
+    t = SeqTracker(max_gap=1000)
+    assert t.check("a", 0, "end") == (0, "end_epoch")  # an end before any batch
+    assert t.check("a", 0) == (0, None)
+    assert t.check("a", 10**12) == (0, "seq_jump")  # not 999,999,999,999 lost
+    assert t.check("a", 1) == (0, None) and t.lost_total == 0
+    assert t.check("b", 0, "end") == (0, "end_epoch")  # a foreign end does not stop us
+    assert t.check("b", 5) == (0, None)  # a fresh producer is adopted ...
+    for seq in range(2, 6):  # ... and the old one flapping back is refused, gap tracking intact
+        assert t.check("a", seq) == (0, "epoch_flap")
+        assert t.check("b", 4 + seq) == (0, None)
+    assert t.lost_total == 0 and t.epoch == "b"
+    assert t.check("b", 10, "end") == (0, None)
+
+
+@pytest.mark.timeout(60)
+def test_finish_waits_for_every_named_subscriber_to_confirm():
+    cfg = TransportConfig(sndhwm_msgs=2, rcvhwm_msgs=2, send_timeout_ms=200)
+    with Publisher(ANY, None, cfg) as pub:
+        fast = Subscriber(pub.lossless_endpoint, cfg=cfg, name="fast")
+        slow = Subscriber(pub.lossless_endpoint, cfg=cfg, name="slow")
+        assert pub.wait_for_subscribers(2, timeout_s=10)
+        assert wait_until(lambda: pub.subscriber_names() == ["fast", "slow"])
+        n = 6
+        got: dict[str, list] = {"fast": [], "slow": []}
+
+        def consume(sub, delay_s):
+            while True:
+                frames = sub.recv(timeout_ms=20_000)
+                if frames is None:
+                    return
+                h = decode(frames).header
+                if h.kind == "end":
+                    time.sleep(delay_s)  # the application is still busy when it reads 'end'
+                    sub.confirm_end(h.epoch, h.seq)
+                    return
+                got[sub.name].append(h.seq)
+                time.sleep(delay_s)
+
+        threads = [threading.Thread(target=consume, args=(s, d), daemon=True)
+                   for s, d in ((fast, 0.0), (slow, 0.4))]
+        for t in threads:
+            t.start()
+        for seq in range(n):
+            while True:
+                try:
+                    pub.send(message(seq, 1 << 20))
+                    break
+                except SendTimeout:
+                    pass
+        t0 = time.monotonic()
+        end = encode("end", epoch="ab", seq=n, game="g", model="m", layer=0, tensors={})
+        report = pub.finish(end, "ab", n, timeout_s=30)
+        assert report.complete and report.confirmed == ["fast", "slow"], report
+        assert time.monotonic() - t0 > 0.3  # it waited for the slow one's confirmation
+        assert got == {"fast": list(range(n)), "slow": list(range(n))}
+        for t in threads:
+            t.join(5)
+        fast.close()
+        slow.close()
+
+
+@pytest.mark.timeout(60)
+def test_finish_reports_who_did_not_confirm():
+    with Publisher(ANY, None, TransportConfig(send_timeout_ms=200)) as pub:
+        silent = Subscriber(pub.lossless_endpoint, name="silent")  # reads nothing, confirms nothing
+        leaver = Subscriber(pub.lossless_endpoint, name="leaver")
+        raw = zmq.Context.instance().socket(zmq.SUB)  # not a BoardLens consumer: unnamed
+        raw.setsockopt(zmq.SUBSCRIBE, b"")
+        raw.connect(pub.lossless_endpoint)
+        assert pub.wait_for_subscribers(3, timeout_s=10)
+        assert wait_until(lambda: len(pub.subscriber_names()) == 2)
+        end = encode("end", epoch="ab", seq=0, game="g", model="m", layer=0, tensors={})
+        leaver.close()  # leaves before confirming
+        t0 = time.monotonic()
+        report = pub.finish(end, "ab", 0, timeout_s=1.5)
+        assert 1.0 < time.monotonic() - t0 < 10
+        assert not report.complete and report.confirmed == []
+        assert "silent" in report.unconfirmed and report.anonymous >= 1
+        # A confirmation of another end (a stale epoch or seq) does not count.
+        silent.confirm_end("ab", 7)
+        report = pub.finish(end, "ab", 0, timeout_s=0.5)
+        assert "silent" in report.unconfirmed
+        # Stopping cuts the wait short.
+        t0 = time.monotonic()
+        report = pub.finish(end, "ab", 0, timeout_s=30, should_stop=lambda: time.monotonic() - t0 > 0.3)
+        assert time.monotonic() - t0 < 5 and report.unconfirmed == ["silent"]
+        raw.close(linger=0)
+        silent.close()
 
 
 def test_tune_malloc_on_glibc():

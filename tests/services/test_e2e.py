@@ -123,9 +123,9 @@ def test_garbage_is_rejected_and_training_goes_on(tmp_path):
             }
             for frames in garbage.values():
                 pub.send(frames)
-            for seq in range(1, 40):
+            for seq in range(2, 41):  # a rejected message with a readable header used up seq 1
                 pub.send(encode_batch(_batch(epoch, seq)))
-            pub.send(encode_batch(_batch(epoch, 40, d=16)))  # valid, but not this stream's width
+            pub.send(encode_batch(_batch(epoch, 41, d=16)))  # valid, but not this stream's width
             t = wait_for(lambda: (s := scrape(tm)) and value(s, "boardlens_trainer_messages_total") >= 40
                          and value(s, "boardlens_trainer_steps_total") >= 5 and s,
                          120, "training on the valid batches", procs)

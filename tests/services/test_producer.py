@@ -34,6 +34,9 @@ def _collect(prod) -> tuple[list, object]:
             msg = decode(frames)
             if msg.header.kind == "end":
                 end = msg
+                sub.confirm_end(msg.header.epoch, msg.header.seq)
+                worker.join(30)  # the producer returns once the end is confirmed
+                assert not worker.is_alive(), "producer still waiting after the confirmation"
             else:
                 batches.append(decode_batch(msg))
         return batches, end
@@ -66,31 +69,36 @@ def test_batches_carry_aligned_labels_and_end(dtype):
         assert (b.label_pos.numpy()[valid] == np.broadcast_to(np.arange(59), valid.shape)[valid]).all()
 
 
-def test_queued_batches_and_end_reach_a_slow_subscriber_after_the_producer_exits(tmp_path):
-    """The producer process outlives run() until its queue is delivered (a real process:
-    only process exit, not an in-process close, can drop what libzmq still holds)."""
+def test_the_producer_waits_until_a_slow_subscriber_confirms_the_end(tmp_path):
+    """A real process: it may exit only once the subscriber has read 'end', not when its
+    queue has merely reached the kernel (which loses that data if the subscriber is slow)."""
     port, metrics = free_ports(2)
     # A tiny receive queue: the backlog stays in the producer's send queue (HWM 64 x ~3 MB,
     # more than the kernel's socket buffers absorb).
-    sub = Subscriber(f"tcp://127.0.0.1:{port}", cfg=TransportConfig(rcvhwm_msgs=1))
+    sub = Subscriber(f"tcp://127.0.0.1:{port}", cfg=TransportConfig(rcvhwm_msgs=1), name="slow-reader")
+    log = tmp_path / "producer.log"
     proc = spawn("produce", ["--model", DEFAULT_MODEL + "-random", "--bind", f"tcp://127.0.0.1:{port}",
                              "--bind-lossy", "tcp://127.0.0.1:0", "--batch-games", "64",
                              "--max-tokens", "150000", "--wait-consumers", "1", "--threads", "1",
-                             "--metrics-port", str(metrics)], tmp_path / "producer.log")
+                             "--metrics-port", str(metrics)], log)
     kinds = []
     try:
-        wait_for(lambda: "reached max_tokens" in (tmp_path / "producer.log").read_text(), 60,
-                 "the producer to finish streaming")
-        time.sleep(2.0)  # longer than the default 1 s linger: only draining keeps the backlog
+        wait_for(lambda: "reached max_tokens" in log.read_text(), 60, "the producer to finish streaming")
+        time.sleep(2.0)  # longer than the default 1 s linger
         while not kinds or kinds[-1] != "end":
             frames = sub.recv(15_000)
             assert frames is not None, f"stream stopped after {len(kinds)} messages"
             kinds.append(decode(frames).header.kind)
+        time.sleep(1.5)
+        assert proc.poll() is None, "the producer exited before the end was confirmed"
+        end = decode(frames).header
+        sub.confirm_end(end.epoch, end.seq)
         assert proc.wait(30) == 0
     finally:
         sub.close()
         stop_processes({"producer": proc}, timeout_s=10)
     assert kinds.count("batch") == len(kinds) - 1 >= 10
+    assert "end of stream confirmed by slow-reader" in log.read_text()
 
 
 def test_chess_from_a_pgn_file_streams_every_game_with_its_labels_then_ends(tmp_path):
