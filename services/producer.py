@@ -7,15 +7,23 @@ Game generation and labelling for batch i+1 run in a worker thread while the LM 
 batch i runs (numpy and torch release the GIL); chess games are made and labelled in
 `label_workers` processes (python-chess is pure Python), so labelling keeps up with the LM.
 Guarantees: lossless subscribers see every batch in order (the producer blocks, up to
-send_timeout_ms, rather than drop); lossy subscribers may miss batches. A restart starts a
-new epoch; with the same seed it replays the same games. 'end' is sent only when
-max_tokens is reached, never on SIGTERM (a restarted producer continues the stream).
+send_timeout_ms, rather than drop); lossy subscribers may miss batches. 'end' is sent only
+when max_tokens is reached (or a PGN source ends), never on SIGTERM, and the producer then
+waits until every lossless subscriber has confirmed reading it (up to drain_timeout_s).
+
+With `state_file`, where the stream stands (epoch, next seq, next game id, batches taken from
+the source, tokens) is written before each send, so a restarted producer continues the stream:
+same epoch, no game sent twice, max_tokens counted across restarts. Consumers count the
+batches that were in flight when it died as an ordinary seq gap. Without it, a restart is a
+new stream (new epoch) that replays the same games for the same seed.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +33,7 @@ import zmq
 from boardlens.games.labelled import LabelledGames
 from boardlens.games.stream import GameStream
 from boardlens.lm.formats import load_any
+from boardlens.sae.io import atomic_write_text
 from protocol import ActivationBatch, Publisher, SendTimeout, encode, encode_batch, new_epoch
 from protocol.transport import EndReport
 from services.common import (
@@ -58,6 +67,44 @@ class ProducerMetrics:
         self.send_timeouts = tel.counter("producer_send_timeouts_total",
                                          "Sends that timed out on a full lossless subscriber")
         self.subscribers = tel.gauge("producer_subscribers", "Connected subscribers", ["mode"])
+        self.restarts = tel.gauge("producer_stream_restarts", "Times this stream was continued from its state file")
+
+
+@dataclass
+class StreamState:
+    """Where the stream stands after the last message handed to the socket (write-ahead)."""
+
+    epoch: str
+    stream: dict  # what makes it the same stream: game, model, layer, seed, source, batch_games
+    seq: int = 0  # seq of the next message
+    next_game_id: int = 0
+    batches: int = 0  # game batches taken from the source
+    tokens: int = 0  # tokens streamed, all runs together
+    restarts: int = field(default=0)
+
+    @classmethod
+    def load(cls, path: Path, stream: dict) -> StreamState:
+        """Read a state file of this stream; ValueError (naming the file) for anything else."""
+        try:
+            data = json.loads(path.read_text())
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+            state = cls(**data)
+            ints = (state.seq, state.next_game_id, state.batches, state.tokens, state.restarts)
+            if (not isinstance(state.epoch, str) or not isinstance(state.stream, dict)
+                    or not all(type(v) is int and v >= 0 for v in ints)):
+                raise ValueError("fields of the wrong type")
+        except (OSError, ValueError, TypeError) as e:
+            raise ValueError(f"producer state file {path} is unusable ({e}); delete it to start "
+                             "a new stream") from e
+        if state.stream != stream:
+            diff = sorted(k for k in {*stream, *state.stream} if stream.get(k) != state.stream.get(k))
+            raise ValueError(f"producer state file {path} belongs to another stream (differs in "
+                             f"{', '.join(diff)}); delete it or use another state_file")
+        return state
+
+    def save(self, path: Path) -> None:
+        atomic_write_text(path, json.dumps(asdict(self)))
 
 
 class Producer:
@@ -74,14 +121,29 @@ class Producer:
             raise ValueError(f"layer {self.layer} out of range 0..{self.model.config.n_layer - 1}")
         self.model_id = Path(cfg.model).name
         self.batch_games = cfg.batch_games or AUTO_BATCH_GAMES[self.game]
+        self.state_path = Path(cfg.state_file) if cfg.state_file else None
+        identity = {"game": self.game, "model": self.model_id, "layer": self.layer, "seed": cfg.seed,
+                    "source": cfg.source, "batch_games": self.batch_games}
+        if self.state_path is not None and self.state_path.exists():
+            self.state = StreamState.load(self.state_path, identity)
+            self.state.restarts += 1
+            self.state.save(self.state_path)
+            log.info("producer: continuing stream %s from %s: seq %d, game id %d, %d tokens, restart %d",
+                     self.state.epoch, self.state_path, self.state.seq, self.state.next_game_id,
+                     self.state.tokens, self.state.restarts)
+        else:
+            self.state = StreamState(new_epoch(), identity)
         self.stream = GameStream(self.game, self.batch_games, cfg.seed, cfg.source,
-                                 cfg.label_workers, cfg.stockfish)
-        self.epoch = new_epoch()
-        self.seq = 0
-        self.next_game_id = 0
+                                 cfg.label_workers, cfg.stockfish, start=self.state.batches)
+        self.epoch = self.state.epoch
         self.m = ProducerMetrics(tel)
+        self.m.restarts.set(self.state.restarts)
         self.pub = Publisher(cfg.bind, cfg.bind_lossy, transport(cfg))
         self.end_report: EndReport | None = None
+
+    def _save_state(self) -> None:
+        if self.state_path is not None:
+            self.state.save(self.state_path)
 
     def _games(self) -> LabelledGames | None:
         t0 = time.perf_counter()
@@ -132,7 +194,7 @@ class Producer:
         return False
 
     def run(self, stop) -> int:
-        """Stream until `stop` is set or max_tokens is reached; returns tokens streamed."""
+        """Stream until `stop` is set or max_tokens is reached; returns the stream's tokens (all runs)."""
         cfg = self.cfg
         log.info("producer: model %s (%s), layer %d, device %s, source %s, %d games per batch, "
                  "lossless %s, lossy %s", cfg.model, self.game, self.layer, self.device,
@@ -140,10 +202,10 @@ class Producer:
                  self.pub.lossy_endpoint)
         if not self._wait_for_subscribers(stop):
             return 0
-        streamed, exhausted = 0, False
+        st, exhausted = self.state, False
         with ThreadPoolExecutor(1, thread_name_prefix="games") as pool:
             pending = pool.submit(self._games)
-            while not stop.is_set() and (not cfg.max_tokens or streamed < cfg.max_tokens):
+            while not stop.is_set() and (not cfg.max_tokens or st.tokens < cfg.max_tokens):
                 games = pending.result()
                 if games is None:
                     exhausted = True
@@ -151,34 +213,40 @@ class Producer:
                 pending = pool.submit(self._games)  # overlaps with the forward below
                 acts = self._forward(games.tokens)
                 B = acts.shape[0]
-                ids = np.arange(self.next_game_id, self.next_game_id + B, dtype=np.int64)
-                self.next_game_id += B
+                ids = np.arange(st.next_game_id, st.next_game_id + B, dtype=np.int64)
                 batch = ActivationBatch(
                     acts=acts, tokens=torch.from_numpy(games.tokens), game_ids=torch.from_numpy(ids),
                     lengths=torch.from_numpy(games.lengths), label_pos=torch.from_numpy(games.label_pos),
                     labels={k: torch.from_numpy(v) for k, v in games.labels.items()},
-                    epoch=self.epoch, seq=self.seq, game=self.game, model=self.model_id, layer=self.layer,
+                    epoch=self.epoch, seq=st.seq, game=self.game, model=self.model_id, layer=self.layer,
                 )
                 frames = encode_batch(batch)
+                n_tok = int(games.lengths.sum())
+                before = StreamState(**asdict(st))
+                st.seq, st.next_game_id, st.batches, st.tokens = st.seq + 1, st.next_game_id + B, \
+                    st.batches + 1, st.tokens + n_tok
+                self._save_state()  # before the send: a crash after it shows as a gap, never a repeat
                 self._update_subscriber_gauges()
                 if not self._send(frames, stop):
+                    self.state = st = before  # stopped: this batch never left
+                    self._save_state()
                     break
-                self.seq += 1
-                n_tok = int(games.lengths.sum())
-                streamed += n_tok
                 self.m.tokens.inc(n_tok)
                 self.m.games.inc(B)
                 self.m.batches.inc()
                 self.m.bytes.inc(sum(memoryview(f).nbytes for f in frames))
                 self.tel.progress()
+        streamed = st.tokens
         if exhausted or (cfg.max_tokens and streamed >= cfg.max_tokens):
-            end = encode("end", epoch=self.epoch, seq=self.seq, game=self.game, model=self.model_id,
+            # A producer restarted after its end sends it again (same seq): a consumer that
+            # already confirmed it is still subscribed to its confirmation topic.
+            end = encode("end", epoch=self.epoch, seq=st.seq, game=self.game, model=self.model_id,
                          layer=self.layer, tensors={}, meta={"tokens": streamed})
             log.info("producer: %s (%d tokens streamed); sending end of stream and waiting up to "
                      "%.0f s for the lossless subscribers to confirm it",
                      "source exhausted" if exhausted else "reached max_tokens", streamed, cfg.drain_timeout_s)
             self.tel.idle("waiting for subscribers to confirm the end of stream")
-            self.end_report = self.pub.finish(end, self.epoch, self.seq, cfg.drain_timeout_s, stop.is_set)
+            self.end_report = self.pub.finish(end, self.epoch, st.seq, cfg.drain_timeout_s, stop.is_set)
             self._log_end(self.end_report)
         return streamed
 

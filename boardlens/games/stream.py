@@ -44,13 +44,14 @@ def _worker_init() -> None:
 
 class GameStream:
     def __init__(self, game: str, batch_games: int, seed: int = 0, source: str = "random",
-                 workers: int = 0, engine: str = "") -> None:
+                 workers: int = 0, engine: str = "", start: int = 0) -> None:
+        """start: batches already handed out by an earlier run (a restart continues there)."""
         if game not in GAMES:
             raise ValueError(f"unknown game {game!r}; known: {GAMES}")
-        if batch_games < 1 or workers < 0:
-            raise ValueError("batch_games must be >= 1 and workers >= 0")
+        if batch_games < 1 or workers < 0 or start < 0:
+            raise ValueError("batch_games must be >= 1, workers and start >= 0")
         self.game, self.batch_games, self.seed = game, batch_games, seed
-        self.index = 0  # batches handed out
+        self.index = start  # batches handed out
         self._pending: deque = deque()
         self._pool = None
         self._depth = workers + 1 if workers else 1  # batches in flight
@@ -67,6 +68,8 @@ class GameStream:
         self.source = str(self.spec)
         if not self.spec.generated:
             self._texts = pgn_transcripts(self.spec.path)
+            for _ in islice(self._texts, start * batch_games):  # the games of earlier runs
+                pass
         if workers:
             ctx = multiprocessing.get_context("spawn")  # no fork of a threaded parent
             self._pool = ctx.Pool(workers, initializer=_worker_init)

@@ -56,8 +56,13 @@ def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: 
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """Write text so that a reader, or a restart after a crash, sees the old or the new file
+    (fsync before the rename: the new content is on disk before its name is)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
