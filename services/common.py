@@ -69,10 +69,25 @@ def transport(cfg: ServiceOptions) -> TransportConfig:
     )
 
 
-class IncompatibleBatch(ValueError):
+class Rejected(ValueError):
+    """A well-formed message the consumer's handler refuses; `reason` is its counter label."""
+
+    reason = "rejected"
+
+
+class IncompatibleBatch(Rejected):
     """A well-formed batch this consumer cannot use (another width or game than its stream's)."""
 
     reason = "incompatible"
+
+
+class BadSnapshot(Rejected):
+    """A snapshot whose meta or tensors do not describe a usable SAE."""
+
+    reason = "snapshot_schema"
+
+
+HANDLER_REASONS = (IncompatibleBatch.reason, BadSnapshot.reason)
 
 
 class MessageCounters:
@@ -86,7 +101,7 @@ class MessageCounters:
         self.received = tel.counter(f"{prefix}_messages_total", "Messages received and decoded")
         self.rejected = tel.counter(f"{prefix}_messages_rejected_total",
                                     "Messages rejected by the protocol decoder", ["reason"])
-        for reason in (*REASONS, IncompatibleBatch.reason):  # zero series: rate() sees the first
+        for reason in (*REASONS, *HANDLER_REASONS):  # zero series: rate() sees the first
             self.rejected.labels(reason)
         self.lost = tel.counter(f"{prefix}_{lost_unit}_lost_total",
                                 "Messages missing from the sender's sequence (epoch, seq)")
@@ -99,8 +114,8 @@ def receive(sub: Subscriber, counters: MessageCounters, timeout_ms: int,
     """Receive one message, decode and validate it, hand it on. False when nothing came.
 
     `on_message(kind, message_or_batch)` gets an ActivationBatch for kind 'batch' and the raw
-    protocol Message otherwise. Bad messages, and batches the handler refuses with
-    IncompatibleBatch, are counted by reason and skipped, as are messages out of sequence
+    protocol Message otherwise. Bad messages, and messages the handler refuses (Rejected),
+    are counted by reason and skipped, as are messages out of sequence
     (SeqTracker: replays, implausible jumps, a stale epoch, a foreign 'end'). An accepted
     'end' is confirmed to the sender (it waits for that before it exits).
     """
@@ -134,7 +149,7 @@ def receive(sub: Subscriber, counters: MessageCounters, timeout_ms: int,
         sub.confirm_end(h.epoch, h.seq)
     try:
         on_message(msg.header.kind, payload)
-    except IncompatibleBatch as e:
+    except Rejected as e:
         counters.rejected.labels(e.reason).inc()
         log.warning("skipped message: %s", e)
     return True

@@ -20,8 +20,10 @@ import json
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
+import torch
 
 from boardlens.games import families, family_groups
 from boardlens.lm.checkpoint import CheckpointError
@@ -31,6 +33,7 @@ from boardlens.metrics.references import Reference, ReferenceSuite, floor_saes
 from boardlens.sae.io import ae_from_tensors
 from protocol import ActivationBatch, Message, Subscriber
 from services.common import (
+    BadSnapshot,
     IncompatibleBatch,
     MessageCounters,
     StartupError,
@@ -43,6 +46,12 @@ from services.common import (
 )
 from services.config import EvaluatorConfig
 from services.telemetry import Telemetry
+
+class Snapshot(NamedTuple):
+    name: str
+    step: int
+    ae: torch.nn.Module
+
 
 _EVAL_SECONDS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
 
@@ -77,7 +86,7 @@ class LiveEvaluator:
         self.cfg, self.m, self.model = cfg, metrics, model
         self.evalset: EvalSet | None = None
         self.game = ""
-        self.pending: dict[str, Message] = {}
+        self.pending: dict[str, Snapshot] = {}
         self.latest: dict[str, dict] = {}
         self.references: dict[str, dict] = {}
         self.suite: ReferenceSuite | None = None
@@ -99,17 +108,33 @@ class LiveEvaluator:
         if batch.game != self.game or not set(self.evalset.families) <= set(batch.labels):
             raise IncompatibleBatch(f"batch of game {batch.game!r} with labels {sorted(batch.labels)} "
                                     f"does not match the eval set ({self.game}, {sorted(self.evalset.families)})")
-        self.evalset.add(batch.acts, batch.tokens, batch.game_ids, batch.lengths, batch.label_pos, batch.labels)
+        try:
+            self.evalset.add(batch.acts, batch.tokens, batch.game_ids, batch.lengths, batch.label_pos, batch.labels)
+        except ValueError as e:
+            raise IncompatibleBatch(str(e)) from e
         for split, n in self.evalset.progress().items():
             self.m.games.labels(split).set(n)
 
     def on_snapshot(self, msg: Message) -> None:
-        name = str(msg.header.meta.get("sae", ""))
+        """Check the snapshot and keep it as the newest of its SAE (BadSnapshot if unusable)."""
+        meta = msg.header.meta
+        name, step, arch = meta.get("sae"), meta.get("step"), meta.get("arch")
+        if not (isinstance(name, str) and 0 < len(name) <= 200):
+            raise BadSnapshot(f"snapshot meta 'sae' must be a name, got {str(name)[:80]!r}")
+        if type(step) is not int or step < 0:
+            raise BadSnapshot(f"snapshot {name}: meta 'step' must be an int >= 0, got {str(step)[:80]!r}")
+        if not isinstance(arch, str):
+            raise BadSnapshot(f"snapshot {name}: meta 'arch' must be a string, got {str(arch)[:80]!r}")
+        try:
+            ae = ae_from_tensors(msg.tensors, arch)  # copies the tensors out of zmq's frames
+        except ValueError as e:
+            raise BadSnapshot(f"snapshot {name}: {e}") from e
+        width = self.evalset.width if self.evalset is not None else None
+        if width is not None and ae.d_in != width:
+            raise BadSnapshot(f"snapshot {name}: SAE input width {ae.d_in}, the stream's {width}")
         if name in self.pending:
             self.m.skipped.inc()
-        # Frames are reused by zmq once we return: keep private copies.
-        tensors = {k: v.clone() for k, v in msg.tensors.items()}
-        self.pending[name] = Message(msg.header, tensors)
+        self.pending[name] = Snapshot(name, step, ae)
 
     @property
     def ready(self) -> bool:
@@ -123,21 +148,21 @@ class LiveEvaluator:
         self.score_references()
         done = 0
         while self.pending:
-            name, msg = self.pending.popitem()
-            self.evaluate(name, msg)
+            _, snap = self.pending.popitem()
+            self.evaluate(snap)
             done += 1
         return done
 
-    def evaluate(self, name: str, msg: Message) -> dict:
+    def evaluate(self, snap: Snapshot) -> dict:
         t0 = time.perf_counter()
-        try:
-            ae = ae_from_tensors(msg.tensors, msg.header.meta.get("arch"))
-        except ValueError as e:
-            log.warning("snapshot %s is not a usable SAE: %s", name, e)
+        name, step, ae = snap
+        if ae.d_in != self.evalset.width:  # arrived before the eval set told the width
+            log.warning("snapshot %s skipped: SAE input width %d, the stream's %d", name, ae.d_in,
+                        self.evalset.width)
+            self.m.snapshot_counters.rejected.labels(BadSnapshot.reason).inc()
             return {}
         scores, stats = evaluate_sae(ae, self.evalset)
         dt = time.perf_counter() - t0
-        step = int(msg.header.meta.get("step", 0))
         averages = self._averages(scores)
         self._set_scores(self.m.coverage, self.m.reconstruction, name, scores, averages)
         self.m.l0.labels(name).set(stats.l0)

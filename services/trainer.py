@@ -65,6 +65,8 @@ class TrainerMetrics:
         self.counters = MessageCounters(tel, "trainer")
         self.tokens = tel.counter("trainer_tokens_total", "Activations received into the buffer")
         self.steps = tel.counter("trainer_steps_total", "Optimiser steps", ["sae"])
+        self.skipped = tel.counter("trainer_steps_skipped_total",
+                                   "Steps skipped because the loss or a gradient was not finite", ["sae"])
         self.trained = tel.counter("trainer_trained_tokens_total", "Activations trained on", ["sae"])
         self.step_time = tel.histogram("trainer_step_seconds", "Wall time of one sweep step (all SAEs)",
                                        _STEP_SECONDS)
@@ -87,6 +89,7 @@ class TrainerMetrics:
     def init_sae(self, name: str) -> None:
         """Zero series for a new SAE's counters."""
         self.steps.labels(name)
+        self.skipped.labels(name)
         self.trained.labels(name)
 
 
@@ -220,6 +223,10 @@ class SweepTrainer:
             t_sae = time.perf_counter()
             s = tr.update(x, x_var)
             name = tr.name
+            if s is None:  # non-finite loss or gradient: no update, nothing reaches a checkpoint
+                self.m.skipped.labels(name).inc()
+                log.warning("trainer: %s skipped step %d: non-finite loss or gradient", name, self.step + 1)
+                continue
             dt = time.perf_counter() - t_sae
             self.update_s[name] = dt if self.update_s[name] == 0 else 0.9 * self.update_s[name] + 0.1 * dt
             self.m.steps.labels(name).inc()

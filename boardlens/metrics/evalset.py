@@ -43,6 +43,7 @@ class EvalSet:
         self.families = {f.name: f for f in families}
         self.want = {"train": n_train_games, "test": n_test_games}
         self.splits = {"train": _Split(), "test": _Split()}
+        self.width: int | None = None  # d of the activations, from the first batch
         self._frozen: dict | None = None
 
     @property
@@ -62,6 +63,9 @@ class EvalSet:
         missing = set(self.families) - set(labels)
         if missing:
             raise ValueError(f"batch lacks label families {sorted(missing)}")
+        if self.width is not None and acts.shape[-1] != self.width:
+            raise ValueError(f"activations are {acts.shape[-1]} wide, the eval set's {self.width}")
+        self.width = acts.shape[-1]
         test = is_test_game(game_ids.numpy())
         taken = 0
         for b in range(acts.shape[0]):

@@ -120,6 +120,7 @@ class SAETrainer:
                                    lr=lr, betas=self.betas)
         self.gen = torch.Generator(device=torch.device(device)).manual_seed(seed)  # resampling draws
         self.step = 0
+        self.skipped_steps = 0  # batches whose loss or gradient was not finite (no update)
         self.tokens_since_fired = torch.zeros(d_sae, dtype=torch.long, device=device)
         self.norm_scale = 1.0  # activations are divided by it (set from the first batch if normalize)
         self.resampled = 0  # latents re-initialised so far
@@ -160,8 +161,14 @@ class SAETrainer:
         return {}
 
     # --- the step -------------------------------------------------------------------
-    def update(self, x: torch.Tensor, x_var: torch.Tensor | None = None) -> StepStats:
-        """One optimiser step on x (N, d); x_var = x.var(0).sum() if the caller has it."""
+    def update(self, x: torch.Tensor, x_var: torch.Tensor | None = None) -> StepStats | None:
+        """One optimiser step on x (N, d); x_var = x.var(0).sum() if the caller has it.
+
+        Returns None, and changes nothing but `skipped_steps`, when the loss or a gradient is
+        not finite (a NaN that reached the weights would stay there and be checkpointed)."""
+        if self.step == 0 and not bool(torch.isfinite(x).all()):  # would poison the init
+            self.skipped_steps += 1
+            return None
         if self.step == 0:
             if self.normalize:  # unit mean squared norm (dictionary_learning's normalisation)
                 self.norm_scale = x.pow(2).sum(-1).mean().sqrt().item()
@@ -175,6 +182,13 @@ class SAETrainer:
         losses = self.losses(x)
         self.opt.zero_grad(set_to_none=True)
         losses.total.backward()
+        grads = [p.grad for p in self.ae.parameters() if p.grad is not None]
+        # One scalar, one sync: NaN/Inf anywhere in the loss or the gradients propagates to it.
+        check = losses.total.detach() + torch.stack(torch._foreach_norm(grads)).sum()
+        if not bool(torch.isfinite(check)):
+            self.opt.zero_grad(set_to_none=True)
+            self.skipped_steps += 1
+            return None
         self.opt.step()
         self.step += 1
         with torch.no_grad():
@@ -235,7 +249,7 @@ class SAETrainer:
         return {"hyperparams": self.hyperparams(), "step": self.step, "ae": self.ae.state_dict(),
                 "opt": self.opt.state_dict(), "tokens_since_fired": self.tokens_since_fired,
                 "gen": self.gen.get_state(), "norm_scale": self.norm_scale, "resampled": self.resampled,
-                "extra": self.extra_state()}
+                "skipped_steps": self.skipped_steps, "extra": self.extra_state()}
 
     def load_state_dict(self, state: dict) -> None:
         mine, theirs = _canon(self.hyperparams()), _canon(state["hyperparams"])
@@ -250,6 +264,7 @@ class SAETrainer:
         self.gen.set_state(state["gen"])
         self.norm_scale = float(state["norm_scale"])
         self.resampled = int(state["resampled"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
         self.load_extra_state(state["extra"])
 
 

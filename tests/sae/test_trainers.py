@@ -164,3 +164,22 @@ def test_grid_specs_expand_to_stable_names():
     assert torch.equal(again[0].ae.encoder.weight, alone[0].ae.encoder.weight)
     with pytest.raises(ValueError, match="grid"):
         TrainerSpec.parse("standard:penalty=0.1|0.2")
+
+
+@pytest.mark.parametrize("kind", sorted(TRAINERS))
+def test_a_non_finite_batch_never_reaches_the_weights(kind):
+    tr = make(kind)
+    bad = data(64)
+    bad[3, 2] = float("nan")
+    assert tr.update(bad) is None and tr.step == 0  # not even the first-batch init
+    for _ in range(12):  # past the warmup, so a step would move the weights
+        assert tr.update(data(64)) is not None
+    before = {k: v.clone() for k, v in tr.state_dict()["ae"].items()}
+    for poison in (float("nan"), float("inf"), 1e30):  # 1e30: finite input, infinite loss
+        x = data(64, seed=1)
+        x[5] = poison
+        assert tr.update(x) is None, poison
+    after = tr.state_dict()
+    assert all(torch.equal(before[k], v) for k, v in after["ae"].items())
+    assert after["skipped_steps"] == 4 and after["step"] == 12
+    assert tr.update(data(64, seed=2)) is not None  # and training goes on
