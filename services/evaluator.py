@@ -47,6 +47,7 @@ from services.common import (
 from services.config import EvaluatorConfig
 from services.telemetry import Telemetry
 
+
 class Snapshot(NamedTuple):
     name: str
     step: int

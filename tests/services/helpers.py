@@ -77,3 +77,19 @@ def wait_for(predicate, timeout_s: float, what: str, procs=None, interval_s: flo
             return got
         time.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def synthetic_batch(epoch: str, seq: int, d: int = 32, acts=None):
+    """A valid Othello-shaped batch of random numbers: 16 games of 59 positions, width d."""
+    import torch
+
+    from protocol import ActivationBatch
+
+    B, T = 16, 59
+    return ActivationBatch(
+        acts=torch.randn(B, T, d) if acts is None else acts, tokens=torch.randint(1, 61, (B, T)),
+        game_ids=torch.arange(seq * B, (seq + 1) * B), lengths=torch.full((B,), T, dtype=torch.int16),
+        label_pos=torch.arange(T, dtype=torch.int16).repeat(B, 1),
+        labels={"mine_theirs_empty": torch.randint(0, 3, (B, T, 8, 8), dtype=torch.int8),
+                "legal_moves": torch.randint(0, 2, (B, T, 8, 8), dtype=torch.int8)},
+        epoch=epoch, seq=seq, game="othello", model="test", layer=0)

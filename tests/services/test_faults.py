@@ -2,19 +2,41 @@
 
 import json
 import os
+import random
 import re
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from contextlib import contextmanager
 
+import msgpack
 import pytest
+import torch
 
-from protocol import SeqTracker, Subscriber, TransportConfig, decode, decode_batch
+from protocol import (
+    ProtocolError,
+    Publisher,
+    SeqTracker,
+    Subscriber,
+    TransportConfig,
+    decode,
+    decode_batch,
+    encode,
+    encode_batch,
+)
 from services.config import DEFAULT_MODEL
 from services.up import spawn, stop_processes
-from tests.services.helpers import free_ports, scrape, services, start, value, wait_for
+from tests.services.helpers import (
+    free_ports,
+    scrape,
+    services,
+    start,
+    synthetic_batch,
+    value,
+    wait_for,
+)
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -138,3 +160,108 @@ def test_a_trainer_stopped_across_the_end_still_gets_every_batch_and_the_end(tmp
     step = int(re.search(r"trainer: stopped at step (\d+)", trained).group(1))
     assert step == tokens // batch, (step, tokens)  # every row of every batch was trained on
     assert "lost" not in trained and "rejected" not in trained
+
+
+def _malformed(good: list, rng: random.Random) -> list:
+    """A message decode() refuses (checked by the caller): mutations of a valid one."""
+    header, frames = bytes(memoryview(good[0])), [bytes(memoryview(f)) for f in good[1:]]
+    kind = rng.randrange(7)
+    if kind == 0:
+        return [rng.randbytes(rng.randrange(1, 200))]
+    if kind == 1:  # flipped header bytes
+        h = bytearray(header)
+        for _ in range(rng.randrange(1, 4)):
+            h[rng.randrange(len(h))] = rng.randrange(256)
+        return [bytes(h), *frames]
+    if kind == 2:  # a truncated tensor
+        i = rng.randrange(len(frames))
+        return [header, *frames[:i], frames[i][:-rng.randrange(1, 5)], *frames[i + 1:]]
+    if kind == 3:  # a frame too many or too few
+        return [header, *frames, b"x"] if rng.random() < 0.5 else [header, *frames[:-1]]
+    if kind == 4:
+        return [b"\x00" * (65 * 1024)]  # oversized header
+    if kind == 5:  # valid msgpack, wrong schema
+        return [msgpack.packb(rng.choice([[1, 2], "batch", {"v": 1}, {"v": 2, "k": "batch"}, 7])), *frames]
+    return [header[: rng.randrange(1, len(header))], *frames]  # a truncated header
+
+
+def test_hostile_and_malformed_messages_against_a_live_trainer(tmp_path):
+    """236 bad messages of 15 kinds interleaved with 44 good batches: every one rejected and counted by
+    reason, nothing counted as lost, training goes on, and no NaN reaches a checkpoint."""
+    data, snaps, tm = free_ports(3)
+    logs = {"trainer": tmp_path / "trainer.log"}
+    pub = Publisher(f"tcp://127.0.0.1:{data}", None, TransportConfig(send_timeout_ms=10_000))
+    procs = {"trainer": start("train", "--connect", f"tcp://127.0.0.1:{data}", "--snapshot-bind",
+                              f"tcp://127.0.0.1:{snaps}", "--run-dir", str(tmp_path / "run"), "--saes", "standard",
+                              "--d-sae", "64", "--batch-size", "128", "--buffer-activations", "1024",
+                              "--steps", "100000", "--warmup-steps", "1", "--threads", "1",
+                              "--metrics-port", str(tm), log_path=logs["trainer"])}
+    rng = random.Random(0)
+    expected: Counter = Counter()
+    a, b = "aaaa", "bbbb"
+    seq = {a: 0, b: 0}
+    good_sent = 0
+
+    def good(epoch):
+        nonlocal good_sent
+        pub.send(encode_batch(synthetic_batch(epoch, seq[epoch])))
+        seq[epoch] += 1
+        good_sent += 1
+
+    def hostile(frames, reason):
+        pub.send(frames)
+        expected[reason] += 1
+
+    try:
+        with services(procs, logs):
+            assert pub.wait_for_subscribers(1, 60), "trainer never subscribed"
+            template = encode_batch(synthetic_batch(a, 0))
+            for i in range(200):
+                if i % 7 == 0:
+                    good(a)
+                while True:
+                    frames = _malformed(template, rng)
+                    try:
+                        decode(frames)
+                    except ProtocolError as e:
+                        hostile(frames, e.reason)
+                        break
+            for poison in [float("nan")] * 5 + [float("inf")] * 5:
+                acts = torch.randn(16, 59, 32)
+                acts[rng.randrange(16), rng.randrange(59)] = poison
+                hostile(encode_batch(synthetic_batch(a, seq[a], acts=acts)), "non_finite")
+                seq[a] += 1  # a rejected body still uses up its seq: not lost
+            for _ in range(10):
+                hostile(encode_batch(synthetic_batch(a, rng.randrange(seq[a]))), "out_of_order")
+            for _ in range(5):
+                hostile(encode_batch(synthetic_batch(a, seq[a] + 10**12)), "seq_jump")
+                hostile(encode("end", epoch="dead", seq=0, game="othello", model="m", layer=0, tensors={}),
+                        "end_epoch")
+            for _ in range(10):  # the producer restarted without its state: a new epoch
+                good(b)
+            hostile(encode_batch(synthetic_batch(b, seq[b], d=16)), "incompatible")  # valid, wrong width
+            seq[b] += 1
+            for _ in range(5):  # ... and the old one comes back
+                hostile(encode_batch(synthetic_batch(a, seq[a])), "epoch_flap")
+                seq[a] += 1
+                good(b)
+            assert sum(expected.values()) >= 200 and good_sent == 44
+            received = good_sent + 1  # the incompatible batch was received, then refused
+            wait_for(lambda: value(scrape(tm), "boardlens_trainer_messages_total") >= received, 120,
+                     "the good batches", procs)
+            time.sleep(1.0)
+            t = scrape(tm)
+            for reason, n in expected.items():
+                assert value(t, "boardlens_trainer_messages_rejected_total", reason=reason) == n, reason
+            assert value(t, "boardlens_trainer_messages_total") == received
+            assert value(t, "boardlens_trainer_batches_lost_total") == 0
+            assert value(t, "boardlens_trainer_steps_total") >= 5  # it trained
+            pub.send(encode("end", epoch=b, seq=seq[b], game="othello", model="m", layer=0, tensors={}))
+            assert procs["trainer"].wait(60) == 0
+    finally:
+        pub.close(linger_ms=0)
+    from boardlens.sae.checkpoint import latest_checkpoint, read_checkpoint
+
+    _, states = read_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))
+    (state,) = states.values()
+    assert all(bool(torch.isfinite(w).all()) for w in state["ae"].values())
