@@ -33,6 +33,9 @@ from typing import Any
 
 import zmq
 
+from protocol.header import DEFAULT_LIMITS
+from protocol.security import Curve, allow, apply_client, apply_server
+
 
 def tune_malloc(
     trim_threshold_bytes: int = 128 << 20, mmap_threshold_bytes: int = 32 << 20
@@ -114,6 +117,9 @@ class TransportConfig:
     """Unanswered probes before the kernel declares the peer dead (frees a blocked send)."""
     linger_ms: int = 1000
     """How long close() keeps trying to deliver queued messages."""
+    max_frame_bytes: int = DEFAULT_LIMITS.max_frame_bytes
+    """ZMQ_MAXMSGSIZE of subscribers: a peer sending a larger frame is disconnected before
+    libzmq allocates it (the protocol's own limit, so no valid message is refused)."""
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
@@ -156,11 +162,16 @@ class Publisher:
         lossy_endpoint: str | None,
         cfg: TransportConfig = DEFAULT_TRANSPORT,
         ctx: zmq.Context | None = None,
+        curve: Curve | None = None,
     ) -> None:
+        """curve: server keys; then every subscriber must hold an authorised client key."""
         if lossless_endpoint is None and lossy_endpoint is None:
             raise ValueError("Publisher needs at least one endpoint")
         self.cfg = cfg
         self._ctx = ctx if ctx is not None else zmq.Context.instance()
+        self._curve = curve
+        # ZAP handler before the first bind: without one, a CURVE server accepts any client.
+        self.allow_list = allow(self._ctx, curve.authorized) if curve is not None else None
         self._lossless: zmq.Socket | None = None
         self._lossy: zmq.Socket | None = None
         self._subs = {True: 0, False: 0}  # lossless? -> live subscriptions (topic b"")
@@ -180,6 +191,8 @@ class Publisher:
         sock = self._ctx.socket(zmq.XPUB)
         try:
             _common_options(sock, cfg)
+            if self._curve is not None:
+                apply_server(sock, self._curve)
             sock.setsockopt(zmq.SNDHWM, cfg.sndhwm_msgs if lossless else cfg.lossy_sndhwm_msgs)
             sock.setsockopt(zmq.SNDTIMEO, cfg.send_timeout_ms)
             # VERBOSER: pass up every subscribe AND unsubscribe (also the implicit unsubscribe
@@ -362,8 +375,10 @@ class Subscriber:
         cfg: TransportConfig = DEFAULT_TRANSPORT,
         ctx: zmq.Context | None = None,
         name: str | None = None,
+        curve: Curve | None = None,
     ) -> None:
-        """name: how the publisher reports this subscriber (default host:pid); lossless only."""
+        """name: how the publisher reports this subscriber (default host:pid); lossless only.
+        curve: client keys and the publisher's public key (needed when it uses CURVE)."""
         self.cfg = cfg
         self.endpoint = endpoint
         self.lossy = lossy
@@ -373,6 +388,9 @@ class Subscriber:
         self._rcvtimeo = -1  # mirrors the socket's RCVTIMEO (-1 = wait forever)
         try:
             _common_options(self._sock, cfg)
+            self._sock.setsockopt(zmq.MAXMSGSIZE, cfg.max_frame_bytes)
+            if curve is not None:
+                apply_client(self._sock, curve)
             # For a lossless consumer this bounds its memory: when full it stops reading
             # TCP and the backpressure reaches the producer (which then blocks, not drops).
             self._sock.setsockopt(zmq.RCVHWM, cfg.lossy_rcvhwm_msgs if lossy else cfg.rcvhwm_msgs)

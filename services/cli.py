@@ -302,6 +302,31 @@ def lm_curve(run_dir: str, layers: str, train_games: int, test_games: int, seed:
 
 
 @main.group()
+def keys() -> None:
+    """CURVE keys: encryption and an allow-list of clients for every socket."""
+
+
+@keys.command("generate")
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("--clients", type=click.IntRange(1, 1000), default=1, show_default=True,
+              help="Client key pairs (one per consumer lets you revoke one alone); all authorised.")
+def keys_generate(folder: str, clients: int) -> None:
+    """Write a server key pair, client key pairs and authorized_clients into FOLDER.
+
+    Then give every service `--curve-keys FOLDER` (or, on Kubernetes, the Secret made with
+    `kubectl create secret generic boardlens-curve --from-file=FOLDER`). Publishers need
+    server.secret and authorized_clients; consumers client.secret and server.public.
+    """
+    from protocol.security import generate
+
+    try:
+        paths = generate(folder, clients)
+    except (FileExistsError, OSError) as e:
+        raise click.ClickException(str(e)) from e
+    click.echo("wrote " + ", ".join(p.name for p in paths) + f" in {folder} (secret files are 0600)")
+
+
+@main.group()
 def sae() -> None:
     """SAE files: export to and import from other libraries' layouts."""
 

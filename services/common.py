@@ -62,6 +62,29 @@ def set_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
+def curve(cfg: ServiceOptions, side: str):
+    """The service's CURVE keys for one side ('server' binds, 'client' connects), or None."""
+    if not cfg.curve_keys:
+        return None
+    from protocol.security import CurveKeyError, client_keys, server_keys
+
+    try:
+        return server_keys(cfg.curve_keys) if side == "server" else client_keys(cfg.curve_keys)
+    except CurveKeyError as e:
+        raise StartupError(str(e)) from e
+
+
+def close_context() -> None:
+    """Stop this process's ZAP handler, then terminate the context (waits out the lingers)."""
+    import zmq
+
+    from protocol.security import stop_authenticator
+
+    ctx = zmq.Context.instance()
+    stop_authenticator(ctx)
+    ctx.term()
+
+
 def transport(cfg: ServiceOptions) -> TransportConfig:
     return TransportConfig(
         sndhwm_msgs=cfg.sndhwm_msgs, send_timeout_ms=cfg.send_timeout_ms,

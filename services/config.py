@@ -50,6 +50,22 @@ class ServiceOptions:
     """ZMTP heartbeat interval of a lossy publisher (lossless links use TCP keepalive only)."""
     heartbeat_timeout_ms: int = 5000
     """A lossy subscriber silent this long is dropped."""
+    curve_keys: str = ""
+    """Folder of CURVE keys from `boardlens keys generate` ('env': from BOARDLENS_CURVE_*
+    variables): every socket is encrypted and publishers accept only authorised clients."""
+    insecure: bool = False
+    """Allow binding a non-loopback address without curve_keys (anyone who reaches the port
+    can read the stream and inject messages)."""
+    metrics_host: str = "127.0.0.1"
+    """Address of /metrics and /healthz (0.0.0.0 to let a Prometheus on another host scrape)."""
+
+    def _check_exposure(self, *binds: str) -> None:
+        from protocol.security import is_loopback
+
+        exposed = [b for b in binds if not is_loopback(b)]
+        if exposed and not self.curve_keys and not self.insecure:
+            raise ValueError(f"binding {', '.join(exposed)} beyond loopback needs curve_keys (make them with "
+                             "`boardlens keys generate DIR`) or an explicit insecure: true")
 
 
 @dataclass(frozen=True)
@@ -83,6 +99,9 @@ class ProducerConfig(ServiceOptions):
     """Give up waiting for subscribers after this long."""
     max_tokens: int = 0
     """Stop after streaming this many tokens and send an end-of-stream message (0 = forever)."""
+    blocked_unhealthy_s: float = 120.0
+    """/healthz turns unhealthy (503, with the reason) once one send has been blocked this long
+    by a lossless subscriber that does not read; boardlens_producer_send_blocked_now_seconds."""
     drain_timeout_s: float = 600.0
     """On exit, how long batches still queued for slow lossless subscribers may take to leave
     (a full queue is sndhwm_msgs batches: minutes of a slow trainer's work)."""
@@ -99,7 +118,8 @@ class ProducerConfig(ServiceOptions):
     def __post_init__(self) -> None:
         _endpoint(self.bind, "bind")
         _endpoint(self.bind_lossy, "bind_lossy")
-        _positive(self, "sndhwm_msgs", "send_timeout_ms", "wait_timeout_s", "health_stall_s")
+        self._check_exposure(self.bind, self.bind_lossy)
+        _positive(self, "sndhwm_msgs", "send_timeout_ms", "wait_timeout_s", "health_stall_s", "blocked_unhealthy_s")
         if self.batch_games < 0 or self.label_workers < 0:
             raise ValueError("batch_games and label_workers must be >= 0")
         if self.source.partition(":")[0] not in ("random", "stockfish", "pgn"):
@@ -166,6 +186,7 @@ class TrainerConfig(ServiceOptions):
     def __post_init__(self) -> None:
         _endpoint(self.connect, "connect")
         _endpoint(self.snapshot_bind, "snapshot_bind")
+        self._check_exposure(self.snapshot_bind)
         _positive(self, "d_sae", "k", "lr", "batch_size", "steps", "checkpoint_every", "snapshot_every",
                   "log_every", "health_stall_s", "keep_checkpoints", "stop_grace_s")
         if not self.saes:

@@ -37,6 +37,7 @@ from services.common import (
     IncompatibleBatch,
     MessageCounters,
     StartupError,
+    curve,
     log,
     log_config,
     receive,
@@ -256,11 +257,12 @@ def run(cfg: EvaluatorConfig) -> int:
             model = load_any(cfg.model)[0].eval()
         except ValueError as e:
             raise StartupError(f"evaluator --model: {e}") from e
-    tel = Telemetry("evaluator", cfg.metrics_port, stall_after_s=cfg.health_stall_s)
+    tel = Telemetry("evaluator", cfg.metrics_port, cfg.metrics_host, stall_after_s=cfg.health_stall_s)
     m = EvaluatorMetrics(tel)
     ev = LiveEvaluator(cfg, m, model)
-    data: Subscriber | None = Subscriber(cfg.connect, lossy=True, cfg=transport(cfg))
-    snaps = Subscriber(cfg.snapshots, lossy=False, cfg=transport(cfg))
+    keys = curve(cfg, "client")
+    data: Subscriber | None = Subscriber(cfg.connect, lossy=True, cfg=transport(cfg), curve=keys)
+    snaps = Subscriber(cfg.snapshots, lossy=False, cfg=transport(cfg), curve=keys)
     state = {"end": False, "evaluations": 0}
 
     def on_data(kind: str, payload) -> None:

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import zmq
 
 from boardlens.games.labelled import LabelledGames
 from boardlens.games.stream import GameStream
@@ -38,6 +37,8 @@ from protocol import ActivationBatch, Publisher, SendTimeout, encode, encode_bat
 from protocol.transport import EndReport
 from services.common import (
     StartupError,
+    close_context,
+    curve,
     log,
     log_config,
     pick_device,
@@ -64,9 +65,13 @@ class ProducerMetrics:
                                        "Time waiting for the next labelled batch (generation + labelling not hidden by workers)", _SECONDS)
         self.blocked = tel.histogram("producer_send_blocked_seconds",
                                      "Time a send spent blocked on slow lossless subscribers", _SECONDS)
+        self.blocked_now = tel.gauge("producer_send_blocked_now_seconds",
+                                     "How long the send in progress has been blocked (0 when none)")
         self.send_timeouts = tel.counter("producer_send_timeouts_total",
                                          "Sends that timed out on a full lossless subscriber")
         self.subscribers = tel.gauge("producer_subscribers", "Connected subscribers", ["mode"])
+        self.auth_denied = tel.counter("producer_auth_denied_total",
+                                       "Connections refused: a CURVE client key not on the allow-list")
         self.restarts = tel.gauge("producer_stream_restarts", "Times this stream was continued from its state file")
 
 
@@ -138,8 +143,13 @@ class Producer:
         self.epoch = self.state.epoch
         self.m = ProducerMetrics(tel)
         self.m.restarts.set(self.state.restarts)
-        self.pub = Publisher(cfg.bind, cfg.bind_lossy, transport(cfg))
+        self.pub = Publisher(cfg.bind, cfg.bind_lossy, transport(cfg), curve=curve(cfg, "server"))
+        if self.pub.allow_list is not None:
+            self.pub.allow_list.on_denied = self.m.auth_denied.inc
         self.end_report: EndReport | None = None
+        self.sending_since: float | None = None  # monotonic start of the send in progress
+        self.m.blocked_now.set_function(self._blocked_s)
+        tel.problems.append(self._blocked_problem)
 
     def _save_state(self) -> None:
         if self.state_path is not None:
@@ -180,8 +190,26 @@ class Producer:
         self.m.subscribers.labels("lossless").set(self.pub.subscriber_count(lossless=True))
         self.m.subscribers.labels("lossy").set(self.pub.subscriber_count(lossless=False))
 
+    def _blocked_s(self) -> float:
+        since = self.sending_since
+        return 0.0 if since is None else time.monotonic() - since
+
+    def _blocked_problem(self) -> str | None:
+        blocked = self._blocked_s()
+        if blocked > self.cfg.blocked_unhealthy_s:
+            return (f"one send blocked for {blocked:.0f} s by a lossless subscriber that does not read "
+                    f"(subscribers: {', '.join(self.pub.subscriber_names()) or 'unnamed'})")
+        return None
+
     def _send(self, frames: list, stop) -> bool:
         """Send, retrying on SendTimeout until stopped (a lossless consumer must not miss it)."""
+        self.sending_since = time.monotonic()
+        try:
+            return self._send_retrying(frames, stop)
+        finally:
+            self.sending_since = None
+
+    def _send_retrying(self, frames: list, stop) -> bool:
         while not stop.is_set():
             try:
                 blocked = self.pub.send(frames)
@@ -277,17 +305,17 @@ class Producer:
         if drain_ms:
             log.info("producer: delivering queued batches (up to %.0f s)", self.cfg.drain_timeout_s)
         self.pub.close(linger_ms=drain_ms)
-        zmq.Context.instance().term()  # blocks until delivered or the linger expires
+        close_context()  # blocks until delivered or the linger expires
 
 
 def run(cfg: ProducerConfig) -> int:
     log_config("producer", cfg)
     set_threads(cfg.threads)
     stop = stop_on_signals()
-    tel = Telemetry("producer", cfg.metrics_port, stall_after_s=cfg.health_stall_s)
+    tel = Telemetry("producer", cfg.metrics_port, cfg.metrics_host, stall_after_s=cfg.health_stall_s)
     try:
         producer = Producer(cfg, tel)
-    except ValueError as e:  # an unusable model file, game source or layer: say which, no traceback
+    except (ValueError, StartupError) as e:  # an unusable model, source, layer, state or key: say which
         tel.close()
         raise StartupError(str(e)) from e
     try:

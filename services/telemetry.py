@@ -3,7 +3,8 @@
 Each service owns a private CollectorRegistry (so tests can run several in one process) and
 calls `progress()` whenever it does useful work; /healthz answers 200 only while the last
 progress is younger than `stall_after_s` (or the service says it is idle on purpose, e.g.
-waiting for subscribers), else 503 with the reason.
+waiting for subscribers) and no registered problem check reports one (e.g. the producer
+blocked too long by a subscriber that does not read), else 503 with the reason.
 """
 
 from __future__ import annotations
@@ -28,13 +29,14 @@ disable_created_metrics()  # no `_created` twin of every counter: half the serie
 
 
 class Telemetry:
-    def __init__(self, service: str, port: int, host: str = "0.0.0.0", stall_after_s: float = 60.0) -> None:
+    def __init__(self, service: str, port: int, host: str = "127.0.0.1", stall_after_s: float = 60.0) -> None:
         self.service = service
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, memory, fds
         self.stall_after_s = stall_after_s
         self._last_progress = time.monotonic()
         self._state = "starting"
+        self.problems: list = []  # callables -> a reason the service is unhealthy, or None
         self._server: ThreadingHTTPServer | None = None
         self.up = self.gauge("up", "1 while the service runs", ["service"])
         self.up.labels(service).set(1)
@@ -61,9 +63,14 @@ class Telemetry:
         self.progress(state)
 
     def health(self) -> tuple[bool, dict]:
+        """Unhealthy when stalled, or when a registered problem check names a reason."""
         age = time.monotonic() - self._last_progress
-        ok = age <= self.stall_after_s
-        return ok, {"service": self.service, "state": self._state, "seconds_since_progress": round(age, 3), "ok": ok}
+        reasons = [r for r in (check() for check in self.problems) if r]
+        ok = age <= self.stall_after_s and not reasons
+        info = {"service": self.service, "state": self._state, "seconds_since_progress": round(age, 3), "ok": ok}
+        if reasons:
+            info["problems"] = reasons
+        return ok, info
 
     @property
     def port(self) -> int:

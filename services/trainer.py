@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-import zmq
 
 from boardlens.sae.buffer import ShuffleBuffer
 from boardlens.sae.checkpoint import latest_checkpoint, read_checkpoint, write_checkpoint
@@ -44,6 +43,8 @@ from services.common import (
     IncompatibleBatch,
     MessageCounters,
     StartupError,
+    close_context,
+    curve,
     log,
     log_config,
     pick_device,
@@ -81,6 +82,8 @@ class TrainerMetrics:
                              "(1 / its mean update time over the last steps)", ["sae"])
         self.buffer = tel.gauge("trainer_buffer_activations", "Unread activations in the shuffle buffer")
         self.snapshots = tel.counter("trainer_snapshots_total", "Snapshots published", ["outcome"])
+        self.auth_denied = tel.counter("trainer_auth_denied_total",
+                                       "Evaluator connections refused: a CURVE key not on the allow-list")
         self.ckpt_seconds = tel.gauge("trainer_checkpoint_seconds", "Wall time of the latest checkpoint write")
         self.ckpt_step = tel.gauge("trainer_checkpoint_step", "Sweep step of the latest complete checkpoint")
         for outcome in ("sent", "dropped"):  # zero series, so rate() sees the first event
@@ -280,7 +283,9 @@ class SnapshotPublisher:
         # A busy evaluator must not stall training: a snapshot waits at most 2 s, then is
         # dropped (counted); the next one supersedes it anyway.
         fast = dataclasses.replace(transport(cfg), send_timeout_ms=min(cfg.send_timeout_ms, 2000))
-        self.pub = Publisher(cfg.snapshot_bind, None, fast)
+        self.pub = Publisher(cfg.snapshot_bind, None, fast, curve=curve(cfg, "server"))
+        if self.pub.allow_list is not None:
+            self.pub.allow_list.on_denied = metrics.auth_denied.inc
         self.m, self.epoch, self.seq = metrics, new_epoch(), 0
         self.end_confirmed = False
         self.source = {"game": "", "model": "", "layer": 0}  # the stream's, from its first batch
@@ -332,10 +337,10 @@ def run(cfg: TrainerConfig) -> int:
     (run_dir / "trainer_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     device = pick_device(cfg.device)
     point = find_resume_point(cfg)
-    tel = Telemetry("trainer", cfg.metrics_port, stall_after_s=cfg.health_stall_s)
+    tel = Telemetry("trainer", cfg.metrics_port, cfg.metrics_host, stall_after_s=cfg.health_stall_s)
     m = TrainerMetrics(tel)
     snap = SnapshotPublisher(cfg, m)
-    sub = Subscriber(cfg.connect, lossy=False, cfg=transport(cfg))
+    sub = Subscriber(cfg.connect, lossy=False, cfg=transport(cfg), curve=curve(cfg, "client"))
     state: dict = {"sweep": None, "ended": False}
 
     def start_sweep(d_in: int) -> SweepTrainer:
@@ -382,5 +387,5 @@ def run(cfg: TrainerConfig) -> int:
     finally:
         sub.close()
         snap.close(drain_s=1.0 if stop.is_set() else 30.0)  # stopping: stay inside the grace period
-        zmq.Context.instance().term()  # waits for the snapshot socket's queue (bounded linger)
+        close_context()  # waits for the snapshot socket's queue (bounded linger)
         tel.close()

@@ -102,6 +102,14 @@ ROWS: list[tuple[str, list[Panel]]] = [
         Panel("Send timeouts / s", ((rate("boardlens_producer_send_timeouts_total"), "timeouts/s"),),
               "short"),
         Panel("Subscribers", (("sum by (mode) (boardlens_producer_subscribers)", "{{mode}}"),), "short"),
+        Panel("Send in progress blocked for (s); stream restarts", (
+            ("max(boardlens_producer_send_blocked_now_seconds)", "blocked now"),
+            ("max(boardlens_producer_stream_restarts)", "restarts (state file)"),
+        ), "short"),
+        Panel("Connections refused (CURVE key not authorised) / min", (
+            (f"{rate('boardlens_producer_auth_denied_total', window='5m')} * 60", "producer"),
+            (f"{rate('boardlens_trainer_auth_denied_total', window='5m')} * 60", "trainer (snapshots)"),
+        ), "short"),
     ]),
     ("Trainer", [
         Panel("Trainer tokens / s", (
@@ -137,6 +145,9 @@ ROWS: list[tuple[str, list[Panel]]] = [
             (rate("boardlens_trainer_messages_total"), "received"),
             (rate("boardlens_trainer_batches_lost_total"), "lost batches"),
             by_reason_or_zero("boardlens_trainer_messages_rejected_total", "rejected"),
+        ), "short"),
+        Panel("Steps skipped (non-finite loss or gradient) / min", (
+            (f"{rate('boardlens_trainer_steps_skipped_total', 'sae', '5m', SAE)} * 60", "{{sae}}"),
         ), "short"),
         Panel("Snapshots published / min by outcome", (
             (f"{rate('boardlens_trainer_snapshots_total', 'outcome', '5m')} * 60", "{{outcome}}"),

@@ -1,5 +1,6 @@
 """protocol.transport over real ZeroMQ sockets on tcp://127.0.0.1 (ephemeral ports)."""
 
+import dataclasses
 import threading
 import time
 
@@ -340,3 +341,45 @@ def test_tune_malloc_on_glibc():
     ok = tune_malloc()
     if platform.libc_ver()[0] == "glibc":
         assert ok is True
+
+
+@pytest.mark.timeout(60)
+def test_curve_lets_only_authorised_clients_in(tmp_path):
+    from protocol.security import CurveKeyError, client_keys, generate, server_keys
+
+    generate(tmp_path / "keys", clients=2)
+    with pytest.raises(FileExistsError):
+        generate(tmp_path / "keys")  # never overwrites a key
+    assert oct((tmp_path / "keys" / "server.secret").stat().st_mode & 0o777) == "0o600"
+    server = server_keys(str(tmp_path / "keys"))
+    assert len(server.authorized) == 2
+    generate(tmp_path / "other")
+    stranger = client_keys(str(tmp_path / "other"))  # a valid key pair, not on the allow-list
+    intruder = dataclasses.replace(stranger, server_public=server.public)
+    ctx = zmq.Context()  # its own context: its own ZAP handler
+    try:
+        with Publisher(ANY, ANY, ctx=ctx, curve=server) as pub:
+            good = Subscriber(pub.lossless_endpoint, ctx=ctx, curve=client_keys(str(tmp_path / "keys")))
+            bad = Subscriber(pub.lossless_endpoint, ctx=ctx, curve=intruder)
+            plain = Subscriber(pub.lossless_endpoint, ctx=ctx)  # no CURVE at all
+            lossy_bad = Subscriber(pub.lossy_endpoint, lossy=True, ctx=ctx, curve=intruder)
+            assert pub.wait_for_subscribers(1, timeout_s=10)
+            assert wait_until(lambda: pub.allow_list.denied >= 2)  # the intruders, refused by ZAP
+            time.sleep(0.5)
+            assert pub.subscriber_count() == 1 and pub.subscriber_count(lossless=False) == 0
+            pub.send(message(0))
+            assert decode(good.recv(timeout_ms=5000)).header.seq == 0
+            for sub in (bad, plain, lossy_bad):
+                assert sub.recv(timeout_ms=300) is None
+                sub.close()
+            good.close()
+    finally:
+        from protocol.security import stop_authenticator
+
+        stop_authenticator(ctx)
+        ctx.term()
+    (tmp_path / "keys" / "client.secret").write_text("too short")
+    with pytest.raises(CurveKeyError, match="client.secret"):
+        client_keys(str(tmp_path / "keys"))
+    with pytest.raises(CurveKeyError, match="BOARDLENS_CURVE_SERVER_SECRET"):
+        server_keys("env")

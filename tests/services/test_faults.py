@@ -1,5 +1,6 @@
 """Faults with real processes on loopback: kills, stops, restarts. Bounded in time and count."""
 
+import dataclasses
 import json
 import os
 import random
@@ -30,6 +31,7 @@ from services.config import DEFAULT_MODEL
 from services.up import spawn, stop_processes
 from tests.services.helpers import (
     free_ports,
+    healthz,
     scrape,
     services,
     start,
@@ -265,3 +267,66 @@ def test_hostile_and_malformed_messages_against_a_live_trainer(tmp_path):
     _, states = read_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))
     (state,) = states.values()
     assert all(bool(torch.isfinite(w).all()) for w in state["ae"].values())
+
+
+def test_curve_keeps_an_unauthenticated_client_out_of_a_live_producer(tmp_path):
+    from protocol.security import client_keys, generate
+
+    port, pm = free_ports(2)
+    keys = tmp_path / "keys"
+    generate(keys)
+    generate(tmp_path / "stranger")
+    log = tmp_path / "producer.log"
+    # Beyond loopback without keys: refused at start, in one line.
+    bare = start("produce", "--model", RANDOM_MODEL, "--bind", f"tcp://0.0.0.0:{port}", "--metrics-port", "0",
+                 log_path=log)
+    assert bare.wait(60) == 2 and "needs curve_keys" in log.read_text() and "Traceback" not in log.read_text()
+    procs = {"producer": start("produce", "--model", RANDOM_MODEL, "--bind", f"tcp://0.0.0.0:{port}",
+                               "--bind-lossy", "tcp://127.0.0.1:0", "--curve-keys", str(keys), "--batch-games", "8",
+                               "--max-tokens", "3000", "--wait-consumers", "1", "--threads", "1",
+                               "--metrics-port", str(pm), log_path=log)}
+    endpoint = f"tcp://127.0.0.1:{port}"
+    intruder = Subscriber(endpoint, name="intruder",
+                          curve=dataclasses.replace(client_keys(str(tmp_path / "stranger")),
+                                                    server_public=client_keys(str(keys)).server_public))
+    plain = Subscriber(endpoint, name="plain")
+    try:
+        with services(procs, {"producer": log}):
+            wait_for(lambda: value(scrape(pm), "boardlens_producer_auth_denied_total") >= 1, 60,
+                     "the producer to refuse the intruder", procs)
+            assert value(scrape(pm), "boardlens_producer_subscribers", mode="lossless") == 0
+            trusted = Subscriber(endpoint, name="trusted", curve=client_keys(str(keys)))
+            got = 0
+            while (frames := trusted.recv(30_000)) is not None:
+                msg = decode(frames)
+                if msg.header.kind == "end":
+                    trusted.confirm_end(msg.header.epoch, msg.header.seq)
+                    break
+                got += 1
+            trusted.close()
+            assert got >= 1 and procs["producer"].wait(30) == 0
+        assert intruder.recv(200) is None and plain.recv(200) is None  # nothing, ever
+    finally:
+        intruder.close()
+        plain.close()
+    assert "end of stream confirmed by trusted" in log.read_text()
+
+
+def test_a_subscriber_that_never_reads_turns_producer_healthz_unhealthy(tmp_path):
+    port, pm = free_ports(2)
+    log = tmp_path / "producer.log"
+    rogue = Subscriber(f"tcp://127.0.0.1:{port}", cfg=TransportConfig(rcvhwm_msgs=1), name="rogue")
+    procs = {"producer": start("produce", "--model", RANDOM_MODEL, "--bind", f"tcp://127.0.0.1:{port}",
+                               "--bind-lossy", "tcp://127.0.0.1:0", "--batch-games", "64", "--sndhwm-msgs", "2",
+                               "--send-timeout-ms", "1000", "--blocked-unhealthy-s", "3", "--wait-consumers", "1",
+                               "--threads", "1", "--metrics-port", str(pm), log_path=log)}
+    try:
+        with services(procs, {"producer": log}):
+            code, info = wait_for(lambda: (h := healthz(pm))[0] == 503 and h, 120,
+                                  "/healthz to report the blocked producer", procs)
+            assert "blocked" in info["problems"][0] and "rogue" in info["problems"][0]
+            assert value(scrape(pm), "boardlens_producer_send_blocked_now_seconds") > 3
+            rogue.close()  # once it is gone the producer is free again
+            wait_for(lambda: healthz(pm)[0] == 200, 60, "/healthz to recover", procs)
+    finally:
+        rogue.close()
