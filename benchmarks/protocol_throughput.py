@@ -12,10 +12,12 @@ lengths, label_pos (64, 4) and label/board (64, 4, 8, 8) int8, 7 frames.
         -> SUB recv_multipart(copy=False); the receiver only counts bytes.
   ours: encode_batch (per message, new seq) -> Publisher.send -> Subscriber.recv -> decode
         -> decode_batch (validated tensors viewing the frames); neither side reads the payload.
+  curve: ours with CURVE on (encryption + ZAP allow-list, as deployed on Kubernetes).
 Both use the same socket types and HWMs. Throughput is measured at the receiver from the first
 to the last message (GB = 1e9 bytes); CPU us/msg from getrusage (all threads, incl. libzmq's
 I/O thread) on each side. raw and ours alternate; the median of the per-pair ratios is
-reported, since back-to-back pairs see similar load on a shared 2-core machine.
+reported, since back-to-back pairs see similar load on a shared 2-core machine; likewise
+curve / ours, the price of encryption. --tiny: a few messages of each, one rep (for the tests).
 Two receiver allocator settings: glibc defaults, and protocol.transport.tune_malloc(), which
 stops glibc from trimming and re-faulting the 1 MiB receive buffers (applied to both modes).
 """
@@ -60,7 +62,7 @@ def make_batch(b: int = 64, d: int = 64, p: int = 4):
     )
 
 
-def receive(mode: str, endpoint: str, n: int, tuned: bool) -> None:
+def receive(mode: str, endpoint: str, n: int, tuned: bool, keys: str = "") -> None:
     """Receiver subprocess: take n messages, print JSON timings of messages 2..n."""
     from protocol.transport import tune_malloc
 
@@ -78,7 +80,10 @@ def receive(mode: str, endpoint: str, n: int, tuned: bool) -> None:
         from protocol import decode, decode_batch
         from protocol.transport import Subscriber, TransportConfig
 
-        sub = Subscriber(endpoint, cfg=TransportConfig(rcvhwm_msgs=HWM))
+        from protocol.security import client_keys
+
+        curve = client_keys(keys) if mode == "curve" else None
+        sub = Subscriber(endpoint, cfg=TransportConfig(rcvhwm_msgs=HWM), curve=curve)
 
         def recv_one() -> int:
             frames = sub.recv()
@@ -95,7 +100,7 @@ def receive(mode: str, endpoint: str, n: int, tuned: bool) -> None:
                       "rx_cpu_us": cpu / (n - 1) * 1e6}))
 
 
-def send(mode: str, n: int, tuned: bool, games: int, d: int = 64, p: int = 4) -> dict:
+def send(mode: str, n: int, tuned: bool, games: int, d: int = 64, p: int = 4, keys: str = "") -> dict:
     """Bind, start the receiver subprocess, wait for its subscription, send n messages."""
     from protocol import encode_batch
     from protocol.transport import Publisher, TransportConfig
@@ -110,9 +115,12 @@ def send(mode: str, n: int, tuned: bool, games: int, d: int = 64, p: int = 4) ->
         sock.bind("tcp://127.0.0.1:0")
         endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
     else:
-        pub = Publisher("tcp://127.0.0.1:0", None, TransportConfig(sndhwm_msgs=HWM))
+        from protocol.security import server_keys
+
+        curve = server_keys(keys) if mode == "curve" else None
+        pub = Publisher("tcp://127.0.0.1:0", None, TransportConfig(sndhwm_msgs=HWM), curve=curve)
         endpoint = pub.lossless_endpoint
-    cmd = [sys.executable, __file__, "--receive", mode, endpoint, str(n), str(int(tuned))]
+    cmd = [sys.executable, __file__, "--receive", mode, endpoint, str(n), str(int(tuned)), keys]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     try:
         if mode == "raw":
@@ -146,24 +154,34 @@ def main() -> None:
     ap.add_argument("--d", type=int, default=64,
                     help="D: 64 gives ~1 MiB; 192 with --labelled 59 is the bundled model's batch")
     ap.add_argument("--labelled", type=int, default=4, help="P: labelled positions per game")
-    ap.add_argument("--receive", nargs=4, help=argparse.SUPPRESS)
+    ap.add_argument("--tiny", action="store_true", help="a smoke run: 30 messages, 1 rep, tuned only")
+    ap.add_argument("--receive", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.receive:
-        mode, endpoint, n, tuned = args.receive
-        receive(mode, endpoint, int(n), tuned == "1")
+        mode, endpoint, n, tuned, keys = args.receive
+        receive(mode, endpoint, int(n), tuned == "1", keys)
         return
+    if args.tiny:
+        args.n, args.reps = 30, 1
 
-    for tuned in (False, True):
-        runs: dict[str, list[dict]] = {"raw": [], "ours": []}
+    import tempfile
+
+    from protocol.security import generate
+
+    keys = tempfile.mkdtemp(prefix="boardlens-bench-keys-")
+    generate(keys)
+    for tuned in ((True,) if args.tiny else (False, True)):
+        runs: dict[str, list[dict]] = {"raw": [], "ours": [], "curve": []}
         setting = "tune_malloc()" if tuned else "glibc default"
         for rep in range(args.reps):
-            for mode in ("raw", "ours"):
-                r = send(mode, args.n, tuned, args.games, args.d, args.labelled)
+            for mode in runs:
+                r = send(mode, args.n, tuned, args.games, args.d, args.labelled, keys)
                 runs[mode].append(r)
-                print(f"[{setting}] rep {rep} {mode:4s}: {r['gbps']:.2f} GB/s, CPU/msg "
+                print(f"[{setting}] rep {rep} {mode:5s}: {r['gbps']:.2f} GB/s, CPU/msg "
                       f"tx {r['tx_cpu_us']:.0f} us rx {r['rx_cpu_us']:.0f} us "
                       f"({args.n} x {r['msg_bytes']} B)", flush=True)
-        for mode, label in (("raw", "raw pyzmq zero-copy"), ("ours", "protocol full path ")):
+        for mode, label in (("raw", "raw pyzmq zero-copy"), ("ours", "protocol full path "),
+                            ("curve", "protocol + CURVE   ")):
             med = {k: statistics.median(r[k] for r in runs[mode])
                    for k in ("gbps", "tx_cpu_us", "rx_cpu_us")}
             print(f"[{setting}] {label}: median {med['gbps']:.2f} GB/s (best "
@@ -172,6 +190,9 @@ def main() -> None:
         ratio = statistics.median(o["gbps"] / r["gbps"]
                                   for r, o in zip(runs["raw"], runs["ours"], strict=True))
         print(f"[{setting}] ratio ours / raw (median of pairs): {ratio:.2f}  (target >= 0.8)")
+        ratio = statistics.median(c["gbps"] / o["gbps"]
+                                  for o, c in zip(runs["ours"], runs["curve"], strict=True))
+        print(f"[{setting}] ratio curve / ours (median of pairs): {ratio:.2f}  (the cost of encryption)")
 
 
 if __name__ == "__main__":

@@ -120,3 +120,16 @@ def test_decode_batch_rejects_wrong_names_and_kind(tensors, kind):
     with pytest.raises(ProtocolError) as info:
         decode_batch(decode(frames))
     assert info.value.reason == "batch_schema"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("poison", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_activations_are_rejected(dtype, poison):
+    ok = make_batch(dtype)
+    decode_batch(decode(encode_batch(ok)))  # finite: accepted (max and min of the type too)
+    ok.acts[0, 0, 0], ok.acts[0, 0, 1] = torch.finfo(dtype).max, torch.finfo(dtype).min
+    decode_batch(decode(encode_batch(ok)))
+    ok.acts[1, 2, 0] = poison
+    with pytest.raises(ProtocolError) as e:
+        decode_batch(decode(encode_batch(ok)))
+    assert e.value.reason == "non_finite"
