@@ -49,7 +49,8 @@ def _resolve(cls, config_file, options):
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
+@click.option("--log-level", default="INFO", show_default=True, help="Python logging level.",
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False))
 def main(log_level: str) -> None:
     """BoardLens: stream game-LM activations, train SAEs online, measure them live.
 
@@ -58,7 +59,7 @@ def main(log_level: str) -> None:
     """
     from services.common import setup_logging
 
-    setup_logging(log_level)
+    setup_logging(log_level.upper())
 
 
 @main.command()
@@ -167,6 +168,7 @@ def lm() -> None:
 @click.option("--resume", is_flag=True, help="Continue from <out>/train_state.pt.")
 def lm_train(resume: bool, out: str | None, **options) -> None:
     """Train a game LM on freshly generated games (progress bar, checkpoints, resume)."""
+    from boardlens.lm.checkpoint import CheckpointError
     from boardlens.lm.train import LMTrainConfig
     from boardlens.lm.train import train as train_lm
 
@@ -174,7 +176,10 @@ def lm_train(resume: bool, out: str | None, **options) -> None:
         cfg = LMTrainConfig(out=out or f"runs/lm-{options['game']}", **options)
     except ValueError as e:
         raise click.UsageError(str(e)) from e
-    train_lm(cfg, resume=resume)
+    try:
+        train_lm(cfg, resume=resume)
+    except CheckpointError as e:
+        raise click.ClickException(str(e)) from e
 
 
 def _load_lm(model: str | None):

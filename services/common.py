@@ -3,10 +3,13 @@ and the receive loop that turns frames into batches and counts what it rejects o
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import signal
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -49,6 +52,17 @@ def stop_on_signals() -> threading.Event:
     for s in (signal.SIGTERM, signal.SIGINT):
         signal.signal(s, handler)
     return stop
+
+
+def prepare_run_dir(service: str, cfg) -> Path:
+    """Create the run folder and record the config there; a one-line StartupError if we cannot."""
+    run_dir = Path(cfg.run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / f"{service}_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    except OSError as e:
+        raise StartupError(f"cannot write the run folder {run_dir}: {e.strerror or e}") from e
+    return run_dir
 
 
 def pick_device(name: str) -> torch.device:

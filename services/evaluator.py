@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import NamedTuple
 
@@ -40,6 +39,7 @@ from services.common import (
     curve,
     log,
     log_config,
+    prepare_run_dir,
     receive,
     set_threads,
     stop_on_signals,
@@ -249,8 +249,7 @@ def run(cfg: EvaluatorConfig) -> int:
     log_config("evaluator", cfg)
     set_threads(cfg.threads)
     stop = stop_on_signals()
-    Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
-    (Path(cfg.run_dir) / "evaluator_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    prepare_run_dir("evaluator", cfg)
     model = None
     if cfg.model and cfg.references:  # load now: a bad path fails at start, not after the eval set
         try:

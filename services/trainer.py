@@ -27,7 +27,6 @@ import os
 import shutil
 import threading
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import NamedTuple
 
@@ -48,6 +47,7 @@ from services.common import (
     log,
     log_config,
     pick_device,
+    prepare_run_dir,
     receive,
     set_threads,
     stop_on_signals,
@@ -332,9 +332,7 @@ def run(cfg: TrainerConfig) -> int:
     tune_malloc()  # keep freed message buffers: measured -70..150 us CPU per 1 MiB message
     stop = stop_on_signals()
     hard_exit_after_grace(stop, cfg.stop_grace_s)
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "trainer_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    prepare_run_dir("trainer", cfg)
     device = pick_device(cfg.device)
     point = find_resume_point(cfg)
     tel = Telemetry("trainer", cfg.metrics_port, cfg.metrics_host, stall_after_s=cfg.health_stall_s)

@@ -159,9 +159,12 @@ def load_any(path: str | Path, device: str | torch.device = "cpu",
     if path.is_dir():
         cfg_path = path / "config.json"
         try:
-            kind = json.loads(cfg_path.read_text()).get("format") if cfg_path.exists() else None
+            cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CheckpointError(f"{cfg_path}: not valid JSON ({e})") from e
+        if not isinstance(cfg, dict):
+            raise CheckpointError(f"{cfg_path}: a model config must be a JSON object, got {type(cfg).__name__}")
+        kind = cfg.get("format")
         if kind == "boardlens-gpt":
             model, meta = load_model(path, device, dtype)
             return model, {**meta, "format": "boardlens"}

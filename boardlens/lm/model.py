@@ -19,6 +19,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+_BOUNDS = {"vocab_size": 1 << 20, "block_size": 1 << 16, "n_layer": 512, "n_head": 1024, "n_embd": 1 << 16,
+           "d_mlp": 1 << 18}
+_MAX_PARAMS = 20e9  # 80 GB of float32
+
+
 @dataclass(frozen=True)
 class GPTConfig:
     vocab_size: int = 61
@@ -41,13 +46,17 @@ class GPTConfig:
     """A bias on the unembedding (TransformerLens models have b_U)."""
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"GPTConfig.{name} must be >= 1, got {getattr(self, name)}")
+        # Bounded before anything is allocated: a typo in a config (n_layer 10**6) must be an
+        # error, not minutes of allocation until the memory limit.
+        for name, high in _BOUNDS.items():
+            value = getattr(self, name)
+            if type(value) is not int or not (name == "d_mlp" or value >= 1) or not 0 <= value <= high:
+                raise ValueError(f"GPTConfig.{name} must be an int in {0 if name == 'd_mlp' else 1}..{high}, "
+                                 f"got {value!r}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
-        if self.d_mlp < 0:
-            raise ValueError(f"d_mlp must be >= 0, got {self.d_mlp}")
+        if self.n_params() > _MAX_PARAMS:
+            raise ValueError(f"GPTConfig would hold {self.n_params():.3g} parameters (limit {_MAX_PARAMS:.0e})")
         if self.activation not in ("gelu", "gelu_tanh"):
             raise ValueError(f"activation must be 'gelu' or 'gelu_tanh', got {self.activation!r}")
 
@@ -57,6 +66,12 @@ class GPTConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def n_params(self) -> int:
+        """Parameters of a model of this config (embeddings, blocks, final norm, unembedding)."""
+        d, mlp = self.n_embd, self.mlp_width
+        block = 4 * d * d + 2 * d * mlp + (2 + 2) * d
+        return self.vocab_size * d * 2 + self.block_size * d + self.n_layer * block + d
 
 
 class LayerNorm(nn.Module):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import signal
 import sys
 import time
@@ -31,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from boardlens.games import GAMES
-from boardlens.lm.checkpoint import save_model
+from boardlens.lm.checkpoint import CheckpointError, save_model
 from boardlens.lm.model import GPT, GPTConfig
 
 Batch = Callable[[np.random.Generator, int], tuple[torch.Tensor, torch.Tensor]]
@@ -239,15 +240,19 @@ def train(cfg: LMTrainConfig, resume: bool = False) -> dict:
     state_path = out / "train_state.pt"
     rewarm_from = None  # a compact state has no AdamW moments: warm the LR up again from here
     if resume and state_path.exists():
-        st = torch.load(state_path, weights_only=True)
-        model.load_state_dict(st["model"])  # copies into the fp32 parameters, whatever the dtype
-        step, best, seen = st["step"], st["best_acc"], st["games_seen"]
-        if "opt" in st:
-            opt.load_state_dict(st["opt"])
-        else:
-            rewarm_from = step
-        torch.set_rng_state(st["torch_rng"])
-        rng.bit_generator.state = json.loads(st["np_rng"])
+        try:  # weights_only: a pickle that is more than tensors and containers is refused
+            st = torch.load(state_path, weights_only=True)
+            model.load_state_dict(st["model"])  # copies into the fp32 parameters, whatever the dtype
+            step, best, seen = st["step"], st["best_acc"], st["games_seen"]
+            if "opt" in st:
+                opt.load_state_dict(st["opt"])
+            else:
+                rewarm_from = step
+            torch.set_rng_state(st["torch_rng"])
+            rng.bit_generator.state = json.loads(st["np_rng"])
+        except (pickle.UnpicklingError, EOFError, RuntimeError, KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{state_path}: not a resumable training state of this model "
+                                  f"({str(e).splitlines()[0][:200]})") from e
         print(f"resumed at step {step} (best acc {best:.4f})"
               + ("" if rewarm_from is None else f"; compact state: fresh AdamW, LR re-warmed over "
                  f"{cfg.warmup_steps} steps"), flush=True)

@@ -15,6 +15,7 @@ State files are read with `weights_only=True`: no arbitrary unpickling.
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 from pathlib import Path
 
@@ -91,7 +92,8 @@ def read_checkpoint(folder: str | Path) -> tuple[dict, dict[str, dict]]:
         sweep = torch.load(folder / "sweep.pt", map_location="cpu", weights_only=True)
         states = {name: torch.load(folder / f"{name}{STATE_SUFFIX}", map_location="cpu", weights_only=True)
                   for name in sweep["saes"]}
-    except (OSError, RuntimeError, KeyError, EOFError) as e:
-        raise ValueError(f"{folder}: not a readable sweep checkpoint ({e})") from e
+    except (OSError, RuntimeError, KeyError, TypeError, EOFError, pickle.UnpicklingError) as e:
+        # weights_only refuses any pickle that is more than tensors and plain containers
+        raise ValueError(f"{folder}: not a readable sweep checkpoint ({str(e).splitlines()[0][:200]})") from e
     return sweep, states
 

@@ -76,6 +76,13 @@ def save_sae(folder: str | Path, name: str, ae: torch.nn.Module, meta: dict) -> 
 
 
 def load_sae(path: str | Path) -> tuple[torch.nn.Module, dict]:
+    """An SAE file and its JSON; ValueError (naming the file) for anything unusable."""
     path = Path(path)
     meta = json.loads(path.with_suffix(".json").read_text())
-    return ae_from_tensors(load_file(str(path)), meta.get("arch")), meta
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path.with_suffix('.json')}: not a JSON object")
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error type for truncated headers/data
+        raise ValueError(f"{path}: unreadable safetensors file ({e})") from e
+    return ae_from_tensors(tensors, meta.get("arch")), meta
