@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from contextlib import contextmanager
@@ -330,3 +331,52 @@ def test_a_subscriber_that_never_reads_turns_producer_healthz_unhealthy(tmp_path
             wait_for(lambda: healthz(pm)[0] == 200, 60, "/healthz to recover", procs)
     finally:
         rogue.close()
+
+
+def test_a_stopped_lossy_consumer_never_slows_the_producer(tmp_path):
+    """The evaluator (lossy endpoint) SIGSTOPped: the producer streams on at full speed, the
+    evaluator resumes and counts what it missed as lost; the lossless reader misses nothing."""
+    port, lossy, pm, snaps, em = free_ports(5)
+    logs = {n: tmp_path / f"{n}.log" for n in ("producer", "evaluator")}
+    procs = {
+        "evaluator": start("evaluate", "--connect", f"tcp://127.0.0.1:{lossy}", "--snapshots",
+                           f"tcp://127.0.0.1:{snaps}", "--run-dir", str(tmp_path / "run"), "--train-games", "2000",
+                           "--test-games", "2000", "--references", "false", "--threads", "1",
+                           "--metrics-port", str(em), log_path=logs["evaluator"]),
+        "producer": start("produce", "--model", RANDOM_MODEL, "--bind", f"tcp://127.0.0.1:{port}",
+                          "--bind-lossy", f"tcp://127.0.0.1:{lossy}", "--batch-games", "64",
+                          "--wait-consumers", "1", "--wait-lossy-consumers", "1", "--threads", "1",
+                          "--metrics-port", str(pm), log_path=logs["producer"]),
+    }
+    reader = Subscriber(f"tcp://127.0.0.1:{port}", name="reader")
+    tracker, stop = SeqTracker(), threading.Event()
+
+    def read():
+        while not stop.is_set():
+            frames = reader.recv(200)
+            if frames is not None:
+                tracker.observe(decode(frames).header.epoch, decode(frames).header.seq)
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    try:
+        with services(procs, logs):
+            wait_for(lambda: value(scrape(em), "boardlens_evaluator_messages_total") >= 2, 120,
+                     "the evaluator to receive", procs)
+            procs["evaluator"].send_signal(signal.SIGSTOP)
+            try:
+                before = value(scrape(pm), "boardlens_producer_batches_total")
+                time.sleep(8)
+                during = value(scrape(pm), "boardlens_producer_batches_total") - before
+                assert value(scrape(pm), "boardlens_producer_send_timeouts_total") == 0
+            finally:
+                procs["evaluator"].send_signal(signal.SIGCONT)
+            assert during >= 10, f"only {during} batches in 8 s while the evaluator was stopped"
+            wait_for(lambda: value(scrape(em), "boardlens_evaluator_batches_lost_total") > 0, 60,
+                     "the evaluator to count what it missed", procs)
+            assert healthz(em)[0] == 200
+    finally:
+        stop.set()
+        thread.join(5)
+        reader.close()
+    assert tracker.lost_total == 0 and tracker.received >= 10
