@@ -29,7 +29,7 @@ class _Evil:
 
 
 def _evil_pickle(path: Path, marker: Path) -> None:
-    path.write_bytes(pickle.dumps({"state": _Evil(marker)}))
+    path.write_bytes(pickle.dumps({"state": _Evil(marker)}, protocol=2))
 
 
 def _cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -128,3 +128,15 @@ def test_bad_log_level_and_unwritable_run_folder(tmp_path):
     finally:
         if ro.is_dir():
             ro.chmod(0o700)
+
+
+def test_malicious_pickle_as_a_dictionary_learning_sae(tmp_path):
+    from boardlens.sae.interop import import_sae
+
+    marker = tmp_path / "pwned"
+    (tmp_path / "dl").mkdir()
+    _evil_pickle(tmp_path / "dl" / "ae.pt", marker)
+    (tmp_path / "dl" / "config.json").write_text(json.dumps({"trainer": {"dict_class": "AutoEncoder"}}))
+    with pytest.raises(ValueError, match="ae.pt"):
+        import_sae(tmp_path / "dl")
+    assert not marker.exists()
