@@ -62,7 +62,10 @@ def test_a_killed_producer_continues_its_stream_and_the_consumer_counts_what_it_
     procs = {}
     try:
         for run in range(3):  # two SIGKILLs, then it runs to the end
-            procs["producer"] = _producer(port, metrics, str(state), tmp_path / f"producer{run}.log", 150_000)
+            log = tmp_path / f"producer{run}.log"
+            procs["producer"] = _producer(port, metrics, str(state), log, 150_000)
+            # Its state is saved once it has started: only then does a kill test a restart.
+            wait_for(lambda: "producer: model" in log.read_text(), 120, f"producer run {run} to start", procs)
             target = len(seqs) + 4
             while end is None and (run == 2 or len(seqs) < target):
                 frames = sub.recv(60_000)
@@ -95,6 +98,8 @@ def test_a_killed_producer_continues_its_stream_and_the_consumer_counts_what_it_
     assert max(ids) < saved["next_game_id"] and len(ids) == 64 * len(seqs)
     assert end.meta["tokens"] == saved["tokens"] >= 150_000
     assert "end of stream confirmed by counter" in (tmp_path / "producer2.log").read_text()
+    print(f"2 kills: {len(seqs)} batches received, {tracker.lost_total} counted lost, final seq {end.seq}, "
+          f"{len(ids)} game ids, all distinct")
 
 
 def test_a_state_file_of_another_stream_or_garbage_is_a_one_line_error(tmp_path):
@@ -363,15 +368,22 @@ def test_a_stopped_lossy_consumer_never_slows_the_producer(tmp_path):
         with services(procs, logs):
             wait_for(lambda: value(scrape(em), "boardlens_evaluator_messages_total") >= 2, 120,
                      "the evaluator to receive", procs)
+            t0 = value(scrape(pm), "boardlens_producer_batches_total")
+            time.sleep(8)
+            t1 = value(scrape(pm), "boardlens_producer_batches_total")
             procs["evaluator"].send_signal(signal.SIGSTOP)
             try:
-                before = value(scrape(pm), "boardlens_producer_batches_total")
                 time.sleep(8)
-                during = value(scrape(pm), "boardlens_producer_batches_total") - before
+                during = value(scrape(pm), "boardlens_producer_batches_total") - t1
                 assert value(scrape(pm), "boardlens_producer_send_timeouts_total") == 0
             finally:
                 procs["evaluator"].send_signal(signal.SIGCONT)
-            assert during >= 10, f"only {during} batches in 8 s while the evaluator was stopped"
+            before = t1 - t0
+            # As fast as before (within the noise of a loaded machine), and far beyond what the
+            # lossy queues (4 + 4 messages) could absorb if the producer were waiting for it.
+            assert during >= max(0.5 * before, 10), (before, during)
+            print(f"evaluator stopped 8 s: the producer sent {during:.0f} batches ({before:.0f} in the 8 s "
+                  "before), 0 send timeouts")
             wait_for(lambda: value(scrape(em), "boardlens_evaluator_batches_lost_total") > 0, 60,
                      "the evaluator to count what it missed", procs)
             assert healthz(em)[0] == 200
