@@ -78,9 +78,8 @@ def receive(mode: str, endpoint: str, n: int, tuned: bool, keys: str = "") -> No
             return sum(len(f.buffer) for f in sock.recv_multipart(copy=False))
     else:
         from protocol import decode, decode_batch
-        from protocol.transport import Subscriber, TransportConfig
-
         from protocol.security import client_keys
+        from protocol.transport import Subscriber, TransportConfig
 
         curve = client_keys(keys) if mode == "curve" else None
         sub = Subscriber(endpoint, cfg=TransportConfig(rcvhwm_msgs=HWM), curve=curve)

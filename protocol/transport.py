@@ -261,6 +261,10 @@ class Publisher:
             if seq.isdigit():
                 self._acks.add((epoch, int(seq), name))
 
+    def known_names(self) -> list[str]:
+        """The names as last polled; safe from another thread (touches no socket)."""
+        return sorted(list(self._names))
+
     def subscriber_names(self) -> list[str]:
         """Names of the lossless subscribers connected now (polls first)."""
         self.poll_subscriptions()

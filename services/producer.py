@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -85,7 +85,7 @@ class StreamState:
     next_game_id: int = 0
     batches: int = 0  # game batches taken from the source
     tokens: int = 0  # tokens streamed, all runs together
-    restarts: int = field(default=0)
+    restarts: int = 0
 
     @classmethod
     def load(cls, path: Path, stream: dict) -> StreamState:
@@ -194,11 +194,11 @@ class Producer:
         since = self.sending_since
         return 0.0 if since is None else time.monotonic() - since
 
-    def _blocked_problem(self) -> str | None:
+    def _blocked_problem(self) -> str | None:  # runs in the HTTP thread: never touches a socket
         blocked = self._blocked_s()
         if blocked > self.cfg.blocked_unhealthy_s:
             return (f"one send blocked for {blocked:.0f} s by a lossless subscriber that does not read "
-                    f"(subscribers: {', '.join(self.pub.subscriber_names()) or 'unnamed'})")
+                    f"(subscribers: {', '.join(self.pub.known_names()) or 'unnamed'})")
         return None
 
     def _send(self, frames: list, stop) -> bool:

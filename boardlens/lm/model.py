@@ -18,7 +18,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
 _BOUNDS = {"vocab_size": 1 << 20, "block_size": 1 << 16, "n_layer": 512, "n_head": 1024, "n_embd": 1 << 16,
            "d_mlp": 1 << 18}
 _MAX_PARAMS = 20e9  # 80 GB of float32
