@@ -65,7 +65,8 @@ def test_a_killed_producer_continues_its_stream_and_the_consumer_counts_what_it_
             log = tmp_path / f"producer{run}.log"
             procs["producer"] = _producer(port, metrics, str(state), log, 150_000)
             # Its state is saved once it has started: only then does a kill test a restart.
-            wait_for(lambda: "producer: model" in log.read_text(), 120, f"producer run {run} to start", procs)
+            wait_for(lambda log=log: "producer: model" in log.read_text(), 120, f"producer run {run} to start",
+                     procs)
             target = len(seqs) + 4
             while end is None and (run == 2 or len(seqs) < target):
                 frames = sub.recv(60_000)
