@@ -9,13 +9,13 @@ The only module of the package that imports zmq. Semantics (details in protocol/
   - Messages sent before a consumer's subscription reached the producer are not delivered to
     it (the "slow joiner" race); `wait_for_subscribers` closes it for the lossless endpoint.
   - Consumers count losses with SeqTracker over (epoch, seq), which also rejects replays,
-    implausible jumps and a stale producer coming back (section "Sequence checks" of SPEC.md).
+    implausible jumps and a stale producer coming back (SPEC.md, section 8).
   - End of stream is acknowledged: a lossless Subscriber names itself to the publisher and,
     once its application has read 'end', confirms it; `Publisher.finish` sends 'end' and
     waits for those confirmations. A linger only proves the bytes left the producer's queue;
     once the producer process is gone, what the kernel still held for a consumer that was not
-    reading is lost when that orphaned connection is reset (reproduced: SPEC.md, "End of
-    stream"). Control messages ride on the subscription channel as topics no data message
+    reading is lost when that orphaned connection is reset (reproduced: SPEC.md, section 8).
+    Control messages ride on the subscription channel as topics no data message
     can match (a message's first frame is a msgpack map: byte 0x80-0x8f or 0xde/0xdf).
 Producer binds, consumers connect; libzmq reconnects by itself while a producer restarts.
 Sockets are not thread-safe: use each Publisher / Subscriber from one thread.
