@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from boardlens.progress import StatusLine
 from services.config import BUNDLED_MODELS, EvaluatorConfig, ProducerConfig, TrainerConfig, resolve
 
 SERVICES = ("evaluator", "trainer", "producer")
@@ -203,31 +204,35 @@ def run(config_file=None, tokens=2_000_000, run_dir=None, quiet=False, base_port
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     t0, code, last = time.time(), 0, {}
     watch = StallWatch(cfgs["trainer"].metrics_port)
+    bar = StatusLine(every_s=10.0)
     try:
         while not interrupted["now"]:
             failed = [n for n, p in procs.items() if p.poll() not in (None, 0)]
             if failed:
-                print(f"\nerror: {', '.join(failed)} exited with an error; see {run_path / 'logs'}", file=sys.stderr)
+                bar.end()
+                print(f"error: {', '.join(failed)} exited with an error; see {run_path / 'logs'}", file=sys.stderr)
                 code = 1
                 break
             if all(p.poll() is not None for p in procs.values()):
                 break
             if procs["producer"].poll() == 0 and watch.stalled(STALL_AFTER_S):
-                print(f"\nerror: the producer has finished but the trainer made no progress for "
+                bar.end()
+                print(f"error: the producer has finished but the trainer made no progress for "
                       f"{STALL_AFTER_S:.0f} s (end of stream lost?); stopping. See {run_path / 'logs'}",
                       file=sys.stderr)
                 code = 1
                 break
             if not quiet:
-                sys.stderr.write("\r\033[K" + progress_line(cfgs, t0, last)[:200])
-                sys.stderr.flush()
+                bar.show(progress_line(cfgs, t0, last)[:200])
             time.sleep(1.0)
     finally:
+        bar.end()
         for name in stop_processes(procs, timeout_s=60):
-            print(f"\n{name} did not stop within 60 s; killed it", file=sys.stderr)
+            print(f"{name} did not stop within 60 s; killed it", file=sys.stderr)
         for s, h in old.items():
             signal.signal(s, h)
-    print("\n" + final_table(run_path), flush=True)
+    bar.end()
+    print(final_table(run_path), flush=True)
     print(f"run folder: {run_path} (config.yaml, checkpoints/, train.jsonl, metrics.jsonl, logs/)")
     return code
 

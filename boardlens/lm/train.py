@@ -20,7 +20,6 @@ import math
 import os
 import pickle
 import signal
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -34,6 +33,7 @@ import torch.nn.functional as F
 from boardlens.games import GAMES
 from boardlens.lm.checkpoint import CheckpointError, save_model
 from boardlens.lm.model import GPT, GPTConfig
+from boardlens.progress import StatusLine
 
 Batch = Callable[[np.random.Generator, int], tuple[torch.Tensor, torch.Tensor]]
 
@@ -265,6 +265,7 @@ def train(cfg: LMTrainConfig, resume: bool = False) -> dict:
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     log = open(out / "lm_metrics.jsonl", "a")
     t0, tokens0 = time.time(), seen * data.context
+    bar = StatusLine()
     try:
         while step < cfg.steps and not stop["now"]:
             lr = lr_at(cfg, step)
@@ -276,14 +277,15 @@ def train(cfg: LMTrainConfig, resume: bool = False) -> dict:
             step += 1
             seen += cfg.batch_games
             rate = (seen * data.context - tokens0) / max(time.time() - t0, 1e-9)
-            _progress(step, cfg.steps, loss.item(), rate)
+            bar.show(_progress(step, cfg.steps, loss.item(), rate))
             rec = {"step": step, "loss": round(loss.item(), 5), "games": seen}
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 model.eval()
                 acc = data.score(model, eval_set)
                 model.train()
                 rec[data.score_name] = acc
-                print(f"\nstep {step}: held-out {data.score_name} {acc:.4f}", flush=True)
+                bar.end()
+                print(f"step {step}: held-out {data.score_name} {acc:.4f}", flush=True)
                 if cfg.probe_games:
                     rec["probe_reconstruction"] = _probe_curve(model, cfg)
                     print(f"step {step}: probe reconstruction by layer {rec['probe_reconstruction']}", flush=True)
@@ -304,7 +306,8 @@ def train(cfg: LMTrainConfig, resume: bool = False) -> dict:
         log.close()
         for s, h in old.items():
             signal.signal(s, h)
-    print(f"\nstopped at step {step}; best legal-move accuracy {best:.4f}", flush=True)
+    bar.end()
+    print(f"stopped at step {step}; best legal-move accuracy {best:.4f}", flush=True)
     return {"step": step, "best_acc": best, "games_seen": seen}
 
 
@@ -322,10 +325,7 @@ def _probe_curve(model: GPT, cfg: LMTrainConfig) -> dict[str, float]:
     return {str(r.layer): round(r.probe[fam].reconstruction, 4) for r in reps}
 
 
-def _progress(step: int, total: int, loss: float, tokens_per_s: float) -> None:
+def _progress(step: int, total: int, loss: float, tokens_per_s: float) -> str:
     width = 30
     done = int(width * step / total)
-    sys.stderr.write(
-        f"\r[{'#' * done}{'.' * (width - done)}] {step}/{total} loss {loss:.4f} {tokens_per_s:,.0f} tok/s"
-    )
-    sys.stderr.flush()
+    return f"[{'#' * done}{'.' * (width - done)}] {step}/{total} loss {loss:.4f} {tokens_per_s:,.0f} tok/s"

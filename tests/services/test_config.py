@@ -54,3 +54,12 @@ def test_every_field_is_documented_and_a_flag():
             assert "--" + name.replace("_", "-") in help_text
     out = runner.invoke(main, ["produce", "--batch-games", "-1"])
     assert out.exit_code == 2 and "batch_games and label_workers must be >= 0" in out.output
+
+
+def test_version_flag():
+    from click.testing import CliRunner
+
+    from services.cli import main
+
+    r = CliRunner().invoke(main, ["--version"])
+    assert r.exit_code == 0 and "boardlens, version " in r.output
