@@ -49,7 +49,7 @@ def _resolve(cls, config_file, options):
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(package_name="boardlens")
+@click.version_option(package_name="boardlens", prog_name="boardlens")
 @click.option("--log-level", default="INFO", show_default=True, help="Python logging level.",
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False))
 def main(log_level: str) -> None:
