@@ -20,6 +20,8 @@ from typing import Any, get_type_hints
 
 import yaml
 
+from boardlens.parse import parse_bool
+
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 BUNDLED_MODELS = {"othello": str(MODELS_DIR / "othello-gpt"), "chess": str(MODELS_DIR / "chess-gpt")}
 DEFAULT_MODEL = BUNDLED_MODELS["othello"]
@@ -257,9 +259,9 @@ def _coerce(cls: type, name: str, value: Any) -> Any:
         if isinstance(value, str):
             value = [v for v in value.split(";") if v.strip()]
         return tuple(str(v) for v in value)
-    if hint is bool and isinstance(value, str):
-        return value.lower() in ("1", "true", "yes", "on")
     try:
+        if hint is bool and isinstance(value, str):
+            return parse_bool(value)
         return hint(value)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{name}: cannot read {value!r} as {hint.__name__}") from e

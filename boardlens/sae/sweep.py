@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
+from boardlens.parse import parse_bool
 from boardlens.sae.base import SAETrainer
 from boardlens.sae.batch_topk import BatchTopKTrainer
 from boardlens.sae.gated import GatedTrainer
@@ -62,11 +63,7 @@ def _option_type(kind: str, key: str, text: str) -> type:
 def _scalar(typ: type, value: str, text: str):
     value = value.strip()
     try:
-        if typ is bool:
-            if value.lower() not in ("0", "1", "true", "false"):
-                raise ValueError(value)
-            return value.lower() in ("1", "true")
-        return typ(value)
+        return parse_bool(value) if typ is bool else typ(value)
     except ValueError:
         raise ValueError(f"{text!r}: {value!r} is not a valid {typ.__name__}") from None
 

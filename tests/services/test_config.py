@@ -63,3 +63,12 @@ def test_version_flag():
 
     r = CliRunner().invoke(main, ["--version"])
     assert r.exit_code == 0 and "boardlens, version " in r.output
+
+
+def test_a_misspelt_boolean_is_an_error_not_false():
+    from services.config import EvaluatorConfig, resolve
+
+    assert resolve(EvaluatorConfig, environ={"BOARDLENS_EVALUATOR_REFERENCES": "Off"}).references is False
+    assert resolve(EvaluatorConfig, environ={"BOARDLENS_EVALUATOR_REFERENCES": "yes"}).references is True
+    with pytest.raises(ValueError, match="references"):
+        resolve(EvaluatorConfig, environ={"BOARDLENS_EVALUATOR_REFERENCES": "flase"})
