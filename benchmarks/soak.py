@@ -1,7 +1,7 @@
 """Soak: producer, trainer and evaluator run for a while; RSS of each process every interval.
 
     .venv/bin/python benchmarks/soak.py                  # 10 minutes, a sample every 10 s
-    .venv/bin/python benchmarks/soak.py --tiny           # 40 s, every 5 s (the test suite's run)
+    .venv/bin/python benchmarks/soak.py --tiny           # 20 s, every 5 s (the test suite's run)
 
 Real processes on loopback (the bundled model's random-init control, so the figures do not
 depend on training quality), streaming until stopped. Memory growth is measured from the end
@@ -52,10 +52,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--interval", type=float, default=10.0, help="seconds between RSS samples")
-    ap.add_argument("--tiny", action="store_true", help="40 s, a sample every 5 s, no verdict")
+    ap.add_argument("--tiny", action="store_true", help="20 s, a sample every 5 s, no verdict")
     args = ap.parse_args()
     if args.tiny:
-        args.minutes, args.interval = 40 / 60, 5.0
+        args.minutes, args.interval = 20 / 60, 5.0
     lossless, lossy, snaps, pm, tm, em = _ports(6)
     ep = lambda p: f"tcp://127.0.0.1:{p}"  # noqa: E731
     run = Path(tempfile.mkdtemp(prefix="boardlens-soak-"))

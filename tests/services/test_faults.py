@@ -340,7 +340,7 @@ def test_a_subscriber_that_never_reads_turns_producer_healthz_unhealthy(tmp_path
 
 
 def test_a_stopped_lossy_consumer_never_slows_the_producer(tmp_path):
-    """The evaluator (lossy endpoint) SIGSTOPped: the producer streams on at full speed, the
+    """The evaluator (lossy endpoint) SIGSTOPped for 6 s: the producer streams on at full speed, the
     evaluator resumes and counts what it missed as lost; the lossless reader misses nothing."""
     port, lossy, pm, snaps, em = free_ports(5)
     logs = {n: tmp_path / f"{n}.log" for n in ("producer", "evaluator")}
@@ -370,20 +370,20 @@ def test_a_stopped_lossy_consumer_never_slows_the_producer(tmp_path):
             wait_for(lambda: value(scrape(em), "boardlens_evaluator_messages_total") >= 2, 120,
                      "the evaluator to receive", procs)
             t0 = value(scrape(pm), "boardlens_producer_batches_total")
-            time.sleep(8)
+            time.sleep(6)
             t1 = value(scrape(pm), "boardlens_producer_batches_total")
             procs["evaluator"].send_signal(signal.SIGSTOP)
             try:
-                time.sleep(8)
+                time.sleep(6)
                 during = value(scrape(pm), "boardlens_producer_batches_total") - t1
                 assert value(scrape(pm), "boardlens_producer_send_timeouts_total") == 0
             finally:
                 procs["evaluator"].send_signal(signal.SIGCONT)
             before = t1 - t0
-            # As fast as before (within the noise of a loaded machine), and far beyond what the
-            # lossy queues (4 + 4 messages) could absorb if the producer were waiting for it.
-            assert during >= max(0.5 * before, 10), (before, during)
-            print(f"evaluator stopped 8 s: the producer sent {during:.0f} batches ({before:.0f} in the 8 s "
+            # As fast as before (within the noise of a loaded machine); that the evaluator then
+            # counts batches as lost shows they were dropped for it, not queued.
+            assert during >= 0.5 * before > 0, (before, during)
+            print(f"evaluator stopped 6 s: the producer sent {during:.0f} batches ({before:.0f} in the 6 s "
                   "before), 0 send timeouts")
             wait_for(lambda: value(scrape(em), "boardlens_evaluator_batches_lost_total") > 0, 60,
                      "the evaluator to count what it missed", procs)
