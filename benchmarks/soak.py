@@ -14,26 +14,17 @@ mode, which is too short to say). CPU seconds per process are printed beside it.
 from __future__ import annotations
 
 import argparse
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout, no install
+
+from services.up import free_ports, spawn, stop_processes  # noqa: E402
+
 MODEL = ROOT / "models" / "othello-gpt-random"
-
-
-def _ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def _rss_mib(pid: int) -> float:
@@ -56,7 +47,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.tiny:
         args.minutes, args.interval = 20 / 60, 5.0
-    lossless, lossy, snaps, pm, tm, em = _ports(6)
+    lossless, lossy, snaps, pm, tm, em = free_ports(6)
     ep = lambda p: f"tcp://127.0.0.1:{p}"  # noqa: E731
     run = Path(tempfile.mkdtemp(prefix="boardlens-soak-"))
     commands = {
@@ -69,11 +60,8 @@ def main() -> int:
         "evaluator": ["evaluate", "--connect", ep(lossy), "--snapshots", ep(snaps), "--run-dir", str(run),
                       "--train-games", "100", "--test-games", "100", "--threads", "1", "--metrics-port", str(em)],
     }
-    procs = {}
-    for name in ("evaluator", "trainer", "producer"):
-        log = open(run / f"{name}.log", "w")
-        procs[name] = subprocess.Popen([sys.executable, "-m", "services.cli", *commands[name]], stdout=log,
-                                       stderr=subprocess.STDOUT, cwd=ROOT)
+    procs = {name: spawn(commands[name][0], commands[name][1:], run / f"{name}.log")
+             for name in ("evaluator", "trainer", "producer")}
     samples: dict[str, list[float]] = {n: [] for n in procs}
     t0 = time.monotonic()
     try:
@@ -89,14 +77,7 @@ def main() -> int:
                                                               for n, v in samples.items()), flush=True)
         cpu = {n: _cpu_s(p.pid) for n, p in procs.items()}
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs.values():
-            try:
-                p.wait(60)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs, timeout_s=60)
     warm = max(1, len(next(iter(samples.values()))) // 4)
     worst = 0.0
     for n, v in samples.items():

@@ -29,7 +29,6 @@ import zmq
 _KEY_LEN = 40  # Z85 of 32 bytes
 _Z85 = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#")
 _ZAP_DOMAIN = "boardlens"
-FILES = ("server.secret", "server.public", "client.secret", "client.public", "authorized_clients")
 
 
 class CurveKeyError(ValueError):
@@ -53,41 +52,45 @@ def _check_key(text: str, where: str) -> bytes:
     return key.encode()
 
 
-def _read(folder: str, name: str) -> str:
-    if folder == "env":
-        var = "BOARDLENS_CURVE_" + name.replace(".", "_").upper()
-        value = os.environ.get(var)
-        if value is None:
-            raise CurveKeyError(f"curve_keys=env but {var} is not set")
-        return value
-    path = Path(folder) / name
-    try:
-        return path.read_text()
-    except OSError as e:
-        raise CurveKeyError(f"cannot read CURVE key file {path}: {e.strerror or e}") from e
-
-
 def _where(folder: str, name: str) -> str:
+    """The environment variable (folder 'env') or the file that holds key `name`."""
     return f"BOARDLENS_CURVE_{name.replace('.', '_').upper()}" if folder == "env" else str(Path(folder) / name)
+
+
+def _read(folder: str, name: str) -> tuple[str, str]:
+    """(text, where it came from) of key `name`."""
+    where = _where(folder, name)
+    if folder == "env":
+        value = os.environ.get(where)
+        if value is None:
+            raise CurveKeyError(f"curve_keys=env but {where} is not set")
+        return value, where
+    try:
+        return Path(where).read_text(), where
+    except OSError as e:
+        raise CurveKeyError(f"cannot read CURVE key file {where}: {e.strerror or e}") from e
+
+
+def _key(folder: str, name: str) -> bytes:
+    return _check_key(*_read(folder, name))
 
 
 def server_keys(folder: str) -> Curve:
     """What a publisher needs: the server secret key and the authorised client keys."""
-    secret = _check_key(_read(folder, "server.secret"), _where(folder, "server.secret"))
+    secret = _key(folder, "server.secret")
+    text, where = _read(folder, "authorized_clients")
     # One key per line, optionally followed by a label ('#' is a Z85 character: no comments).
-    keys = [line.split()[0] for line in _read(folder, "authorized_clients").replace(",", "\n").splitlines()
-            if line.strip()]
-    allowed = frozenset(_check_key(k, _where(folder, "authorized_clients")) for k in keys)
+    allowed = frozenset(_check_key(line.split()[0], where) for line in text.replace(",", "\n").splitlines()
+                        if line.strip())
     if not allowed:
-        raise CurveKeyError(f"{_where(folder, 'authorized_clients')} lists no client key: nobody could connect")
+        raise CurveKeyError(f"{where} lists no client key: nobody could connect")
     return Curve(secret, zmq.curve_public(secret), authorized=allowed)
 
 
 def client_keys(folder: str) -> Curve:
     """What a subscriber needs: a client secret key and the server's public key."""
-    secret = _check_key(_read(folder, "client.secret"), _where(folder, "client.secret"))
-    server = _check_key(_read(folder, "server.public"), _where(folder, "server.public"))
-    return Curve(secret, zmq.curve_public(secret), server_public=server)
+    secret = _key(folder, "client.secret")
+    return Curve(secret, zmq.curve_public(secret), server_public=_key(folder, "server.public"))
 
 
 def generate(folder: str | Path, clients: int = 1) -> list[Path]:

@@ -162,18 +162,13 @@ def receive(sub: Subscriber, counters: MessageCounters, timeout_ms: int,
     counters.bytes.inc(sum(len(f.buffer) for f in frames))
     try:
         msg = decode(frames)
-    except ProtocolError as e:
-        counters.rejected.labels(e.reason).inc()
-        log.warning("rejected message: %s", e)
-        return True
-    h = msg.header
-    # Sequence first: a replayed or stale message costs no batch validation, and a batch with
-    # a bad body still uses up its seq (it is counted as rejected, not also as lost).
-    lost, reason = counters.tracker.check(h.epoch, h.seq, h.kind)  # every kind shares seq
-    if lost:
-        counters.lost.inc(lost)
-        log.warning("lost %d messages before seq %d", lost, h.seq)
-    try:
+        h = msg.header
+        # Sequence first: a replayed or stale message costs no batch validation, and a batch
+        # with a bad body still uses up its seq (it is counted as rejected, not also as lost).
+        lost, reason = counters.tracker.check(h.epoch, h.seq, h.kind)  # every kind shares seq
+        if lost:
+            counters.lost.inc(lost)
+            log.warning("lost %d messages before seq %d", lost, h.seq)
         if reason is not None:
             raise ProtocolError(reason, f"{h.kind} epoch {h.epoch} seq {h.seq}")
         payload = decode_batch(msg) if h.kind == "batch" else msg

@@ -140,7 +140,6 @@ class Producer:
             self.state = StreamState(new_epoch(), identity)
         self.stream = GameStream(self.game, self.batch_games, cfg.seed, cfg.source,
                                  cfg.label_workers, cfg.stockfish, start=self.state.batches)
-        self.epoch = self.state.epoch
         self.m = ProducerMetrics(tel)
         self.m.restarts.set(self.state.restarts)
         self.pub = Publisher(cfg.bind, cfg.bind_lossy, transport(cfg), curve=curve(cfg, "server"))
@@ -246,7 +245,7 @@ class Producer:
                     acts=acts, tokens=torch.from_numpy(games.tokens), game_ids=torch.from_numpy(ids),
                     lengths=torch.from_numpy(games.lengths), label_pos=torch.from_numpy(games.label_pos),
                     labels={k: torch.from_numpy(v) for k, v in games.labels.items()},
-                    epoch=self.epoch, seq=st.seq, game=self.game, model=self.model_id, layer=self.layer,
+                    epoch=st.epoch, seq=st.seq, game=self.game, model=self.model_id, layer=self.layer,
                 )
                 frames = encode_batch(batch)
                 n_tok = int(games.lengths.sum())
@@ -268,13 +267,13 @@ class Producer:
         if exhausted or (cfg.max_tokens and streamed >= cfg.max_tokens):
             # A producer restarted after its end sends it again (same seq): a consumer that
             # already confirmed it is still subscribed to its confirmation topic.
-            end = encode("end", epoch=self.epoch, seq=st.seq, game=self.game, model=self.model_id,
+            end = encode("end", epoch=st.epoch, seq=st.seq, game=self.game, model=self.model_id,
                          layer=self.layer, tensors={}, meta={"tokens": streamed})
             log.info("producer: %s (%d tokens streamed); sending end of stream and waiting up to "
                      "%.0f s for the lossless subscribers to confirm it",
                      "source exhausted" if exhausted else "reached max_tokens", streamed, cfg.drain_timeout_s)
             self.tel.idle("waiting for subscribers to confirm the end of stream")
-            self.end_report = self.pub.finish(end, self.epoch, st.seq, cfg.drain_timeout_s, stop.is_set)
+            self.end_report = self.pub.finish(end, st.epoch, st.seq, cfg.drain_timeout_s, stop.is_set)
             self._log_end(self.end_report)
         return streamed
 

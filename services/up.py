@@ -29,7 +29,8 @@ from services.config import BUNDLED_MODELS, EvaluatorConfig, ProducerConfig, Tra
 SERVICES = ("evaluator", "trainer", "producer")
 
 
-def _free_ports(n: int) -> list[int]:
+def free_ports(n: int) -> list[int]:
+    """n distinct free TCP ports on loopback (bound together, so no two are the same)."""
     socks = [socket.socket() for _ in range(n)]
     try:
         for s in socks:
@@ -50,7 +51,7 @@ def build_configs(config_file: str | None, run_dir: str, tokens: int, base_port:
     100-step warmup (the paper's 3e-4 and 1000 steps suit its 36k-step runs), snapshots
     every 50 steps, one torch thread per process on small machines.
     """
-    ports = list(range(base_port, base_port + 6)) if base_port else _free_ports(6)
+    ports = list(range(base_port, base_port + 6)) if base_port else free_ports(6)
     ep = [f"tcp://127.0.0.1:{p}" for p in ports[:3]]
     batch = batch_size or 2048
     # Three processes share the cores: oversubscribed torch threads spin and slow everyone.
