@@ -31,7 +31,7 @@ from boardlens.games.chess.tokenizer import GAME_CHARS  # noqa: E402
 from boardlens.games.chess.transcripts import pgn_transcripts  # noqa: E402
 from boardlens.games.stream import GameStream  # noqa: E402
 from boardlens.lm.formats import load_any  # noqa: E402
-from services.config import BUNDLED_MODELS  # noqa: E402
+from boardlens.services.config import BUNDLED_MODELS  # noqa: E402
 
 
 def rate(fn, n: int) -> float:

@@ -25,7 +25,7 @@ from boardlens.lm.checkpoint import load_model  # noqa: E402
 from boardlens.metrics import supervised as S  # noqa: E402
 from boardlens.metrics.evalset import EvalSet, evaluate_sae  # noqa: E402
 from boardlens.sae.standard import StandardTrainer  # noqa: E402
-from services.config import DEFAULT_MODEL  # noqa: E402
+from boardlens.services.config import DEFAULT_MODEL  # noqa: E402
 
 
 @torch.no_grad()

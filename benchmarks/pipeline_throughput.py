@@ -23,11 +23,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from services.config import DEFAULT_MODEL, ProducerConfig, TrainerConfig  # noqa: E402
-from services.producer import Producer  # noqa: E402
-from services.telemetry import Telemetry  # noqa: E402
-from services.trainer import SweepTrainer, TrainerMetrics  # noqa: E402
-from services.up import run as up_run  # noqa: E402
+from boardlens.services.config import DEFAULT_MODEL, ProducerConfig, TrainerConfig  # noqa: E402
+from boardlens.services.producer import Producer  # noqa: E402
+from boardlens.services.telemetry import Telemetry  # noqa: E402
+from boardlens.services.trainer import SweepTrainer, TrainerMetrics  # noqa: E402
+from boardlens.services.up import run as up_run  # noqa: E402
 
 
 def producer_tokens_per_s(model: str, tokens: int, threads: int) -> float:

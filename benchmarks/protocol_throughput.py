@@ -48,7 +48,7 @@ def cpu_s() -> float:
 def make_batch(b: int = 64, d: int = 64, p: int = 4):
     import torch
 
-    from protocol import ActivationBatch
+    from boardlens.protocol import ActivationBatch
 
     t = 59
     return ActivationBatch(
@@ -64,7 +64,7 @@ def make_batch(b: int = 64, d: int = 64, p: int = 4):
 
 def receive(mode: str, endpoint: str, n: int, tuned: bool, keys: str = "") -> None:
     """Receiver subprocess: take n messages, print JSON timings of messages 2..n."""
-    from protocol.transport import tune_malloc
+    from boardlens.protocol.transport import tune_malloc
 
     if tuned and not tune_malloc():
         raise RuntimeError("mallopt unavailable")
@@ -77,9 +77,9 @@ def receive(mode: str, endpoint: str, n: int, tuned: bool, keys: str = "") -> No
         def recv_one() -> int:
             return sum(len(f.buffer) for f in sock.recv_multipart(copy=False))
     else:
-        from protocol import decode, decode_batch
-        from protocol.security import client_keys
-        from protocol.transport import Subscriber, TransportConfig
+        from boardlens.protocol import decode, decode_batch
+        from boardlens.protocol.security import client_keys
+        from boardlens.protocol.transport import Subscriber, TransportConfig
 
         curve = client_keys(keys) if mode == "curve" else None
         sub = Subscriber(endpoint, cfg=TransportConfig(rcvhwm_msgs=HWM), curve=curve)
@@ -101,8 +101,8 @@ def receive(mode: str, endpoint: str, n: int, tuned: bool, keys: str = "") -> No
 
 def send(mode: str, n: int, tuned: bool, games: int, d: int = 64, p: int = 4, keys: str = "") -> dict:
     """Bind, start the receiver subprocess, wait for its subscription, send n messages."""
-    from protocol import encode_batch
-    from protocol.transport import Publisher, TransportConfig
+    from boardlens.protocol import encode_batch
+    from boardlens.protocol.transport import Publisher, TransportConfig
 
     batch = make_batch(games, d, p)
     if mode == "raw":
@@ -114,7 +114,7 @@ def send(mode: str, n: int, tuned: bool, games: int, d: int = 64, p: int = 4, ke
         sock.bind("tcp://127.0.0.1:0")
         endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
     else:
-        from protocol.security import server_keys
+        from boardlens.protocol.security import server_keys
 
         curve = server_keys(keys) if mode == "curve" else None
         pub = Publisher("tcp://127.0.0.1:0", None, TransportConfig(sndhwm_msgs=HWM), curve=curve)
@@ -165,7 +165,7 @@ def main() -> None:
 
     import tempfile
 
-    from protocol.security import generate
+    from boardlens.protocol.security import generate
 
     keys = tempfile.mkdtemp(prefix="boardlens-bench-keys-")
     generate(keys)

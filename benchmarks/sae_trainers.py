@@ -90,9 +90,9 @@ def compare(kind: str, d: int, d_sae: int, batch: int, steps: int, data: torch.T
 
 def sweep_wall_time(k: int, procs_k: int, d: int, d_sae: int, batch: int, steps: int, threads: int) -> float:
     """Seconds for K SAEs to reach `steps` when trained by `procs_k` trainer processes."""
-    from protocol import Publisher, TransportConfig, encode_batch, new_epoch
-    from protocol.batch import ActivationBatch
-    from services.up import spawn, stop_processes
+    from boardlens.protocol import Publisher, TransportConfig, encode_batch, new_epoch
+    from boardlens.protocol.batch import ActivationBatch
+    from boardlens.services.up import spawn, stop_processes
     from tests.services.helpers import free_ports
 
     penalties = [f"{0.01 * (i + 1):g}" for i in range(k)]

@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout, no install
 
-from services.up import free_ports, spawn, stop_processes  # noqa: E402
+from boardlens.services.up import free_ports, spawn, stop_processes  # noqa: E402
 
 MODEL = ROOT / "models" / "othello-gpt-random"
 

@@ -1,8 +1,8 @@
 """BoardLens wire protocol: the only place that knows the bytes on the wire (see SPEC.md).
 
-    from protocol import encode_batch, decode, decode_batch, Publisher, Subscriber
+    from boardlens.protocol import encode_batch, decode, decode_batch, Publisher, Subscriber
 
-Names are imported lazily (PEP 562) so that `import protocol.transport` or `protocol.header`
+Names are imported lazily (PEP 562) so that `import boardlens.protocol.transport` or `.header`
 does not pull in torch (~2 s) and `protocol.codec` / `protocol.batch` never pull in zmq.
 """
 
@@ -63,10 +63,10 @@ __all__ = [  # literal so linters see the re-exports; equals sorted(_EXPORTS)
 ]
 
 if TYPE_CHECKING:  # static analysers see ordinary imports
-    from protocol.batch import ActivationBatch, decode_batch, encode_batch, validate_batch
-    from protocol.codec import Message, decode, encode
-    from protocol.errors import REASONS, ProtocolError
-    from protocol.header import (
+    from boardlens.protocol.batch import ActivationBatch, decode_batch, encode_batch, validate_batch
+    from boardlens.protocol.codec import Message, decode, encode
+    from boardlens.protocol.errors import REASONS, ProtocolError
+    from boardlens.protocol.header import (
         DEFAULT_LIMITS,
         DTYPES,
         KINDS,
@@ -76,7 +76,7 @@ if TYPE_CHECKING:  # static analysers see ordinary imports
         TensorDesc,
         new_epoch,
     )
-    from protocol.transport import (
+    from boardlens.protocol.transport import (
         Publisher,
         SendTimeout,
         SeqTracker,
@@ -90,7 +90,7 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'protocol' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"protocol.{module}"), name)
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value  # later lookups skip __getattr__
     return value
 

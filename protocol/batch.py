@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from protocol.codec import DEFAULT_LIMITS, Limits, Message, encode
-from protocol.errors import ProtocolError
+from boardlens.protocol.codec import DEFAULT_LIMITS, Limits, Message, encode
+from boardlens.protocol.errors import ProtocolError
 
 ACT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 LABEL_PREFIX = "label/"

@@ -21,8 +21,8 @@ import msgpack
 import numpy as np
 import torch
 
-from protocol.errors import ProtocolError
-from protocol.header import (  # noqa: F401  (re-exported: the codec's public vocabulary)
+from boardlens.protocol.errors import ProtocolError
+from boardlens.protocol.header import (  # noqa: F401  (re-exported: the codec's public vocabulary)
     DEFAULT_LIMITS,
     DTYPES,
     ITEMSIZE,

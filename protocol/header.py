@@ -22,7 +22,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from protocol.errors import ProtocolError
+from boardlens.protocol.errors import ProtocolError
 
 PROTOCOL_VERSION = 1
 KINDS: tuple[str, ...] = ("batch", "snapshot", "end")

@@ -33,8 +33,8 @@ from typing import Any
 
 import zmq
 
-from protocol.header import DEFAULT_LIMITS
-from protocol.security import Curve, allow, apply_client, apply_server
+from boardlens.protocol.header import DEFAULT_LIMITS
+from boardlens.protocol.security import Curve, allow, apply_client, apply_server
 
 
 def tune_malloc(

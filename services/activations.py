@@ -3,7 +3,7 @@
 For training with other libraries' trainers (dictionary_learning's `trainSAE`, a SAELens or
 sparsify loop, your own):
 
-    from services.activations import ActivationStream
+    from boardlens.services.activations import ActivationStream
 
     with ActivationStream("tcp://producer:5555", batch_size=4096) as stream:
         for x in stream:            # x: (4096, d) float32 tensors of valid positions
@@ -25,8 +25,8 @@ from collections.abc import Iterator
 
 import torch
 
+from boardlens.protocol import ProtocolError, SeqTracker, Subscriber, decode, decode_batch
 from boardlens.sae.buffer import ShuffleBuffer
-from protocol import ProtocolError, SeqTracker, Subscriber, decode, decode_batch
 
 
 class ActivationStream:

@@ -12,7 +12,13 @@ from typing import get_type_hints
 
 import click
 
-from services.config import EvaluatorConfig, ProducerConfig, TrainerConfig, field_docs, resolve
+from boardlens.services.config import (
+    EvaluatorConfig,
+    ProducerConfig,
+    TrainerConfig,
+    field_docs,
+    resolve,
+)
 
 
 def _options_from(cls: type, skip: tuple[str, ...] = ()):
@@ -58,7 +64,7 @@ def main(log_level: str) -> None:
     Precedence of settings: defaults < --config file < BOARDLENS_<SERVICE>_<FIELD> environment
     variables < flags.
     """
-    from services.common import setup_logging
+    from boardlens.services.common import setup_logging
 
     setup_logging(log_level.upper())
 
@@ -68,8 +74,8 @@ def main(log_level: str) -> None:
 @_options_from(ProducerConfig)
 def produce(config_file, **options):
     """Run a game LM over generated games and stream activations + board labels."""
-    from services import producer
-    from services.common import StartupError
+    from boardlens.services import producer
+    from boardlens.services.common import StartupError
 
     try:
         producer.run(_resolve(ProducerConfig, config_file, options))
@@ -82,8 +88,8 @@ def produce(config_file, **options):
 @_options_from(TrainerConfig)
 def train(config_file, **options):
     """Train a sweep of SAEs online from the producer's stream (resumes from its last checkpoint)."""
-    from services import trainer
-    from services.common import StartupError
+    from boardlens.services import trainer
+    from boardlens.services.common import StartupError
 
     try:
         trainer.run(_resolve(TrainerConfig, config_file, options))
@@ -96,8 +102,8 @@ def train(config_file, **options):
 @_options_from(EvaluatorConfig)
 def evaluate(config_file, **options):
     """Evaluate SAE snapshots live: coverage, board reconstruction, L0, variance explained."""
-    from services import evaluator
-    from services.common import StartupError
+    from boardlens.services import evaluator
+    from boardlens.services.common import StartupError
 
     try:
         evaluator.run(_resolve(EvaluatorConfig, config_file, options))
@@ -130,7 +136,7 @@ def up(config_file, **options):
 
     Stops after --tokens or on Ctrl-C, then prints the SAEs' final metrics.
     """
-    from services import up as up_mod
+    from boardlens.services import up as up_mod
 
     sys.exit(up_mod.run(config_file=config_file, **options))
 
@@ -187,7 +193,7 @@ def _load_lm(model: str | None):
     """Any supported checkpoint (default: the bundled Othello model) -> (model, meta)."""
     from boardlens.lm.checkpoint import CheckpointError
     from boardlens.lm.formats import load_any
-    from services.config import DEFAULT_MODEL
+    from boardlens.services.config import DEFAULT_MODEL
 
     try:
         return load_any(model or DEFAULT_MODEL)
@@ -323,7 +329,7 @@ def keys_generate(folder: str, clients: int) -> None:
     `kubectl create secret generic boardlens-curve --from-file=FOLDER`). Publishers need
     server.secret and authorized_clients; consumers client.secret and server.public.
     """
-    from protocol.security import generate
+    from boardlens.protocol.security import generate
 
     try:
         paths = generate(folder, clients)
@@ -374,8 +380,8 @@ def sae_floor(model, control, tokens: int, saes, d_sae, run_dir) -> None:
     from safetensors.torch import load_file
 
     from boardlens.sae.io import atomic_save_tensors, atomic_write_text
-    from services import up
-    from services.config import DEFAULT_MODEL
+    from boardlens.services import up
+    from boardlens.services.config import DEFAULT_MODEL
 
     model_dir = Path(model or DEFAULT_MODEL)
     control_dir = Path(control or f"{model_dir}-random")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from protocol import (
+from boardlens.protocol import (
     REASONS,
     ProtocolError,
     SeqTracker,
@@ -22,8 +22,8 @@ from protocol import (
     decode,
     decode_batch,
 )
-from services.config import ServiceOptions, to_json
-from services.telemetry import Telemetry
+from boardlens.services.config import ServiceOptions, to_json
+from boardlens.services.telemetry import Telemetry
 
 log = logging.getLogger("boardlens")
 
@@ -80,7 +80,7 @@ def curve(cfg: ServiceOptions, side: str):
     """The service's CURVE keys for one side ('server' binds, 'client' connects), or None."""
     if not cfg.curve_keys:
         return None
-    from protocol.security import CurveKeyError, client_keys, server_keys
+    from boardlens.protocol.security import CurveKeyError, client_keys, server_keys
 
     try:
         return server_keys(cfg.curve_keys) if side == "server" else client_keys(cfg.curve_keys)
@@ -92,7 +92,7 @@ def close_context() -> None:
     """Stop this process's ZAP handler, then terminate the context (waits out the lingers)."""
     import zmq
 
-    from protocol.security import stop_authenticator
+    from boardlens.protocol.security import stop_authenticator
 
     ctx = zmq.Context.instance()
     stop_authenticator(ctx)

@@ -62,7 +62,7 @@ class ServiceOptions:
     """Address of /metrics and /healthz (0.0.0.0 to let a Prometheus on another host scrape)."""
 
     def _check_exposure(self, *binds: str) -> None:
-        from protocol.security import is_loopback
+        from boardlens.protocol.security import is_loopback
 
         exposed = [b for b in binds if not is_loopback(b)]
         if exposed and not self.curve_keys and not self.insecure:

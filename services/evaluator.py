@@ -29,9 +29,9 @@ from boardlens.lm.checkpoint import CheckpointError
 from boardlens.lm.formats import load_any
 from boardlens.metrics.evalset import EvalSet, evaluate_sae
 from boardlens.metrics.references import Reference, ReferenceSuite, floor_saes
+from boardlens.protocol import ActivationBatch, Message, Subscriber
 from boardlens.sae.io import ae_from_tensors
-from protocol import ActivationBatch, Message, Subscriber
-from services.common import (
+from boardlens.services.common import (
     BadSnapshot,
     IncompatibleBatch,
     MessageCounters,
@@ -45,8 +45,8 @@ from services.common import (
     stop_on_signals,
     transport,
 )
-from services.config import EvaluatorConfig
-from services.telemetry import Telemetry
+from boardlens.services.config import EvaluatorConfig
+from boardlens.services.telemetry import Telemetry
 
 
 class Snapshot(NamedTuple):

@@ -32,10 +32,17 @@ import torch
 from boardlens.games.labelled import LabelledGames
 from boardlens.games.stream import GameStream
 from boardlens.lm.formats import load_any
+from boardlens.protocol import (
+    ActivationBatch,
+    Publisher,
+    SendTimeout,
+    encode,
+    encode_batch,
+    new_epoch,
+)
+from boardlens.protocol.transport import EndReport
 from boardlens.sae.io import atomic_write_text
-from protocol import ActivationBatch, Publisher, SendTimeout, encode, encode_batch, new_epoch
-from protocol.transport import EndReport
-from services.common import (
+from boardlens.services.common import (
     StartupError,
     close_context,
     curve,
@@ -46,8 +53,8 @@ from services.common import (
     stop_on_signals,
     transport,
 )
-from services.config import ProducerConfig
-from services.telemetry import Telemetry
+from boardlens.services.config import ProducerConfig
+from boardlens.services.telemetry import Telemetry
 
 AUTO_BATCH_GAMES = {"othello": 64, "chess": 16}  # about 4k tokens per message
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -32,13 +32,20 @@ from typing import NamedTuple
 
 import torch
 
+from boardlens.protocol import (
+    ActivationBatch,
+    Publisher,
+    SendTimeout,
+    Subscriber,
+    encode,
+    new_epoch,
+)
+from boardlens.protocol.transport import tune_malloc
 from boardlens.sae.buffer import ShuffleBuffer
 from boardlens.sae.checkpoint import latest_checkpoint, read_checkpoint, write_checkpoint
 from boardlens.sae.io import sae_tensors
 from boardlens.sae.sweep import build_trainers, expand_specs
-from protocol import ActivationBatch, Publisher, SendTimeout, Subscriber, encode, new_epoch
-from protocol.transport import tune_malloc
-from services.common import (
+from boardlens.services.common import (
     IncompatibleBatch,
     MessageCounters,
     StartupError,
@@ -53,8 +60,8 @@ from services.common import (
     stop_on_signals,
     transport,
 )
-from services.config import TrainerConfig
-from services.telemetry import Telemetry
+from boardlens.services.config import TrainerConfig
+from boardlens.services.telemetry import Telemetry
 
 _STEP_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _LOSS_TERMS = ("loss", "recon", "sparsity", "aux")

@@ -24,7 +24,13 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from boardlens.progress import StatusLine
-from services.config import BUNDLED_MODELS, EvaluatorConfig, ProducerConfig, TrainerConfig, resolve
+from boardlens.services.config import (
+    BUNDLED_MODELS,
+    EvaluatorConfig,
+    ProducerConfig,
+    TrainerConfig,
+    resolve,
+)
 
 SERVICES = ("evaluator", "trainer", "producer")
 
@@ -241,7 +247,7 @@ def run(config_file=None, tokens=2_000_000, run_dir=None, quiet=False, base_port
 def spawn(command: str, args: list[str], log_path: Path) -> subprocess.Popen:
     """Start `boardlens <command> <args>` as a child process logging to log_path."""
     with open(log_path, "w") as logf:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen([sys.executable, "-m", "services.cli", command, *args],
+        return subprocess.Popen([sys.executable, "-m", "boardlens.services.cli", command, *args],
                                 stdout=logf, stderr=subprocess.STDOUT)
 
 

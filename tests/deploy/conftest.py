@@ -11,10 +11,10 @@ def service_metrics() -> set[str]:
     with _bucket/_sum/_count), read from their real metric classes, not from a list."""
     from prometheus_client import CollectorRegistry
 
-    from services.evaluator import EvaluatorMetrics
-    from services.producer import ProducerMetrics
-    from services.telemetry import Telemetry
-    from services.trainer import TrainerMetrics
+    from boardlens.services.evaluator import EvaluatorMetrics
+    from boardlens.services.producer import ProducerMetrics
+    from boardlens.services.telemetry import Telemetry
+    from boardlens.services.trainer import TrainerMetrics
 
     names: set[str] = set()
     for service, metrics in (("producer", ProducerMetrics), ("trainer", TrainerMetrics),

@@ -152,7 +152,7 @@ def live(tmp_path_factory):
             time.sleep(0.2)
 
         up = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "up", "--model", "models/othello-gpt-random",
+            [sys.executable, "-m", "boardlens.services.cli", "up", "--model", "models/othello-gpt-random",
              "--tokens", "400000", "--d-sae", "256", "--batch-size", "256", "--train-games", "30",
              "--test-games", "30", "--base-port", str(base), "--run-dir", str(run_dir), "--quiet"],
             cwd=ROOT, stdout=up_log, stderr=subprocess.STDOUT, start_new_session=True)

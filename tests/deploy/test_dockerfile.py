@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from services.config import EvaluatorConfig, ProducerConfig, TrainerConfig
+from boardlens.services.config import EvaluatorConfig, ProducerConfig, TrainerConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from services.config import EvaluatorConfig, ProducerConfig, TrainerConfig, resolve
+from boardlens.services.config import EvaluatorConfig, ProducerConfig, TrainerConfig, resolve
 
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 COMMANDS = {"produce": ("producer", ProducerConfig), "train": ("trainer", TrainerConfig),

@@ -49,7 +49,7 @@ def test_batched_sampling_matches_one_prompt_at_a_time():
 
 def test_bundled_chess_model_plays_legal_moves_and_its_control_does_not():
     from boardlens.lm.checkpoint import load_model
-    from services.config import BUNDLED_MODELS
+    from boardlens.services.config import BUNDLED_MODELS
 
     prompts = lm_data.eval_prompts(32, seed=99)
     trained, _ = load_model(BUNDLED_MODELS["chess"])

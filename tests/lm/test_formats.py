@@ -144,7 +144,7 @@ def test_transformer_lens_state_dict(tmp_path, with_ln):
 
 
 def test_load_any_dispatches_every_format(tmp_path):
-    from services.config import DEFAULT_MODEL
+    from boardlens.services.config import DEFAULT_MODEL
 
     _, meta = load_any(DEFAULT_MODEL)
     assert meta["format"] == "boardlens" and meta["game"] == "othello"

@@ -67,7 +67,7 @@ def test_training_batch_targets_and_accuracy_bounds():
 
 
 def test_bundled_models_load():
-    from services.config import DEFAULT_MODEL
+    from boardlens.services.config import DEFAULT_MODEL
 
     for folder in (DEFAULT_MODEL, DEFAULT_MODEL + "-random"):
         m, meta = load_model(folder)
@@ -77,7 +77,7 @@ def test_bundled_models_load():
 def test_linear_probe_reads_the_board_from_the_trained_model_only():
     from boardlens.lm.checkpoint import load_model
     from boardlens.lm.probe import probe_board
-    from services.config import DEFAULT_MODEL
+    from boardlens.services.config import DEFAULT_MODEL
 
     results = {}
     for name in ("", "-random"):

@@ -20,7 +20,7 @@ TINY = ["--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--sae-layer", "0",
 
 
 def _cli(*args, timeout=240):
-    return subprocess.run([sys.executable, "-m", "services.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "boardlens.services.cli", *args], capture_output=True, text=True,
                           timeout=timeout)
 
 

@@ -24,7 +24,7 @@ N_MESSAGES, PAUSE_S = 65, 75
 
 _PUBLISHER = textwrap.dedent("""
     import sys, zmq
-    from protocol.transport import Publisher, TransportConfig
+    from boardlens.protocol.transport import Publisher, TransportConfig
     endpoint, mode, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
     pub = Publisher(endpoint, None, TransportConfig(sndhwm_msgs=64, rcvhwm_msgs=64))
     assert pub.wait_for_subscribers(1, 30)
@@ -43,7 +43,7 @@ _PUBLISHER = textwrap.dedent("""
 
 _CONSUMER = textwrap.dedent("""
     import sys, time
-    from protocol.transport import Subscriber, TransportConfig
+    from boardlens.protocol.transport import Subscriber, TransportConfig
     endpoint, pause = sys.argv[1], float(sys.argv[2])
     cfg = TransportConfig(rcvhwm_msgs=64, tcp_keepalive_idle_s=1, tcp_keepalive_intvl_s=1)
     sub = Subscriber(endpoint, cfg=cfg)

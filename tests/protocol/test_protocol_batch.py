@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from protocol import ActivationBatch, ProtocolError, decode, decode_batch, encode, encode_batch
+from boardlens.protocol import (
+    ActivationBatch,
+    ProtocolError,
+    decode,
+    decode_batch,
+    encode,
+    encode_batch,
+)
 
 B, T, D, P = 3, 7, 16, 4
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from protocol import (
+from boardlens.protocol import (
     DEFAULT_LIMITS,
     DTYPES,
     PROTOCOL_VERSION,
@@ -340,14 +340,14 @@ def test_encode_rejects_what_decode_would():
 
 
 def test_codec_and_batch_do_not_import_zmq():
-    code = ("import sys, protocol, protocol.codec, protocol.batch; "
-            "assert 'zmq' not in sys.modules, 'zmq imported'; protocol.Publisher; "
+    code = ("import sys, boardlens.protocol, boardlens.protocol.codec, boardlens.protocol.batch; "
+            "assert 'zmq' not in sys.modules, 'zmq imported'; boardlens.protocol.Publisher; "
             "assert 'zmq' in sys.modules")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
 
 
 def test_header_and_transport_do_not_import_torch():
-    code = ("import sys, protocol.header, protocol.transport; "
+    code = ("import sys, boardlens.protocol.header, boardlens.protocol.transport; "
             "assert 'torch' not in sys.modules and 'numpy' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
 
@@ -360,14 +360,22 @@ def test_boardlens_does_not_import_protocol():
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 names = [node.module]
-            assert not any(n == "protocol" or n.startswith("protocol.") for n in names), path
+            assert not any(n.startswith(("boardlens.protocol", "boardlens.services", "protocol", "services")) for n in names), path
 
 
 def test_lazy_package_exports_everything_it_lists():
-    import protocol
+    import boardlens.protocol as protocol
 
     assert sorted(protocol.__all__) == sorted(protocol._EXPORTS)
     for name in protocol.__all__:
         assert getattr(protocol, name) is not None
     with pytest.raises(AttributeError):
         protocol.no_such_name  # noqa: B018
+
+
+def test_installed_only_under_the_project_namespace(tmp_path):
+    """protocol/ and services/ import as boardlens.protocol / boardlens.services; the generic
+    top-level names are not installed (run outside the checkout, so its folder is not on the path)."""
+    code = ("import importlib.util as u, boardlens.protocol, boardlens.services; "
+            "assert u.find_spec('protocol') is None and u.find_spec('services') is None")
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, timeout=60)

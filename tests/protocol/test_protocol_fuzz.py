@@ -7,7 +7,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocol import (
+from boardlens.protocol import (
     DEFAULT_LIMITS,
     DTYPES,
     KINDS,

@@ -9,8 +9,8 @@ import pytest
 import torch
 import zmq
 
-from protocol import decode, encode
-from protocol.transport import (
+from boardlens.protocol import decode, encode
+from boardlens.protocol.transport import (
     Publisher,
     SendTimeout,
     SeqTracker,
@@ -95,7 +95,7 @@ def test_lossless_backlog_survives_a_stall_longer_than_the_heartbeat_timeout():
 
 _STALLED_CONSUMER = """
 import sys, time
-from protocol.transport import Subscriber, TransportConfig
+from boardlens.protocol.transport import Subscriber, TransportConfig
 sub = Subscriber(sys.argv[1], cfg=TransportConfig(rcvhwm_msgs=1))
 time.sleep(4)  # backpressured while the producer goes away
 n = 0
@@ -336,7 +336,7 @@ def test_finish_reports_who_did_not_confirm():
 def test_tune_malloc_on_glibc():
     import platform
 
-    from protocol.transport import tune_malloc
+    from boardlens.protocol.transport import tune_malloc
 
     ok = tune_malloc()
     if platform.libc_ver()[0] == "glibc":
@@ -345,7 +345,7 @@ def test_tune_malloc_on_glibc():
 
 @pytest.mark.timeout(60)
 def test_curve_lets_only_authorised_clients_in(tmp_path):
-    from protocol.security import CurveKeyError, client_keys, generate, server_keys
+    from boardlens.protocol.security import CurveKeyError, client_keys, generate, server_keys
 
     generate(tmp_path / "keys", clients=2)
     with pytest.raises(FileExistsError):
@@ -374,7 +374,7 @@ def test_curve_lets_only_authorised_clients_in(tmp_path):
                 sub.close()
             good.close()
     finally:
-        from protocol.security import stop_authenticator
+        from boardlens.protocol.security import stop_authenticator
 
         stop_authenticator(ctx)
         ctx.term()

@@ -135,7 +135,7 @@ def test_cli_exports_a_trainer_checkpoint(tmp_path):
 
     ae = _ae()
     ckpt = save_sae(tmp_path / "checkpoints", "standard-96-0.05", ae, {"kind": "standard", "step": 7})
-    r = subprocess.run([sys.executable, "-m", "services.cli", "sae", "export", str(ckpt), "--format", "saelens",
+    r = subprocess.run([sys.executable, "-m", "boardlens.services.cli", "sae", "export", str(ckpt), "--format", "saelens",
                         "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     back, cfg = import_sae(tmp_path / "out")

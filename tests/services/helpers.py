@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.up import free_ports, spawn, stop_processes  # noqa: F401 (free_ports: re-exported for the tests)
+from boardlens.services.up import free_ports, spawn, stop_processes  # noqa: F401 (free_ports: re-exported for the tests)
 
 
 def start(command: str, *args: str, log_path) -> subprocess.Popen:
@@ -72,7 +72,7 @@ def synthetic_batch(epoch: str, seq: int, d: int = 32, acts=None):
     """A valid Othello-shaped batch of random numbers: 16 games of 59 positions, width d."""
     import torch
 
-    from protocol import ActivationBatch
+    from boardlens.protocol import ActivationBatch
 
     B, T = 16, 59
     return ActivationBatch(

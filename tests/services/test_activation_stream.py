@@ -7,7 +7,7 @@ import types
 import pytest
 import torch
 
-from services.activations import ActivationStream
+from boardlens.services.activations import ActivationStream
 from tests.services.helpers import free_ports, services, start
 
 MODEL = os.path.join(os.path.dirname(__file__), "..", "..", "models", "othello-gpt")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from services.config import DEFAULT_MODEL
+from boardlens.services.config import DEFAULT_MODEL
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -33,7 +33,7 @@ def _evil_pickle(path: Path, marker: Path) -> None:
 
 
 def _cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "services.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "boardlens.services.cli", *args], capture_output=True, text=True,
                           timeout=100, cwd=cwd, env={**os.environ, "PYTHONPATH": os.getcwd()})
 
 

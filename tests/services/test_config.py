@@ -3,8 +3,14 @@
 import pytest
 from click.testing import CliRunner
 
-from services.cli import main
-from services.config import EvaluatorConfig, ProducerConfig, TrainerConfig, field_docs, resolve
+from boardlens.services.cli import main
+from boardlens.services.config import (
+    EvaluatorConfig,
+    ProducerConfig,
+    TrainerConfig,
+    field_docs,
+    resolve,
+)
 
 
 def test_precedence_defaults_file_env_cli(tmp_path):
@@ -59,14 +65,14 @@ def test_every_field_is_documented_and_a_flag():
 def test_version_flag():
     from click.testing import CliRunner
 
-    from services.cli import main
+    from boardlens.services.cli import main
 
     r = CliRunner().invoke(main, ["--version"])
     assert r.exit_code == 0 and "boardlens, version " in r.output
 
 
 def test_a_misspelt_boolean_is_an_error_not_false():
-    from services.config import EvaluatorConfig, resolve
+    from boardlens.services.config import EvaluatorConfig, resolve
 
     assert resolve(EvaluatorConfig, environ={"BOARDLENS_EVALUATOR_REFERENCES": "Off"}).references is False
     assert resolve(EvaluatorConfig, environ={"BOARDLENS_EVALUATOR_REFERENCES": "yes"}).references is True

@@ -17,7 +17,7 @@ import msgpack
 import pytest
 import torch
 
-from protocol import (
+from boardlens.protocol import (
     ProtocolError,
     Publisher,
     SeqTracker,
@@ -28,8 +28,8 @@ from protocol import (
     encode,
     encode_batch,
 )
-from services.config import DEFAULT_MODEL
-from services.up import spawn, stop_processes
+from boardlens.services.config import DEFAULT_MODEL
+from boardlens.services.up import spawn, stop_processes
 from tests.services.helpers import (
     free_ports,
     healthz,
@@ -277,7 +277,7 @@ def test_hostile_and_malformed_messages_against_a_live_trainer(tmp_path):
 
 
 def test_curve_keeps_an_unauthenticated_client_out_of_a_live_producer(tmp_path):
-    from protocol.security import client_keys, generate
+    from boardlens.protocol.security import client_keys, generate
 
     port, pm = free_ports(2)
     keys = tmp_path / "keys"

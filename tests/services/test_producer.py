@@ -10,11 +10,11 @@ import torch
 from boardlens.games.othello import tokenizer
 from boardlens.games.othello.engine import replay
 from boardlens.games.othello.labels import label_games
-from protocol import Subscriber, TransportConfig, decode, decode_batch
-from services.config import DEFAULT_MODEL, ProducerConfig
-from services.producer import Producer
-from services.telemetry import Telemetry
-from services.up import spawn, stop_processes
+from boardlens.protocol import Subscriber, TransportConfig, decode, decode_batch
+from boardlens.services.config import DEFAULT_MODEL, ProducerConfig
+from boardlens.services.producer import Producer
+from boardlens.services.telemetry import Telemetry
+from boardlens.services.up import spawn, stop_processes
 from tests.services.helpers import free_ports, wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -146,7 +146,7 @@ def test_bad_start_config_is_a_one_line_error(args, message):
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "services.cli", "produce", *args, "--metrics-port", "0",
+    r = subprocess.run([sys.executable, "-m", "boardlens.services.cli", "produce", *args, "--metrics-port", "0",
                         "--bind", "tcp://127.0.0.1:0", "--bind-lossy", "tcp://127.0.0.1:0"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and message in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -9,12 +9,19 @@ import time
 import pytest
 import torch
 
+from boardlens.protocol import (
+    ActivationBatch,
+    Publisher,
+    TransportConfig,
+    encode,
+    encode_batch,
+    new_epoch,
+)
 from boardlens.sae.checkpoint import latest_checkpoint, read_checkpoint
-from protocol import ActivationBatch, Publisher, TransportConfig, encode, encode_batch, new_epoch
-from services.common import StartupError
-from services.config import TrainerConfig
-from services.telemetry import Telemetry
-from services.trainer import SweepTrainer, TrainerMetrics, find_resume_point
+from boardlens.services.common import StartupError
+from boardlens.services.config import TrainerConfig
+from boardlens.services.telemetry import Telemetry
+from boardlens.services.trainer import SweepTrainer, TrainerMetrics, find_resume_point
 from tests.services.helpers import free_ports, scrape, services, start, value, wait_for
 
 D = 16

@@ -18,7 +18,7 @@ def test_up_runs_to_the_final_table(tmp_path):
     shutil.copytree("models/othello-gpt-random", model)
     shutil.copytree("models/othello-gpt-random", tmp_path / "m-random")
     floor = subprocess.run(
-        [sys.executable, "-m", "services.cli", "sae", "floor", "--model", str(model), "--tokens", "30000",
+        [sys.executable, "-m", "boardlens.services.cli", "sae", "floor", "--model", str(model), "--tokens", "30000",
          "--d-sae", "128", "--sae", "standard", "--run-dir", str(tmp_path / "floor-run")],
         capture_output=True, text=True, timeout=200)
     assert floor.returncode == 0, floor.stdout + floor.stderr
@@ -26,7 +26,7 @@ def test_up_runs_to_the_final_table(tmp_path):
     assert meta["control_model"] == "../m-random" and meta["layer"] == 4 and meta["tokens"] == 30000
     run = tmp_path / "run"
     out = subprocess.run(
-        [sys.executable, "-m", "services.cli", "up", "--model", str(model),
+        [sys.executable, "-m", "boardlens.services.cli", "up", "--model", str(model),
          "--tokens", "60000", "--d-sae", "128", "--batch-size", "256", "--train-games", "20",
          "--test-games", "20", "--run-dir", str(run), "--quiet"],
         capture_output=True, text=True, timeout=280)
@@ -59,7 +59,7 @@ def test_up_runs_to_the_final_table(tmp_path):
 def test_up_game_chess_runs_on_the_bundled_chess_model(tmp_path):
     run = tmp_path / "run"
     out = subprocess.run(
-        [sys.executable, "-m", "services.cli", "up", "--game", "chess", "--tokens", "40000",
+        [sys.executable, "-m", "boardlens.services.cli", "up", "--game", "chess", "--tokens", "40000",
          "--d-sae", "128", "--batch-size", "256", "--train-games", "20", "--test-games", "20",
          "--run-dir", str(run), "--quiet"],
         capture_output=True, text=True, timeout=280)
@@ -78,7 +78,7 @@ def test_up_game_chess_runs_on_the_bundled_chess_model(tmp_path):
 
 def test_evaluator_with_an_unusable_model_fails_at_start_in_one_line(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "services.cli", "evaluate", "--model", str(tmp_path / "missing"),
+        [sys.executable, "-m", "boardlens.services.cli", "evaluate", "--model", str(tmp_path / "missing"),
          "--run-dir", str(tmp_path / "run"), "--metrics-port", "0"],
         capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
