@@ -12,6 +12,7 @@ from typing import get_type_hints
 
 import click
 
+from boardlens.atomic import write_json
 from boardlens.services.config import (
     EvaluatorConfig,
     ProducerConfig,
@@ -253,7 +254,6 @@ def lm_probe(model, layers, train_games: int, test_games: int, seed: int, json_o
     coverage and board reconstruction of per-BSP linear probes (the evaluator's ceiling) and
     of the block's MLP neurons (the paper's baseline), on the same held-out games.
     """
-    import json
 
     from boardlens.lm.probe import layer_reports, probe_board
 
@@ -271,9 +271,8 @@ def lm_probe(model, layers, train_games: int, test_games: int, seed: int, json_o
                              f" MLP cov {rep.mlp[f].coverage:.3f} rec {rep.mlp[f].reconstruction:.3f}"
                              for f in list(rep.probe)[:2]))
     if json_out:
-        with open(json_out, "w") as f:
-            json.dump({"model": model, "game": meta["game"], "train_games": train_games,
-                       "test_games": test_games, "seed": seed, "layers": out}, f, indent=2)
+        write_json(json_out, {"model": model, "game": meta["game"], "train_games": train_games,
+                              "test_games": test_games, "seed": seed, "layers": out})
 
 
 @lm.command("curve")
@@ -308,7 +307,7 @@ def lm_curve(run_dir: str, layers: str, train_games: int, test_games: int, seed:
                "family": fam, "probe_reconstruction": {r.layer: r.probe[fam].reconstruction for r in reps},
                "probe_coverage": {r.layer: r.probe[fam].coverage for r in reps}}
         done[row["step"]] = row
-        path.write_text(json.dumps([done[k] for k in sorted(done)], indent=1))
+        write_json(path, [done[k] for k in sorted(done)], indent=1)
         click.echo(f"step {row['step']:>6} tokens {row['tokens']:>11,} legal {row['legal']:.4f} | {fam} probe rec "
                    + " ".join(f"L{k} {v:.3f}" for k, v in row["probe_reconstruction"].items()))
 
@@ -379,7 +378,8 @@ def sae_floor(model, control, tokens: int, saes, d_sae, run_dir) -> None:
 
     from safetensors.torch import load_file
 
-    from boardlens.sae.io import atomic_save_tensors, atomic_write_text
+    from boardlens.atomic import write_json
+    from boardlens.sae.io import save_tensors
     from boardlens.services import up
     from boardlens.services.config import DEFAULT_MODEL
 
@@ -395,11 +395,11 @@ def sae_floor(model, control, tokens: int, saes, d_sae, run_dir) -> None:
     for st in sorted((run / "checkpoints" / "latest").glob("*.safetensors")):
         info = json.loads(st.with_suffix(".json").read_text())
         # float16 halves the file; the evaluator loads it back as float32 (a floor needs no more).
-        atomic_save_tensors({k: v.half() if v.is_floating_point() else v for k, v in load_file(str(st)).items()},
+        save_tensors({k: v.half() if v.is_floating_point() else v for k, v in load_file(str(st)).items()},
                             floor / st.name)
         info.update(control_model=os.path.relpath(control_dir, model_dir), layer=int(meta["sae_layer"]),
                     tokens=tokens, command="boardlens sae floor " + shlex.join(sys.argv[3:]))
-        atomic_write_text(floor / st.with_suffix(".json").name, json.dumps(info, indent=2))
+        write_json(floor / st.with_suffix(".json").name, info)
         click.echo(f"wrote {floor / st.name}")
 
 

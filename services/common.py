@@ -4,7 +4,6 @@ and the receive loop that turns frames into batches and counts what it rejects o
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import signal
 import threading
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from boardlens.atomic import write_json
 from boardlens.protocol import (
     REASONS,
     ProtocolError,
@@ -59,7 +59,7 @@ def prepare_run_dir(service: str, cfg) -> Path:
     run_dir = Path(cfg.run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / f"{service}_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+        write_json(run_dir / f"{service}_config.json", dataclasses.asdict(cfg))
     except OSError as e:
         raise StartupError(f"cannot write the run folder {run_dir}: {e.strerror or e}") from e
     return run_dir

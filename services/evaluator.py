@@ -24,6 +24,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from boardlens.atomic import write_json
 from boardlens.games import families, family_groups
 from boardlens.lm.checkpoint import CheckpointError
 from boardlens.lm.formats import load_any
@@ -237,7 +238,7 @@ class LiveEvaluator:
 
     def close(self) -> None:
         final = {"saes": self.latest, "references": self.references}
-        (self.run_dir / "final_metrics.json").write_text(json.dumps(final, indent=2))
+        write_json(self.run_dir / "final_metrics.json", final)
         self.log.close()
 
 

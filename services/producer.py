@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from boardlens.atomic import write_json
 from boardlens.games.labelled import LabelledGames
 from boardlens.games.stream import GameStream
 from boardlens.lm.formats import load_any
@@ -41,7 +42,6 @@ from boardlens.protocol import (
     new_epoch,
 )
 from boardlens.protocol.transport import EndReport
-from boardlens.sae.io import atomic_write_text
 from boardlens.services.common import (
     StartupError,
     close_context,
@@ -116,7 +116,7 @@ class StreamState:
         return state
 
     def save(self, path: Path) -> None:
-        atomic_write_text(path, json.dumps(asdict(self)))
+        write_json(path, asdict(self), indent=None)
 
 
 class Producer:

@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from boardlens.atomic import write_text
 from boardlens.progress import StatusLine
 from boardlens.services.config import (
     BUNDLED_MODELS,
@@ -197,7 +198,7 @@ def run(config_file=None, tokens=2_000_000, run_dir=None, quiet=False, base_port
         print(f"error: {e}", file=sys.stderr)
         return 2
     cfg_file = run_path / "config.yaml"
-    cfg_file.write_text(yaml.safe_dump({k: _plain(dataclasses.asdict(v)) for k, v in cfgs.items()}, sort_keys=True))
+    write_text(cfg_file, yaml.safe_dump({k: _plain(dataclasses.asdict(v)) for k, v in cfgs.items()}, sort_keys=True))
     (run_path / "logs").mkdir(exist_ok=True)
     print(f"boardlens up: run folder {run_path}, config {cfg_file}", flush=True)
     commands = {"evaluator": "evaluate", "trainer": "train", "producer": "produce"}

@@ -12,12 +12,12 @@ created deterministically on load (nothing to ship but the JSON).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from boardlens.atomic import write_atomic, write_json
 from boardlens.lm.model import GPT, GPTConfig
 
 FORMAT = "boardlens-gpt"
@@ -33,15 +33,9 @@ def save_model(model: GPT, folder: str | Path, meta: dict, dtype: torch.dtype = 
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
     cfg = {"format": FORMAT, "gpt": model.config.to_dict(), "dtype": str(dtype).split(".")[-1], **meta}
-    _atomic(folder / "model.safetensors", lambda p: save_file(tensors, str(p)))
-    _atomic(folder / "config.json", lambda p: p.write_text(json.dumps(cfg, indent=2) + "\n"))
+    write_atomic(folder / "model.safetensors", lambda p: save_file(tensors, str(p)))
+    write_json(folder / "config.json", cfg)
     return folder
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def read_config(folder: str | Path) -> dict:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pickle
 import signal
 import time
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from boardlens.atomic import write_atomic, write_json
 from boardlens.games import GAMES
 from boardlens.lm.checkpoint import CheckpointError, save_model
 from boardlens.lm.model import GPT, GPTConfig
@@ -197,13 +197,7 @@ def _save_state(path: Path, model, opt, step, rng, best, seen) -> None:
         "torch_rng": torch.get_rng_state(),
         "np_rng": json.dumps(rng.bit_generator.state),
     }
-    _atomic_torch_save(state, path)
-
-
-def _atomic_torch_save(obj: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda p: torch.save(state, p))
 
 
 def compact_state(src: str | Path, dst: str | Path) -> None:
@@ -213,7 +207,7 @@ def compact_state(src: str | Path, dst: str | Path) -> None:
     st = torch.load(src, weights_only=True)
     st["model"] = {k: v.half() if v.is_floating_point() else v for k, v in st["model"].items()}
     del st["opt"]
-    _atomic_torch_save(st, Path(dst))
+    write_atomic(dst, lambda p: torch.save(st, p))
 
 
 def train(cfg: LMTrainConfig, resume: bool = False) -> dict:
@@ -222,7 +216,7 @@ def train(cfg: LMTrainConfig, resume: bool = False) -> dict:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    write_json(out / "train_config.json", asdict(cfg))
     print(f"lm-train config {json.dumps(asdict(cfg), sort_keys=True)}", flush=True)
     torch.manual_seed(cfg.seed)
     gpt_cfg = GPTConfig(

@@ -21,24 +21,16 @@ from pathlib import Path
 
 import torch
 
+from boardlens.atomic import fsync_dir, fsync_file
 from boardlens.sae.io import save_sae
 
 STATE_SUFFIX = ".state.pt"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(folder: Path) -> None:
     for f in folder.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    _fsync_dir(folder)
+        fsync_file(f)
+    fsync_dir(folder)
 
 
 def step_dir_name(step: int) -> str:
@@ -69,7 +61,7 @@ def write_checkpoint(root: str | Path, step: int, trainers, sweep_state: dict, m
     link.unlink(missing_ok=True)
     link.symlink_to(final.name)
     os.replace(link, root / "latest")
-    _fsync_dir(root)
+    fsync_dir(root)
     for old in sorted(root.glob("step-*"))[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -21,12 +21,12 @@ safetensors); errors name the file.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from boardlens.atomic import write_atomic, write_json
 from boardlens.sae.io import ae_from_tensors, guess_arch, sae_tensors
 
 FORMATS = ("dictionary_learning", "saelens")
@@ -35,12 +35,6 @@ DL_CLASSES = {"relu": "AutoEncoder", "gated": "GatedAutoEncoder", "topk": "AutoE
 DL_TRAINERS = {"standard": "StandardTrainer", "p_anneal": "PAnnealTrainer", "gated": "GatedSAETrainer",
                "gated_anneal": "GatedAnnealTrainer", "topk": "TopKTrainer", "batch_topk": "BatchTopKTrainer"}
 SAELENS_ARCH = {"relu": "standard", "gated": "gated", "topk": "topk", "batch_topk": "jumprelu"}
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def _hyper(meta: dict) -> dict:
@@ -53,9 +47,7 @@ def export_dictionary_learning(ae: torch.nn.Module, folder: str | Path, meta: di
     h = _hyper(meta or {})
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / "ae.pt.tmp"
-    torch.save(sae_tensors(ae), tmp)
-    os.replace(tmp, folder / "ae.pt")
+    write_atomic(folder / "ae.pt", lambda p: torch.save(sae_tensors(ae), p))
     trainer = {
         "dict_class": DL_CLASSES[ae.arch], "activation_dim": ae.d_in, "dict_size": ae.d_sae,
         "trainer_class": DL_TRAINERS.get(h.get("kind", ""), h.get("kind", "")),
@@ -63,7 +55,7 @@ def export_dictionary_learning(ae: torch.nn.Module, folder: str | Path, meta: di
         "seed": h.get("seed"), "layer": h.get("layer"), "lm_name": h.get("model"),
         "steps": h.get("step"), **ae.extra_config(), "exported_by": "boardlens",
     }
-    _write_json(folder / "config.json", {"trainer": trainer, "buffer": {"d_submodule": ae.d_in}})
+    write_json(folder / "config.json", {"trainer": trainer, "buffer": {"d_submodule": ae.d_in}})
     return folder
 
 
@@ -108,11 +100,10 @@ def export_saelens(ae: torch.nn.Module, folder: str | Path, meta: dict | None = 
         w |= {"b_enc": t["encoder.bias"], "b_dec": t["b_dec"],
               "threshold": torch.full((ae.d_sae,), max(float(t["threshold"]), 0.0))}
         meta_extra["batch_topk_k"] = int(t["k"])
-    save_file(w, str(folder / "sae_weights.safetensors.tmp"))
-    os.replace(folder / "sae_weights.safetensors.tmp", folder / "sae_weights.safetensors")
+    write_atomic(folder / "sae_weights.safetensors", lambda p: save_file(w, str(p)))
     layer = h.get("layer")
     hook = f"blocks.{layer}.hook_resid_post" if layer is not None else ""
-    _write_json(folder / "cfg.json", {
+    write_json(folder / "cfg.json", {
         "architecture": SAELENS_ARCH[ae.arch], "d_in": ae.d_in, "d_sae": ae.d_sae, **cfg_extra, "dtype": "float32",
         "device": "cpu", "apply_b_dec_to_input": True, "normalize_activations": "none",
         "hook_name": hook, "hook_layer": layer, "model_name": h.get("model", ""),

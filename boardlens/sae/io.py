@@ -7,12 +7,12 @@ atomic (temp file + os.replace), so a reader never sees half a file.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from boardlens.atomic import write_atomic, write_json
 from boardlens.sae.model import ARCHS, build_ae
 
 
@@ -49,29 +49,17 @@ def ae_from_tensors(tensors: dict[str, torch.Tensor], arch: str | None = None) -
     return ae
 
 
-def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write text so that a reader, or a restart after a crash, sees the old or the new file
-    (fsync before the rename: the new content is on disk before its name is)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
+    """safetensors file, written atomically."""
+    write_atomic(path, lambda p: save_file(tensors, str(p), metadata=metadata))
 
 
 def save_sae(folder: str | Path, name: str, ae: torch.nn.Module, meta: dict) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     st = folder / f"{name}.safetensors"
-    atomic_save_tensors(sae_tensors(ae), st)
-    atomic_write_text(folder / f"{name}.json", json.dumps({"arch": ae.arch, **meta}, indent=2))
+    save_tensors(sae_tensors(ae), st)
+    write_json(folder / f"{name}.json", {"arch": ae.arch, **meta})
     return st
 
 

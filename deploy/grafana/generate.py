@@ -25,6 +25,8 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
+from boardlens.atomic import write_text
+
 OUT = Path(__file__).with_name("boardlens.json")
 DS = {"type": "prometheus", "uid": "${datasource}"}
 RATE = "$__rate_interval"
@@ -296,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{OUT} is stale: run python {Path(__file__).as_posix()}", file=sys.stderr)
             return 1
         return 0
-    OUT.write_text(text)
+    write_text(OUT, text)
     print(f"wrote {OUT} ({sum(len(ps) for _, ps in ROWS)} panels, {len(queries())} queries)")
     return 0
 
