@@ -20,7 +20,7 @@ from typing import Any, get_type_hints
 
 import yaml
 
-from boardlens.parse import parse_bool
+from boardlens.parse import coerce
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 BUNDLED_MODELS = {"othello": str(MODELS_DIR / "othello-gpt"), "chess": str(MODELS_DIR / "chess-gpt")}
@@ -253,18 +253,8 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def _coerce(cls: type, name: str, value: Any) -> Any:
-    """Turn a file/env/CLI value into the field's type."""
-    hint = get_type_hints(cls)[name]
-    if hint in (tuple[str, ...], "tuple[str, ...]"):
-        if isinstance(value, str):
-            value = [v for v in value.split(";") if v.strip()]
-        return tuple(str(v) for v in value)
-    try:
-        if hint is bool and isinstance(value, str):
-            return parse_bool(value)
-        return hint(value)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{name}: cannot read {value!r} as {hint.__name__}") from e
+    """A file/env/CLI value -> the field's type, by boardlens.parse.coerce's one rule."""
+    return coerce(value, get_type_hints(cls)[name], name)
 
 
 def read_file(path: str | Path, section: str) -> dict:

@@ -42,8 +42,28 @@ def test_bad_trainer_values_and_unknown_keys(tmp_path):
         resolve(TrainerConfig, None, {"batch_size": 100, "buffer_activations": 150}, environ={})
     with pytest.raises(ValueError, match="unknown"):
         resolve(TrainerConfig, None, {}, environ={"BOARDLENS_TRAINER_NOPE": "1"})
-    with pytest.raises(ValueError, match="cannot read"):
+    with pytest.raises(ValueError, match="d_sae: 'many' is not a valid int"):
         resolve(TrainerConfig, None, {}, environ={"BOARDLENS_TRAINER_D_SAE": "many"})
+
+
+@pytest.mark.parametrize("text, error", [
+    ("trainer:\n  d_sae: 1.9\n", "d_sae: 1.9 is not a valid int"),  # never truncated to 1
+    ("trainer:\n  batch_size: true\n", "batch_size: True is not a valid int"),
+    ("trainer:\n  lr: yes\n", "lr: True is not a valid float"),  # YAML 1.1 reads yes as a bool
+    ("trainer:\n  insecure: 1\n", "insecure: 1 is not a valid bool"),
+    ("trainer:\n  saes: standard\n", None),  # one spec as text is fine
+])
+def test_one_type_rule_for_config_files(tmp_path, text, error):
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    if error is None:
+        assert resolve(TrainerConfig, str(f), {}, environ={}).saes == ("standard",)
+    else:
+        with pytest.raises(ValueError, match=error):
+            resolve(TrainerConfig, str(f), {}, environ={})
+    env = {"BOARDLENS_TRAINER_BATCH_SIZE": "8192.0"}
+    with pytest.raises(ValueError, match="batch_size: '8192.0' is not a valid int"):
+        resolve(TrainerConfig, None, {}, environ=env)
     f = tmp_path / "bad.yaml"
     f.write_text("producer: [1, 2\n")
     with pytest.raises(ValueError, match="cannot parse"):
