@@ -35,7 +35,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from boardlens.sae.sweep import TRAINERS  # noqa: E402
+from boardlens.registry import TRAINERS  # noqa: E402
 
 # kind -> (dictionary_learning module.class, its kwargs, our kwargs)
 # The annealing trainers are timed mid-anneal as in a paper-length run: a fractional p (0.7,
@@ -71,7 +71,7 @@ def compare(kind: str, d: int, d_sae: int, batch: int, steps: int, data: torch.T
     total = steps + 2
     theirs = their_cls(steps=PAPER_STEPS, activation_dim=d, dict_size=d_sae, layer=0, lm_name="bench", lr=1e-3,
                        warmup_steps=1, device="cpu", seed=0, **their_kw)
-    ours = TRAINERS[kind]("bench", d, d_sae, total_steps=PAPER_STEPS, lr=1e-3, warmup_steps=1, recon="mse", **our_kw)
+    ours = TRAINERS[kind]("bench", d, d_sae=d_sae, total_steps=PAPER_STEPS, lr=1e-3, warmup_steps=1, recon="mse", **our_kw)
     ours.ae.load_state_dict(theirs.ae.state_dict())
     times = {"ours": 0.0, "theirs": 0.0}
     for step in range(total):

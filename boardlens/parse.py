@@ -18,7 +18,7 @@ def parse_bool(text: str) -> bool:
     raise ValueError(f"{text!r} is not a boolean (use true/false, yes/no, on/off or 1/0)")
 
 
-def _none_allowed(hint) -> tuple[object, bool]:
+def optional_base(hint) -> tuple[object, bool]:
     """(X, True) for `X | None`, (hint, False) otherwise."""
     args = typing.get_args(hint)
     if type(None) in args and len(args) == 2:
@@ -33,7 +33,7 @@ def coerce(value, hint, name: str):
     int or integer text, never a bool or a float (`d_sae: 1.9` is an error, not 1); a float
     field takes a number or number text, never a bool; `X | None` also takes None, '' or
     'none'; `tuple[str, ...]` takes a list or ';'-separated text."""
-    base, optional = _none_allowed(hint)
+    base, optional = optional_base(hint)
     if optional and (value is None or (isinstance(value, str) and value.strip().lower() in ("", "none"))):
         return None
     if typing.get_origin(base) is tuple:

@@ -13,6 +13,7 @@ from typing import get_type_hints
 import click
 
 from boardlens.atomic import write_json
+from boardlens.parse import optional_base
 from boardlens.services.config import (
     EvaluatorConfig,
     ProducerConfig,
@@ -32,13 +33,13 @@ def _options_from(cls: type, skip: tuple[str, ...] = ()):
             if f.name in skip:
                 continue
             flag = "--" + f.name.replace("_", "-")
-            hint = hints[f.name]
+            hint = optional_base(hints[f.name])[0]  # a flag given is a value; absent is the default
             if hint == tuple[str, ...]:
                 fn = click.option(flag, f.name, multiple=True, type=str,
                                   help=f"{docs.get(f.name, '')} Repeatable. [default: {'; '.join(f.default)}]")(fn)
             else:
                 fn = click.option(flag, f.name, type=hint, default=None,
-                                  help=f"{docs.get(f.name, '')} [default: {f.default}]")(fn)
+                                  help=f"{docs.get(f.name, '')}" + ("" if f.default is None else f" [default: {f.default}]"))(fn)
         return fn
 
     return decorate
@@ -378,7 +379,6 @@ def sae_floor(model, control, tokens: int, saes, d_sae, run_dir) -> None:
 
     from safetensors.torch import load_file
 
-    from boardlens.atomic import write_json
     from boardlens.sae.io import save_tensors
     from boardlens.services import up
     from boardlens.services.config import DEFAULT_MODEL

@@ -34,7 +34,7 @@ def _endpoint(value: str, what: str) -> None:
 
 def _positive(obj: Any, *names: str) -> None:
     for n in names:
-        if getattr(obj, n) <= 0:
+        if getattr(obj, n) is not None and getattr(obj, n) <= 0:
             raise ValueError(f"{n} must be > 0, got {getattr(obj, n)}")
 
 
@@ -145,19 +145,20 @@ class TrainerConfig(ServiceOptions):
     saes: tuple[str, ...] = ("standard:penalty=0.05", "p_anneal:penalty=0.05")
     """Trainer specs `kind[:key=value,...]` (kinds: standard, p_anneal, gated, gated_anneal, topk,
     batch_topk); a value may be a grid `a|b` or `lo..hi/n`. All train on the same batches."""
-    d_sae: int = 4096
-    """Default dictionary size."""
-    penalty: float = 0.05
-    """Default sparsity penalty (lambda, or initial alpha for the annealing trainers)."""
-    k: int = 32
-    """Default active latents per row for topk / batch_topk."""
-    lr: float = 3e-4
-    """Adam learning rate."""
-    warmup_steps: int = 1000
-    """Linear LR warmup steps."""
+    d_sae: int | None = None
+    """Dictionary size of every SAE whose spec does not set it (none: each kind's default,
+    `boardlens sae options`)."""
+    penalty: float | None = None
+    """Sparsity penalty of every SAE that takes one and whose spec does not set it."""
+    k: int | None = None
+    """Active latents per row of every TopK-family SAE whose spec does not set it."""
+    lr: float | None = None
+    """Learning rate of every SAE whose spec does not set it."""
+    warmup_steps: int | None = None
+    """LR warmup steps of every SAE whose spec does not set it."""
     recon: str = "auto"
-    """Reconstruction loss: 'l2' (unsquared, paper era), 'mse' (squared) or 'auto' (l2 for
-    standard and p_anneal, mse for the gated and TopK trainers)."""
+    """Reconstruction loss of every SAE whose spec does not set it: 'l2' (unsquared, paper
+    era), 'mse' (squared) or 'auto' (each kind's default)."""
     batch_size: int = 8192
     """Activations per SAE step."""
     buffer_activations: int = 60_000
@@ -202,7 +203,13 @@ class TrainerConfig(ServiceOptions):
             raise ValueError(f"resume must be 'auto', 'require' or 'never', got {self.resume!r}")
         from boardlens.sae.sweep import expand_specs
 
-        expand_specs(self.saes)  # a bad spec fails here, with the spec in the message
+        for spec in expand_specs(self.saes):  # a bad spec or default fails here, with the spec in the message
+            spec.options_with(self.sae_defaults())
+
+    def sae_defaults(self) -> dict:
+        """Sweep-wide option values (None = each trainer kind's own default)."""
+        return {"d_sae": self.d_sae, "penalty": self.penalty, "k": self.k, "lr": self.lr,
+                "warmup_steps": self.warmup_steps, "recon": None if self.recon == "auto" else self.recon}
 
 
 @dataclass(frozen=True)

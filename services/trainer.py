@@ -153,9 +153,8 @@ class SweepTrainer:
     def __init__(self, cfg: TrainerConfig, d_in: int, metrics: TrainerMetrics, device: torch.device,
                  on_snapshot=None, should_stop=lambda: False, resume_from: ResumePoint | None = None) -> None:
         self.cfg, self.m, self.device = cfg, metrics, device
-        defaults = {"d_sae": cfg.d_sae, "penalty": cfg.penalty, "k": cfg.k, "lr": cfg.lr,
-                    "warmup_steps": cfg.warmup_steps, "recon": None if cfg.recon == "auto" else cfg.recon}
-        self.trainers = build_trainers(expand_specs(cfg.saes), d_in, cfg.steps, defaults, device=str(device))
+        self.trainers = build_trainers(expand_specs(cfg.saes), d_in, cfg.steps, cfg.sae_defaults(),
+                                       device=str(device))
         for tr in self.trainers:
             metrics.init_sae(tr.name)
         self.update_s = {tr.name: 0.0 for tr in self.trainers}  # EMA of each SAE's update seconds

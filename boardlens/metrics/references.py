@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from boardlens.metrics.evalset import EvalSet, evaluate_tensors
 from boardlens.metrics.supervised import FamilyScore, max_activations, score_families
 from boardlens.metrics.unsupervised import ReconStats
+from boardlens.sae.archs.relu import AutoEncoder
 from boardlens.sae.io import load_sae
-from boardlens.sae.model import AutoEncoder
 
 
 class Reference(NamedTuple):

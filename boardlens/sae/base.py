@@ -13,12 +13,14 @@ normalisation scale), so a trainer rebuilt from it continues bit-identically on 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import ClassVar, NamedTuple
 
 import torch
 
-from boardlens.sae.model import build_ae
+from boardlens.sae.archs import build_ae
 from boardlens.sae.optim import ConstrainedAdam, lr_factor, ramp
 
 RECON_LOSSES = ("l2", "mse")
@@ -66,62 +68,92 @@ class StepStats(NamedTuple):
     dead_fraction: float  # latents that have not fired in the last `dead_window_tokens`
 
 
+@dataclass(frozen=True)
+class TrainerOptions:
+    """The options every trainer kind takes. Each kind subclasses it with its own: the one
+    source of its constructor arguments, defaults, spec parsing (`kind:key=value`), the
+    hyperparameters in checkpoints (and so the resume check), `boardlens sae options` and the
+    README's trainer tables."""
+
+    d_sae: int = 4096
+    """Latents in the dictionary."""
+    lr: float = 3e-4
+    """Peak Adam learning rate."""
+    warmup_steps: int = 1000
+    """Linear LR warmup steps."""
+    decay_start: int | None = None
+    """Step from which the LR decays linearly to 0 at the last step (none = constant)."""
+    sparsity_warmup_steps: int = 0
+    """Steps over which the sparsity term ramps up from 0."""
+    recon: str = ""
+    """Reconstruction loss: l2 (mean unsquared norm, paper era) or mse; empty = the kind's default."""
+    seed: int = 0
+    """Seed of the weights and resampling draws (a sweep gives trainer i seed i unless set)."""
+    normalize: bool = False
+    """Scale activations to unit mean squared norm (factor from the first batch); folded back on export."""
+
+    def __post_init__(self) -> None:
+        if self.recon and self.recon not in RECON_LOSSES:
+            raise ValueError(f"recon must be one of {RECON_LOSSES}, got {self.recon!r}")
+        if self.d_sae < 1 or self.lr <= 0 or self.warmup_steps < 0 or self.sparsity_warmup_steps < 0:
+            raise ValueError(f"need d_sae >= 1, lr > 0 and warmups >= 0; got {self.d_sae}, {self.lr}, "
+                             f"{self.warmup_steps}, {self.sparsity_warmup_steps}")
+
+
+@dataclass(frozen=True)
+class PenaltyOptions(TrainerOptions):
+    """Options of the kinds with a sparsity penalty."""
+
+    penalty: float = 0.05
+    """Sparsity coefficient (lambda; the initial alpha of the annealing kinds)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.penalty < 0:
+            raise ValueError(f"penalty must be >= 0, got {self.penalty}")
+
+
 class SAETrainer:
-    """Base class of the six trainers (see the module docstring)."""
+    """Base class of the trainers (see the module docstring). A kind sets `Options`, `kind`,
+    `arch`, `summary` and its hooks, and registers itself in `boardlens.registry.TRAINERS`."""
 
     kind = "base"
     arch = "relu"
+    Options: ClassVar[type[TrainerOptions]] = TrainerOptions
+    summary: ClassVar[str] = ""
+    """One line for the README's table: the loss and what is special."""
+    dl_trainer: ClassVar[str] = ""
+    """dictionary_learning's class for this kind ('' = none), named in exported configs."""
     betas: tuple[float, float] = (0.9, 0.999)
     clip_norm: float | None = None
     default_recon = "l2"
-    can_resample = False  # resampling re-initialises (encoder row, encoder bias, decoder column)
 
-    def __init__(
-        self,
-        name: str,
-        d_in: int,
-        d_sae: int,
-        penalty: float = 0.0,
-        *,
-        total_steps: int,
-        lr: float = 3e-4,
-        warmup_steps: int = 1000,
-        decay_start: int | None = None,
-        sparsity_warmup_steps: int = 0,
-        recon: str | None = None,
-        seed: int = 0,
-        resample_every: int = 0,
-        normalize: bool = False,
-        dead_window_tokens: int = 1_000_000,
-        device: str | torch.device = "cpu",
-        arch_options: dict | None = None,
-    ) -> None:
-        recon = recon or self.default_recon
-        if recon not in RECON_LOSSES:
-            raise ValueError(f"recon must be one of {RECON_LOSSES}, got {recon!r}")
-        if penalty < 0 or lr <= 0 or total_steps < 1:
-            raise ValueError(f"need penalty >= 0, lr > 0, total_steps >= 1; got {penalty}, {lr}, {total_steps}")
-        if decay_start is not None and not warmup_steps <= decay_start < total_steps:
-            raise ValueError(f"decay_start must be in warmup_steps..total_steps-1, got {decay_start}")
-        if resample_every and not self.can_resample:
-            raise ValueError(f"{self.kind} does not support resample_every")
-        if resample_every and decay_start is not None:
-            raise ValueError("resample_every and decay_start cannot be combined (as dictionary_learning)")
-        self.name, self.penalty, self.lr, self.recon = name, penalty, lr, recon
-        self.total_steps, self.warmup_steps, self.decay_start = total_steps, warmup_steps, decay_start
-        self.sparsity_warmup_steps, self.seed = sparsity_warmup_steps, seed
-        self.resample_every, self.normalize = resample_every, normalize
+    def __init__(self, name: str, d_in: int, options: TrainerOptions | None = None, *, total_steps: int,
+                 device: str | torch.device = "cpu", dead_window_tokens: int = 1_000_000, **overrides) -> None:
+        """options: this kind's Options (its defaults if None); overrides: fields to replace."""
+        opts = dataclasses.replace(options or self.Options(), **overrides)
+        if type(opts) is not self.Options:
+            raise TypeError(f"{self.kind} takes {self.Options.__name__}, got {type(opts).__name__}")
+        if total_steps < 1:
+            raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+        if opts.decay_start is not None and not opts.warmup_steps <= opts.decay_start < total_steps:
+            raise ValueError(f"decay_start must be in warmup_steps..total_steps-1, got {opts.decay_start}")
+        self.opts, self.name, self.total_steps = opts, name, total_steps
+        self.recon = opts.recon or self.default_recon
+        self.penalty = getattr(opts, "penalty", 0.0)
+        self.resample_every = getattr(opts, "resample_every", 0)
+        self.lr, self.warmup_steps, self.decay_start = opts.lr, opts.warmup_steps, opts.decay_start
+        self.sparsity_warmup_steps, self.seed, self.normalize = opts.sparsity_warmup_steps, opts.seed, opts.normalize
         self.dead_window_tokens = dead_window_tokens
-        self.arch_options = dict(arch_options or {})
         with torch.random.fork_rng(devices=[]):  # weights depend on the seed only, not on sweep order
-            torch.manual_seed(seed)
-            self.ae = build_ae(self.arch, d_in, d_sae, **self.arch_options).to(device)
+            torch.manual_seed(opts.seed)
+            self.ae = build_ae(self.arch, d_in, opts.d_sae, **self.arch_options()).to(device)
         self.opt = ConstrainedAdam(self.ae.parameters(), [self.ae.decoder_weight], clip_norm=self.clip_norm,
-                                   lr=lr, betas=self.betas)
-        self.gen = torch.Generator(device=torch.device(device)).manual_seed(seed)  # resampling draws
+                                   lr=opts.lr, betas=self.betas)
+        self.gen = torch.Generator(device=torch.device(device)).manual_seed(opts.seed)  # resampling draws
         self.step = 0
         self.skipped_steps = 0  # batches whose loss or gradient was not finite (no update)
-        self.tokens_since_fired = torch.zeros(d_sae, dtype=torch.long, device=device)
+        self.tokens_since_fired = torch.zeros(opts.d_sae, dtype=torch.long, device=device)
         self.norm_scale = 1.0  # activations are divided by it (set from the first batch if normalize)
         self.resampled = 0  # latents re-initialised so far
 
@@ -149,12 +181,18 @@ class SAETrainer:
     def load_extra_state(self, state: dict) -> None:
         pass
 
+    def arch_options(self) -> dict:
+        """The architecture's constructor arguments beyond the sizes (TopK: k)."""
+        return {}
+
+    def resolved_options(self) -> dict:
+        """The options as trained: defaults that depend on the kind or the run filled in."""
+        return {**dataclasses.asdict(self.opts), "recon": self.recon}
+
     def hyperparams(self) -> dict:
-        return {"kind": self.kind, "arch": self.arch, "penalty": self.penalty, "lr": self.lr,
-                "recon": self.recon, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
-                "decay_start": self.decay_start, "sparsity_warmup_steps": self.sparsity_warmup_steps,
-                "seed": self.seed, "resample_every": self.resample_every, "normalize": self.normalize,
-                "d_in": self.ae.d_in, "d_sae": self.ae.d_sae, **self.arch_options}
+        """What the run was trained with: checkpoint metadata and the resume check."""
+        return {"kind": self.kind, "arch": self.arch, "total_steps": self.total_steps, "d_in": self.ae.d_in,
+                **self.resolved_options()}
 
     def schedule_state(self) -> dict[str, float]:
         """Scalars worth exporting (p, alpha for annealing trainers)."""
@@ -252,7 +290,7 @@ class SAETrainer:
                 "skipped_steps": self.skipped_steps, "extra": self.extra_state()}
 
     def load_state_dict(self, state: dict) -> None:
-        mine, theirs = _canon(self.hyperparams()), _canon(state["hyperparams"])
+        mine, theirs = _canon(self.hyperparams()), _legacy(_canon(state["hyperparams"]), self.hyperparams())
         if mine != theirs:
             diff = {k: (theirs.get(k), mine.get(k)) for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k)}
             raise ValueError(f"SAE {self.name!r}: the checkpoint was trained with other settings "
@@ -266,6 +304,13 @@ class SAETrainer:
         self.resampled = int(state["resampled"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
         self.load_extra_state(state["extra"])
+
+
+def _legacy(theirs: dict, mine: dict) -> dict:
+    """Checkpoints of 0.1.0 (before per-kind options) gave every kind penalty 0 and
+    resample_every 0, whether it had them or not: drop those where this kind has none."""
+    return {k: v for k, v in theirs.items()
+            if k in mine or k not in ("penalty", "resample_every") or v not in (0, 0.0)}
 
 
 def _canon(d: dict) -> dict:

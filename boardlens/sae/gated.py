@@ -7,15 +7,26 @@ gate path only). Adam betas (0, 0.999). Reconstruction is squared error by defau
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from boardlens.sae.base import Losses, SAETrainer, firing, recon_loss
+from boardlens.registry import TRAINERS
+from boardlens.sae.base import Losses, PenaltyOptions, SAETrainer, firing, recon_loss
+
+
+@dataclass(frozen=True)
+class GatedOptions(PenaltyOptions):
+    pass
 
 
 class GatedTrainer(SAETrainer):
     kind = "gated"
     arch = "gated"
+    Options = GatedOptions
+    summary = "recon + lambda L1(ReLU(pi_gate)) + gate reconstruction, Adam betas (0, 0.999)"
+    dl_trainer = "GatedSAETrainer"
     betas = (0.0, 0.999)
     default_recon = "mse"
 
@@ -32,3 +43,6 @@ class GatedTrainer(SAETrainer):
         sparsity = self.sparsity(gate)
         total = recon + self.penalty_coeff() * self.sparsity_scale() * sparsity + aux
         return Losses(total, recon, sparsity, aux, x_hat, *firing(f), gate.detach())
+
+
+TRAINERS.register(GatedTrainer.kind, GatedTrainer)

@@ -3,9 +3,23 @@ mean(sum ReLU(pi_gate)^p) (dictionary_learning's GatedAnnealTrainer, 'Lp^p')."""
 
 from __future__ import annotations
 
-from boardlens.sae.gated import GatedTrainer
-from boardlens.sae.p_anneal import AnnealedPenalty
+from dataclasses import dataclass
+
+from boardlens.registry import TRAINERS
+from boardlens.sae.gated import GatedOptions, GatedTrainer
+from boardlens.sae.p_anneal import AnnealedPenalty, AnnealOptions
+
+
+@dataclass(frozen=True)
+class GatedAnnealOptions(AnnealOptions, GatedOptions):
+    pass
 
 
 class GatedAnnealTrainer(AnnealedPenalty, GatedTrainer):
     kind = "gated_anneal"
+    Options = GatedAnnealOptions
+    summary = "the gated loss with the annealed penalty"
+    dl_trainer = "GatedAnnealTrainer"
+
+
+TRAINERS.register(GatedAnnealTrainer.kind, GatedAnnealTrainer)

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from boardlens.atomic import write_atomic, write_json
-from boardlens.sae.model import ARCHS, build_ae
+from boardlens.registry import ARCHS
 
 
 def sae_tensors(ae: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -21,30 +21,30 @@ def sae_tensors(ae: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def guess_arch(tensors: dict[str, torch.Tensor]) -> str:
-    """The architecture implied by the tensor names (TopK vs BatchTopK needs the metadata)."""
-    if "r_mag" in tensors:
-        return "gated"
-    if "k" in tensors:
-        return "topk"
-    return "relu"
+    """The first registered architecture whose tensor names these are (TopK and BatchTopK share
+    theirs: the file's metadata tells them apart)."""
+    names = set(tensors)
+    for cls in ARCHS.values():
+        if cls.tensor_names == names:
+            return cls.arch
+    raise ValueError(f"tensors {sorted(names)} are no registered SAE architecture's "
+                     f"({', '.join(ARCHS.names())})")
 
 
 def ae_from_tensors(tensors: dict[str, torch.Tensor], arch: str | None = None) -> torch.nn.Module:
     """Rebuild an SAE from its named tensors (shapes checked); arch defaults to guess_arch."""
-    arch = arch or guess_arch(tensors)
-    if arch not in ARCHS:
-        raise ValueError(f"unknown SAE architecture {arch!r}; known: {sorted(ARCHS)}")
+    cls = ARCHS[arch or guess_arch(tensors)]
     try:
         d_sae, d_in = tensors["encoder.weight"].shape
-        extra = {"k": int(tensors["k"])} if arch in ("topk", "batch_topk") else {}
+        extra = cls.options_from_tensors(tensors)
     except (KeyError, ValueError, TypeError, RuntimeError) as e:
-        raise ValueError(f"not a {arch} SAE state: needs a 2-D 'encoder.weight'"
-                         f"{' and a scalar k' if arch in ('topk', 'batch_topk') else ''} ({e})") from e
-    ae = build_ae(arch, d_in, d_sae, **extra)
+        raise ValueError(f"not a {cls.arch} SAE state: needs a 2-D 'encoder.weight' and "
+                         f"{sorted(cls.tensor_names)} ({e})") from e
+    ae = cls(d_in, d_sae, **extra)
     want = {k: tuple(v.shape) for k, v in ae.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in tensors.items()}
     if want != got:
-        raise ValueError(f"SAE tensors {got} do not match the {arch} architecture {want}")
+        raise ValueError(f"SAE tensors {got} do not match the {cls.arch} architecture {want}")
     ae.load_state_dict({k: v.to(ae.state_dict()[k].dtype) for k, v in tensors.items()})
     return ae
 

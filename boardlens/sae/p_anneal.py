@@ -12,10 +12,13 @@ so p_end is only reached by a run that goes past its planned length (upstream qu
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from boardlens.registry import TRAINERS
 from boardlens.sae.base import Losses
-from boardlens.sae.standard import StandardTrainer
+from boardlens.sae.standard import StandardOptions, StandardTrainer
 
 
 def lp_p(f: torch.Tensor, p: float) -> torch.Tensor:
@@ -71,15 +74,36 @@ class PAnnealSchedule:
         self.queue = [tuple(q) for q in s["queue"]]
 
 
+@dataclass(frozen=True)
+class AnnealOptions:
+    """Options of the p-annealing kinds (mixed into their Options)."""
+
+    anneal_start: int | None = None
+    """Step of the first p update (none = min(10000, steps / 3))."""
+    p_start: float = 1.0
+    """Initial p of the sum f^p penalty."""
+    p_end: float = 0.2
+    """Final p."""
+    n_updates: int = 10
+    """p updates, evenly spaced from anneal_start to the last step."""
+    queue_len: int = 10
+    """Batches averaged to rescale alpha at each p update (keeps the penalty continuous)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()  # the trainer options this is mixed into
+        if self.n_updates < 2 or not 0 < self.p_end <= self.p_start or self.queue_len < 1:
+            raise ValueError("need n_updates >= 2, 0 < p_end <= p_start and queue_len >= 1")
+
+
 class AnnealedPenalty:
     """Mixin (listed before the trainer class): the trainer's sparsity term becomes the annealed one."""
 
-    def __init__(self, *args, anneal_start: int = 10_000, p_start: float = 1.0, p_end: float = 0.2,
-                 n_updates: int = 10, queue_len: int = 10, **kw) -> None:
+    def __init__(self, *args, **kw) -> None:
         super().__init__(*args, **kw)
-        self.sched = PAnnealSchedule(self.total_steps, self.penalty, anneal_start, p_start, p_end,
-                                     n_updates, queue_len)
-        self.anneal_start = anneal_start
+        o = self.opts
+        self.anneal_start = min(10_000, self.total_steps // 3) if o.anneal_start is None else o.anneal_start
+        self.sched = PAnnealSchedule(self.total_steps, self.penalty, self.anneal_start, o.p_start, o.p_end,
+                                     o.n_updates, o.queue_len)
 
     def sparsity(self, f: torch.Tensor) -> torch.Tensor:
         return lp_p(f, self.sched.p)
@@ -91,10 +115,8 @@ class AnnealedPenalty:
         super().after_step(losses)
         self.sched.observe(self.step - 1, losses.sparsity, losses.penalised)
 
-    def hyperparams(self) -> dict:
-        s = self.sched
-        return {**super().hyperparams(), "anneal_start": self.anneal_start, "p_start": s.p_start,
-                "p_end": s.p_end, "n_updates": len(s.update_steps), "queue_len": s.queue_len}
+    def resolved_options(self) -> dict:
+        return {**super().resolved_options(), "anneal_start": self.anneal_start}
 
     def schedule_state(self) -> dict[str, float]:
         return {"p": self.sched.p, "alpha": self.sched.alpha}
@@ -107,7 +129,18 @@ class AnnealedPenalty:
         self.sched.load_state_dict(state["schedule"])
 
 
+@dataclass(frozen=True)
+class PAnnealOptions(AnnealOptions, StandardOptions):
+    pass
+
+
 class PAnnealTrainer(AnnealedPenalty, StandardTrainer):
     """ReLU SAE, loss = recon + alpha * mean(sum_i f_i^p) with p annealed."""
 
     kind = "p_anneal"
+    Options = PAnnealOptions
+    summary = "recon + alpha mean sum f^p, p annealed 1 -> p_end"
+    dl_trainer = "PAnnealTrainer"
+
+
+TRAINERS.register(PAnnealTrainer.kind, PAnnealTrainer)

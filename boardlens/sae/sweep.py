@@ -17,58 +17,39 @@ grid varies; `name=` overrides it. Names label checkpoints, snapshots and metric
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import typing
 from dataclasses import dataclass, field
 
-from boardlens.parse import parse_bool
+from boardlens.parse import coerce
+from boardlens.registry import TRAINERS
 from boardlens.sae.base import SAETrainer
-from boardlens.sae.batch_topk import BatchTopKTrainer
-from boardlens.sae.gated import GatedTrainer
-from boardlens.sae.gated_anneal import GatedAnnealTrainer
-from boardlens.sae.p_anneal import PAnnealTrainer
-from boardlens.sae.standard import StandardTrainer
-from boardlens.sae.topk import TopKTrainer
-
-TRAINERS: dict[str, type[SAETrainer]] = {
-    cls.kind: cls for cls in (StandardTrainer, PAnnealTrainer, GatedTrainer, GatedAnnealTrainer,
-                              TopKTrainer, BatchTopKTrainer)
-}
-TOPK_KINDS = ("topk", "batch_topk")
-ANNEAL_KINDS = ("p_anneal", "gated_anneal")
-
-# option -> type; which kinds accept it (None = all)
-_COMMON = {"name": str, "d_sae": int, "lr": float, "warmup_steps": int, "decay_start": int,
-           "sparsity_warmup_steps": int, "recon": str, "seed": int, "normalize": bool}
-_ONLY: dict[str, tuple[type, tuple[str, ...]]] = {
-    "penalty": (float, ("standard", "p_anneal", "gated", "gated_anneal")),
-    "resample_every": (int, ("standard", "p_anneal")),
-    **{k: (t, ANNEAL_KINDS) for k, t in (("anneal_start", int), ("p_start", float), ("p_end", float),
-                                          ("n_updates", int), ("queue_len", int))},
-    **{k: (t, TOPK_KINDS) for k, t in (("k", int), ("auxk_alpha", float), ("auxk_dead_tokens", int),
-                                        ("threshold_beta", float), ("threshold_start_step", int))},
-}
 
 
-def _option_type(kind: str, key: str, text: str) -> type:
-    if key in _COMMON:
-        return _COMMON[key]
-    if key in _ONLY:
-        typ, kinds = _ONLY[key]
-        if kind not in kinds:
-            raise ValueError(f"{text!r}: {key} does not apply to {kind} (only to {', '.join(kinds)})")
-        return typ
-    raise ValueError(f"{text!r}: unknown option {key!r}")
+def option_types(kind: str) -> dict[str, object]:
+    """The spec keys of a trainer kind -> their types: its Options' fields, and `name`."""
+    return {"name": str, **typing.get_type_hints(TRAINERS[kind].Options)}
 
 
-def _scalar(typ: type, value: str, text: str):
-    value = value.strip()
+def _option_type(kind: str, key: str, text: str):
+    types = option_types(kind)
+    if key in types:
+        return types[key]
+    others = [k for k in TRAINERS.names() if key in option_types(k)]
+    if others:
+        raise ValueError(f"{text!r}: {key} does not apply to {kind} (only to {', '.join(others)})")
+    raise ValueError(f"{text!r}: unknown option {key!r}; {kind} takes {', '.join(types)}")
+
+
+def _scalar(typ, value: str, text: str):
     try:
-        return parse_bool(value) if typ is bool else typ(value)
+        return coerce(value, typ, text)
     except ValueError:
-        raise ValueError(f"{text!r}: {value!r} is not a valid {typ.__name__}") from None
+        raise ValueError(f"{text!r}: {value.strip()!r} is not a valid {getattr(typ, '__name__', typ)}") from None
 
 
-def _values(typ: type, value: str, text: str) -> list:
+def _values(typ, value: str, text: str) -> list:
     """One option's values: a scalar, `a|b|c`, or `lo..hi/n`."""
     if "|" in value:
         return [_scalar(typ, v, text) for v in value.split("|")]
@@ -87,7 +68,7 @@ def _values(typ: type, value: str, text: str) -> list:
 @dataclass(frozen=True)
 class TrainerSpec:
     kind: str
-    """Trainer kind: one of TRAINERS."""
+    """Trainer kind: a name registered in boardlens.registry.TRAINERS."""
     options: dict = field(default_factory=dict)
     """Keyword overrides (penalty, d_sae, lr, k, ...)."""
     varied: tuple[str, ...] = ()
@@ -98,7 +79,7 @@ class TrainerSpec:
         """All specs of one spec string (one, or a grid's cartesian product)."""
         kind, _, rest = text.strip().partition(":")
         if kind not in TRAINERS:
-            raise ValueError(f"unknown trainer {kind!r} in {text!r}; known: {sorted(TRAINERS)}")
+            raise ValueError(f"unknown trainer {kind!r} in {text!r}; known: {', '.join(TRAINERS.names())}")
         grid: dict[str, list] = {}
         for item in filter(None, (i.strip() for i in rest.split(","))):
             key, eq, value = item.partition("=")
@@ -112,7 +93,13 @@ class TrainerSpec:
         if "name" in varied or ("name" in grid and varied):
             raise ValueError(f"{text!r}: name= cannot be combined with a grid")
         keys = list(grid)
-        return [cls(kind, dict(zip(keys, combo, strict=True)), varied) for combo in itertools.product(*grid.values())]
+        specs = [cls(kind, dict(zip(keys, combo, strict=True)), varied) for combo in itertools.product(*grid.values())]
+        for spec in specs:  # invalid values fail here, at config time, with the spec in the message
+            try:
+                spec.options_with({})
+            except ValueError as e:
+                raise ValueError(f"{text!r}: {e}") from None
+        return specs
 
     @classmethod
     def parse(cls, text: str) -> TrainerSpec:
@@ -120,6 +107,15 @@ class TrainerSpec:
         if len(specs) != 1:
             raise ValueError(f"{text!r} is a grid of {len(specs)} trainers; expand() it")
         return specs[0]
+
+    def options_with(self, defaults: dict, seed: int = 0):
+        """This spec's Options: the kind's defaults < `defaults` (sweep-wide, those the kind
+        takes) < seed < the spec's own values."""
+        cls = TRAINERS[self.kind].Options
+        names = {f.name for f in dataclasses.fields(cls)}
+        given = {k: v for k, v in defaults.items() if k in names and v is not None}
+        own = {k: v for k, v in self.options.items() if k != "name"}
+        return cls(**{**given, "seed": seed, **own})
 
     def __str__(self) -> str:
         return self.kind + (":" + ",".join(f"{k}={v}" for k, v in self.options.items()) if self.options else "")
@@ -130,33 +126,24 @@ def expand_specs(texts) -> list[TrainerSpec]:
 
 
 def default_name(kind: str, o: dict, varied: tuple[str, ...]) -> str:
-    size = f"k{o['k']}" if kind in TOPK_KINDS else f"{o['penalty']:g}"
+    size = f"k{o['k']}" if "k" in o else f"{o['penalty']:g}" if "penalty" in o else ""
     extra = "".join(f"-{k}{o[k]:g}" if isinstance(o[k], float) else f"-{k}{o[k]}"
                     for k in varied if k not in ("d_sae", "penalty", "k"))
-    return f"{kind}-{o['d_sae']}-{size}{extra}"
+    return f"{kind}-{o['d_sae']}" + (f"-{size}" if size else "") + extra
 
 
 def build_trainers(specs: list[TrainerSpec], d_in: int, total_steps: int, defaults: dict,
                    device: str = "cpu") -> list[SAETrainer]:
-    """Instantiate the sweep. `defaults` supplies d_sae, penalty, lr, warmup_steps, recon, k, ...
+    """Instantiate the sweep. `defaults`: sweep-wide option values (d_sae, penalty, lr, k, ...;
+    None = the kind's own default), each applied to the kinds that take it.
 
     Trainer i is seeded with i unless its spec sets `seed`.
     """
     trainers: list[SAETrainer] = []
     for i, spec in enumerate(specs):
-        cls = TRAINERS[spec.kind]
-        accepted = set(_COMMON) | {k for k, (_, kinds) in _ONLY.items() if spec.kind in kinds}
-        o = {k: v for k, v in defaults.items() if k in accepted and v is not None}
-        o = {"seed": i, **o, **spec.options}
-        if spec.kind in TOPK_KINDS:
-            o.setdefault("k", 32)
-        else:
-            o.setdefault("penalty", 0.05)
-        if spec.kind in ANNEAL_KINDS:
-            o.setdefault("anneal_start", min(10_000, total_steps // 3))
-        name = o.pop("name", None) or default_name(spec.kind, o, spec.varied)
-        d_sae = o.pop("d_sae")
-        trainers.append(cls(name, d_in, d_sae, total_steps=total_steps, device=device, **o))
+        opts = spec.options_with(defaults, seed=i)
+        name = spec.options.get("name") or default_name(spec.kind, dataclasses.asdict(opts), spec.varied)
+        trainers.append(TRAINERS[spec.kind](name, d_in, opts, total_steps=total_steps, device=device))
     names = [t.name for t in trainers]
     if len(set(names)) != len(names):
         raise ValueError(f"trainer names must be unique, got {names}")

@@ -15,10 +15,13 @@ CPU/GPU speed: the decoder reads only the k active columns of each row (embeddin
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from boardlens.sae.base import Losses, SAETrainer, recon_loss
+from boardlens.registry import TRAINERS
+from boardlens.sae.base import Losses, SAETrainer, TrainerOptions, recon_loss
 
 
 @torch.no_grad()
@@ -35,23 +38,43 @@ def geometric_median(points: torch.Tensor, max_iter: int = 100, tol: float = 1e-
     return guess
 
 
+@dataclass(frozen=True)
+class TopKOptions(TrainerOptions):
+    k: int = 32
+    """Active latents per row."""
+    auxk_alpha: float = 1 / 32
+    """Weight of the AuxK term (0 = off)."""
+    auxk_dead_tokens: int = 10_000_000
+    """A latent silent for this many tokens is dead (AuxK trains the dead ones)."""
+    threshold_beta: float = 0.999
+    """Running-mean factor of the inference threshold (the smallest active latent)."""
+    threshold_start_step: int = 1000
+    """Step from which the inference threshold is tracked."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 < self.k <= self.d_sae or self.auxk_alpha < 0 or not 0 <= self.threshold_beta <= 1:
+            raise ValueError(f"need 0 < k <= d_sae, auxk_alpha >= 0 and 0 <= threshold_beta <= 1, got "
+                             f"{self.k}, {self.auxk_alpha}, {self.threshold_beta}")
+
+
 class TopKTrainer(SAETrainer):
     kind = "topk"
     arch = "topk"
+    Options = TopKOptions
+    summary = "recon + auxk_alpha AuxK, grad clip 1, b_dec from the first batch's geometric median"
+    dl_trainer = "TopKTrainer"
     clip_norm = 1.0
     default_recon = "mse"
 
-    def __init__(self, *args, k: int = 32, auxk_alpha: float = 1 / 32, auxk_dead_tokens: int = 10_000_000,
-                 threshold_beta: float = 0.999, threshold_start_step: int = 1000, **kw) -> None:
-        super().__init__(*args, arch_options={"k": k}, **kw)
-        if auxk_alpha < 0 or not 0 <= threshold_beta <= 1:
-            raise ValueError(f"need auxk_alpha >= 0 and 0 <= threshold_beta <= 1, got {auxk_alpha}, {threshold_beta}")
-        self.auxk_alpha, self.auxk_dead_tokens = auxk_alpha, auxk_dead_tokens
-        self.threshold_beta, self.threshold_start_step = threshold_beta, threshold_start_step
+    def __init__(self, *args, **kw) -> None:
+        super().__init__(*args, **kw)
+        o = self.opts
+        self.auxk_alpha, self.auxk_dead_tokens = o.auxk_alpha, o.auxk_dead_tokens
+        self.threshold_beta, self.threshold_start_step = o.threshold_beta, o.threshold_start_step
 
-    def hyperparams(self) -> dict:
-        return {**super().hyperparams(), "auxk_alpha": self.auxk_alpha, "auxk_dead_tokens": self.auxk_dead_tokens,
-                "threshold_beta": self.threshold_beta, "threshold_start_step": self.threshold_start_step}
+    def arch_options(self) -> dict:
+        return {"k": self.opts.k}
 
     def first_batch(self, x: torch.Tensor) -> None:
         with torch.no_grad():
@@ -108,3 +131,6 @@ class TopKTrainer(SAETrainer):
     def track_threshold(self, sample: torch.Tensor) -> None:
         th = self.ae.threshold
         th.copy_(sample if th < 0 else self.threshold_beta * th + (1 - self.threshold_beta) * sample)
+
+
+TRAINERS.register(TopKTrainer.kind, TopKTrainer)

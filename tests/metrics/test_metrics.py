@@ -10,7 +10,7 @@ from boardlens.games.othello.lm_data import tokens_of
 from boardlens.metrics import supervised as S
 from boardlens.metrics.evalset import EvalSet, evaluate_sae, is_test_game
 from boardlens.metrics.unsupervised import recon_stats
-from boardlens.sae.model import AutoEncoder
+from boardlens.sae.archs.relu import AutoEncoder
 
 
 def brute_counts(f, labels, fmax):

@@ -21,7 +21,7 @@ AuxK is exercised by lowering the dead threshold so latents die within the run.
 import pytest
 import torch
 
-from boardlens.sae.sweep import TRAINERS
+from boardlens.registry import TRAINERS
 
 D, F, STEPS, N, LR = 32, 512, 100, 256, 1e-3
 
@@ -65,7 +65,7 @@ def _theirs(dictionary_learning, path, kw):
 def _pair(kind, dictionary_learning):
     path, their_kw, our_kw, _ = CASES[kind]
     theirs = _theirs(dictionary_learning, path, their_kw)
-    ours = TRAINERS[kind]("t", D, F, total_steps=STEPS, lr=LR, warmup_steps=10, recon="mse", **our_kw)
+    ours = TRAINERS[kind]("t", D, d_sae=F, total_steps=STEPS, lr=LR, warmup_steps=10, recon="mse", **our_kw)
     if kind.endswith("topk"):  # let latents die within the run so AuxK is exercised
         theirs.dead_feature_threshold = 2 * N  # silent for two batches
         ours.auxk_dead_tokens = 2 * N

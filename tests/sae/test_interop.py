@@ -7,10 +7,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from boardlens.registry import ARCHS
+from boardlens.sae.archs import build_ae
 from boardlens.sae.interop import export_sae, import_sae
-from boardlens.sae.model import ARCHS, build_ae
 
-ARCH_LIST = sorted(ARCHS)
+ARCH_LIST = sorted(ARCHS.names())
 
 
 def _ae(arch: str = "relu"):
@@ -122,7 +123,7 @@ def test_bad_files_give_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="b_gate"):  # a gated cfg over standard weights
         import_sae(tmp_path / "sl")
     (tmp_path / "sl" / "cfg.json").write_text(json.dumps({**cfg, "architecture": "transcoder"}))
-    with pytest.raises(ValueError, match="supported are architectures"):
+    with pytest.raises(ValueError, match="SAELens architecture .transcoder. is not supported"):
         import_sae(tmp_path / "sl")
     with pytest.raises(ValueError, match="format must be"):
         export_sae(_ae(), "onnx", tmp_path / "x")

@@ -5,7 +5,7 @@ import io
 import pytest
 import torch
 
-from boardlens.sae.sweep import TRAINERS
+from boardlens.registry import TRAINERS
 
 D, F, N, STEPS, CUT = 16, 64, 128, 30, 13
 
@@ -28,7 +28,7 @@ def _batches():
 
 
 def _make(kind):
-    tr = TRAINERS[kind]("t", D, F, total_steps=STEPS, lr=3e-3, warmup_steps=3, seed=5, **OPTIONS[kind])
+    tr = TRAINERS[kind]("t", D, d_sae=F, total_steps=STEPS, lr=3e-3, warmup_steps=3, seed=5, **OPTIONS[kind])
     if kind == "standard":
         with torch.no_grad():
             tr.ae.encoder.bias[:32] = -1e3  # dead from the start: step 6 resamples them
@@ -42,7 +42,7 @@ def _via_disk(state):
     return torch.load(buf, weights_only=True)  # what a checkpoint file gives back
 
 
-@pytest.mark.parametrize("kind", sorted(TRAINERS))
+@pytest.mark.parametrize("kind", TRAINERS.names())
 def test_resumed_training_is_bit_identical(kind):
     batches = _batches()
     straight = _make(kind)
@@ -70,7 +70,7 @@ def test_resumed_training_is_bit_identical(kind):
 def test_the_options_really_exercise_the_state():
     """Guards the test above: resampling fired, schedules moved, AuxK and the threshold ran."""
     batches = _batches()
-    trs = {kind: _make(kind) for kind in TRAINERS}
+    trs = {kind: _make(kind) for kind in TRAINERS.names()}
     aux = {kind: sum(tr.update(x).aux for x in batches) for kind, tr in trs.items()}
     assert trs["standard"].resampled >= 32
     assert trs["p_anneal"].sched.k >= 3 and trs["gated_anneal"].sched.alpha != 0.05
@@ -82,7 +82,7 @@ def test_the_options_really_exercise_the_state():
 def test_resampling_revives_dead_latents():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(4096, D, generator=g)
-    tr = TRAINERS["standard"]("s", D, F, 0.0, total_steps=100, lr=1e-3, warmup_steps=1, resample_every=4)
+    tr = TRAINERS["standard"]("s", D, d_sae=F, penalty=0.0, total_steps=100, lr=1e-3, warmup_steps=1, resample_every=4)
     with torch.no_grad():
         tr.ae.encoder.bias[:10] = -100.0  # ten latents that can never fire
     enc_before = tr.ae.encoder.weight[:10].clone()
@@ -98,7 +98,7 @@ def test_normalised_training_exports_an_sae_for_raw_activations():
     g = torch.Generator().manual_seed(0)
     x = 40.0 * torch.randn(1024, D, generator=g) + 7.0  # far from unit norm
     for kind in ("standard", "gated", "topk"):
-        tr = _make(kind) if kind != "standard" else TRAINERS[kind]("s", D, F, 0.05, total_steps=30, normalize=True)
+        tr = _make(kind) if kind != "standard" else TRAINERS[kind]("s", D, d_sae=F, penalty=0.05, total_steps=30, normalize=True)
         tr.normalize = True
         for i in range(4):
             tr.update(x[i * 256 : (i + 1) * 256])

@@ -5,17 +5,14 @@ import math
 import pytest
 import torch
 
+from boardlens.registry import TRAINERS
 from boardlens.sae.buffer import ShuffleBuffer
 from boardlens.sae.io import load_sae, save_sae
 from boardlens.sae.p_anneal import PAnnealTrainer
-from boardlens.sae.sweep import (
-    ANNEAL_KINDS,
-    TOPK_KINDS,
-    TRAINERS,
-    TrainerSpec,
-    build_trainers,
-    expand_specs,
-)
+from boardlens.sae.sweep import TrainerSpec, build_trainers, expand_specs
+
+TOPK_KINDS = ("topk", "batch_topk")
+ANNEAL_KINDS = ("p_anneal", "gated_anneal")
 
 D, F = 16, 64
 
@@ -34,11 +31,12 @@ def make(kind, **kw):
     extra = {"anneal_start": 50} if kind in ANNEAL_KINDS else {}
     if kind in TOPK_KINDS:
         extra["k"] = 4
-    return TRAINERS[kind]("t", D, F, 0.0 if kind in TOPK_KINDS else 0.01, total_steps=300, warmup_steps=10,
-                          lr=1e-3, **extra, **kw)
+    if kind not in TOPK_KINDS:
+        extra["penalty"] = 0.01
+    return TRAINERS[kind]("t", D, d_sae=F, total_steps=300, warmup_steps=10, lr=1e-3, **extra, **kw)
 
 
-@pytest.mark.parametrize("kind", sorted(TRAINERS))
+@pytest.mark.parametrize("kind", TRAINERS.names())
 def test_shapes_and_decode_encode_is_forward(kind):
     tr = make(kind)
     x = data(64)
@@ -51,7 +49,7 @@ def test_shapes_and_decode_encode_is_forward(kind):
         assert ((f > 0).sum(-1) <= 4).all()
 
 
-@pytest.mark.parametrize("kind", sorted(TRAINERS))
+@pytest.mark.parametrize("kind", TRAINERS.names())
 @pytest.mark.parametrize("recon", ["l2", "mse"])
 def test_loss_decreases_and_decoder_stays_unit_norm(kind, recon):
     tr = make(kind, recon=recon)
@@ -78,7 +76,7 @@ def test_warmup_starts_at_zero_lr():
 
 
 def test_p_anneal_schedule_matches_reference():
-    tr = PAnnealTrainer("p", D, F, 0.05, total_steps=200, anneal_start=20, warmup_steps=1)
+    tr = PAnnealTrainer("p", D, d_sae=F, penalty=0.05, total_steps=200, anneal_start=20, warmup_steps=1)
     sched = tr.sched
     assert sched.update_steps == [20, 40, 60, 80, 100, 120, 140, 160, 180, 200]
     assert [round(p, 4) for p in sched.p_values] == [round(1 - 0.8 * i / 9, 4) for i in range(10)]
@@ -102,7 +100,7 @@ def test_p_anneal_schedule_matches_reference():
     assert seen_p[-1] == pytest.approx(sched.p_values[8])  # p_end only at step == total_steps
     assert sched.alpha != 0.05
     with pytest.raises(ValueError, match="do not fit"):
-        PAnnealTrainer("p", D, F, 0.05, total_steps=25, anneal_start=20)
+        PAnnealTrainer("p", D, d_sae=F, penalty=0.05, total_steps=25, anneal_start=20)
 
 
 def test_shuffle_buffer_serves_each_row_once():
@@ -166,7 +164,7 @@ def test_grid_specs_expand_to_stable_names():
         TrainerSpec.parse("standard:penalty=0.1|0.2")
 
 
-@pytest.mark.parametrize("kind", sorted(TRAINERS))
+@pytest.mark.parametrize("kind", TRAINERS.names())
 def test_a_non_finite_batch_never_reaches_the_weights(kind):
     tr = make(kind)
     bad = data(64)
