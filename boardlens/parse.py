@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import ast
+import dataclasses
+import inspect
 import typing
+from functools import cache
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
@@ -56,3 +60,18 @@ def coerce(value, hint, name: str):
     except (AttributeError, TypeError, ValueError) as e:  # AttributeError: parse_bool of a non-str
         raise ValueError(f"{name}: {value!r} is not a valid {getattr(base, '__name__', base)}") from e
     raise ValueError(f"{name}: {value!r} is not a valid {getattr(base, '__name__', base)}")
+
+
+@cache
+def field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings of a dataclass and its bases, read from the source."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        body = ast.parse(inspect.getsource(klass)).body[0].body
+        for prev, node in zip(body, body[1:], strict=False):
+            if (isinstance(prev, ast.AnnAssign) and isinstance(node, ast.Expr)
+                    and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)):
+                docs[prev.target.id] = node.value.value.strip()
+    return docs

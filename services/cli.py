@@ -13,12 +13,11 @@ from typing import get_type_hints
 import click
 
 from boardlens.atomic import write_json
-from boardlens.parse import optional_base
+from boardlens.parse import field_docs, optional_base
 from boardlens.services.config import (
     EvaluatorConfig,
     ProducerConfig,
     TrainerConfig,
-    field_docs,
     resolve,
 )
 
@@ -341,6 +340,14 @@ def keys_generate(folder: str, clients: int) -> None:
 @main.group()
 def sae() -> None:
     """SAE files: export to and import from other libraries' layouts."""
+
+
+@sae.command("options")
+def sae_options() -> None:
+    """Every trainer kind and its spec options, with defaults (Markdown)."""
+    from boardlens.sae.sweep import options_table
+
+    click.echo(options_table(), nl=False)
 
 
 @sae.command("export")

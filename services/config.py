@@ -7,14 +7,11 @@ flags. Field docstrings are read from the source, so `--help` and the docs never
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import inspect
 import json
 import os
 import tomllib
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -244,21 +241,6 @@ class EvaluatorConfig(ServiceOptions):
 SECTIONS = {"producer": ProducerConfig, "trainer": TrainerConfig, "evaluator": EvaluatorConfig}
 
 
-@cache
-def field_docs(cls: type) -> dict[str, str]:
-    """Attribute docstrings of a dataclass and its bases, read from the source."""
-    docs: dict[str, str] = {}
-    for klass in reversed(cls.__mro__):
-        if not dataclasses.is_dataclass(klass):
-            continue
-        body = ast.parse(inspect.getsource(klass)).body[0].body
-        for prev, node in zip(body, body[1:], strict=False):
-            if (isinstance(prev, ast.AnnAssign) and isinstance(node, ast.Expr)
-                    and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)):
-                docs[prev.target.id] = node.value.value.strip()
-    return docs
-
-
 def _coerce(cls: type, name: str, value: Any) -> Any:
     """A file/env/CLI value -> the field's type, by boardlens.parse.coerce's one rule."""
     return coerce(value, get_type_hints(cls)[name], name)
@@ -303,5 +285,5 @@ def to_json(cfg: Any) -> str:
     return json.dumps(dataclasses.asdict(cfg), sort_keys=True)
 
 
-__all__ = ["ProducerConfig", "TrainerConfig", "EvaluatorConfig", "resolve", "field_docs",
+__all__ = ["ProducerConfig", "TrainerConfig", "EvaluatorConfig", "resolve",
            "to_json", "read_file"]

@@ -148,3 +148,28 @@ def build_trainers(specs: list[TrainerSpec], d_in: int, total_steps: int, defaul
     if len(set(names)) != len(names):
         raise ValueError(f"trainer names must be unique, got {names}")
     return trainers
+
+
+def options_table() -> str:
+    """Markdown: every trainer kind with its loss and own options, then every option with its
+    default (generated from the Options dataclasses: `boardlens sae options`, the README)."""
+    from boardlens.parse import field_docs
+    from boardlens.sae.base import TrainerOptions
+
+    kinds = list(TRAINERS.values())
+    common = [f.name for f in dataclasses.fields(TrainerOptions)]
+    docs: dict = {}
+    defaults: dict = {}
+    for cls in kinds:
+        docs |= field_docs(cls.Options)
+        defaults |= {f.name: f.default for f in dataclasses.fields(cls.Options)}
+    rows = ["| kind | SAE | loss (recon default) | own options |", "|---|---|---|---|"]
+    for cls in kinds:
+        own = [f"`{n}`" for n in option_types(cls.kind) if n not in common and n != "name"]
+        rows.append(f"| `{cls.kind}` | {cls.arch} | {cls.summary} (`{cls.default_recon}`) | {' '.join(own)} |")
+    rows += ["", "| option | kinds | default | meaning |", "|---|---|---|---|"]
+    for name in defaults:
+        users = "every kind" if name in common else ", ".join(c.kind for c in kinds if name in option_types(c.kind))
+        shown = "-" if defaults[name] in (None, "") else f"`{defaults[name]}`"
+        rows.append(f"| `{name}` | {users} | {shown} | {docs[name]} |")
+    return "\n".join(rows) + "\n"

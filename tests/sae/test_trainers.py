@@ -181,3 +181,13 @@ def test_a_non_finite_batch_never_reaches_the_weights(kind):
     assert all(torch.equal(before[k], v) for k, v in after["ae"].items())
     assert after["skipped_steps"] == 4 and after["step"] == 12
     assert tr.update(data(64, seed=2)) is not None  # and training goes on
+
+
+def test_readme_trainer_table_is_the_generated_one():
+    from pathlib import Path
+
+    from boardlens.sae.sweep import options_table
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    block = readme.split("<!-- trainer-options:", 1)[1].split("-->", 1)[1].split("<!-- /trainer-options -->")[0]
+    assert block.strip() == options_table().strip(), "README trainer table is stale: paste `boardlens sae options`"

@@ -3,12 +3,12 @@
 import pytest
 from click.testing import CliRunner
 
+from boardlens.parse import field_docs
 from boardlens.services.cli import main
 from boardlens.services.config import (
     EvaluatorConfig,
     ProducerConfig,
     TrainerConfig,
-    field_docs,
     resolve,
 )
 
