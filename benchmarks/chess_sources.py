@@ -31,7 +31,7 @@ from boardlens.games.chess.tokenizer import GAME_CHARS  # noqa: E402
 from boardlens.games.chess.transcripts import pgn_transcripts  # noqa: E402
 from boardlens.games.stream import GameStream  # noqa: E402
 from boardlens.lm.formats import load_any  # noqa: E402
-from boardlens.services.config import BUNDLED_MODELS  # noqa: E402
+from boardlens.services.config import bundled_model  # noqa: E402
 
 
 def rate(fn, n: int) -> float:
@@ -96,7 +96,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--games", type=int, default=200, help="Games per single-process measurement.")
     ap.add_argument("--workers", type=int, default=2, help="Processes for the parallel measurements.")
-    ap.add_argument("--model", default=BUNDLED_MODELS["chess"])
+    ap.add_argument("--model", default=bundled_model("chess"))
     args = ap.parse_args()
     n = args.games
     random_spec, sf_spec = parse_source("random"), parse_source("stockfish")

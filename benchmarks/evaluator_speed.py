@@ -19,11 +19,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from boardlens.games import families  # noqa: E402
 from boardlens.games.othello.lm_data import labelled_games  # noqa: E402
 from boardlens.lm.checkpoint import load_model  # noqa: E402
 from boardlens.metrics import supervised as S  # noqa: E402
 from boardlens.metrics.evalset import EvalSet, evaluate_sae  # noqa: E402
+from boardlens.registry import GAMES  # noqa: E402
 from boardlens.sae.standard import StandardTrainer  # noqa: E402
 from boardlens.services.config import DEFAULT_MODEL  # noqa: E402
 
@@ -60,7 +60,7 @@ def main() -> None:
         g = labelled_games(rng, 36)
         x = activations(model, layer, g)[torch.from_numpy(np.arange(59)[None] < g.lengths[:, None])]
         tr.update(x[torch.randperm(x.shape[0])[:2048]])
-    es = EvalSet(families("othello"), 200, 200)
+    es = EvalSet(GAMES["othello"].families(), 200, 200)
     gid = 0
     while not es.full:
         g = labelled_games(rng, 64)

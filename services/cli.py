@@ -14,7 +14,9 @@ import click
 
 from boardlens.atomic import write_json
 from boardlens.parse import field_docs, optional_base
+from boardlens.registry import GAMES
 from boardlens.services.config import (
+    DEFAULT_GAME,
     EvaluatorConfig,
     ProducerConfig,
     TrainerConfig,
@@ -117,7 +119,7 @@ def evaluate(config_file, **options):
 @click.option("--tokens", type=int, default=2_000_000, show_default=True,
               help="Tokens to stream before stopping (0 = until Ctrl-C).")
 @click.option("--run-dir", default=None, help="Run folder [default: runs/<timestamp>].")
-@click.option("--game", type=click.Choice(["othello", "chess"]), default="othello", show_default=True,
+@click.option("--game", type=click.Choice(GAMES.names()), default=DEFAULT_GAME, show_default=True,
               help="Picks the bundled model (models/<game>-gpt) when --model is not given.")
 @click.option("--model", default=None, help="Model folder or checkpoint; its vocabulary decides the game.")
 @click.option("--source", default=None, help="Chess game source: random, stockfish[:...], pgn:PATH [default: random].")
@@ -148,7 +150,7 @@ def lm() -> None:
 
 
 @lm.command("train")
-@click.option("--game", default="othello", show_default=True, type=click.Choice(["othello", "chess"]))
+@click.option("--game", default=DEFAULT_GAME, show_default=True, type=click.Choice(GAMES.names()))
 @click.option("--out", default=None, help="Output folder [default: runs/lm-<game>].")
 @click.option("--steps", default=6000, show_default=True, help="Optimiser steps.")
 @click.option("--batch-games", default=128, show_default=True, help="Games per step.")
@@ -213,17 +215,15 @@ def lm_eval(model, games: int, seed: int, temperature: float) -> None:
     Othello: top-1 next-move accuracy at every position. Chess: the fraction of sampled
     continuations (temperature 1, one random move boundary per game) that are legal SAN.
     """
-    from boardlens.lm.train import game_data
+    import inspect
+
+    from boardlens.registry import GAMES
 
     net, meta = _load_lm(model)
-    data = game_data(meta["game"])
+    data = GAMES[meta["game"]].lm_data()
     held_out = data.eval_set(games, seed)
-    if meta["game"] == "chess":
-        from boardlens.games.chess.lm_data import legal_move_rate
-
-        score = legal_move_rate(net, held_out, temperature=temperature)
-    else:
-        score = data.score(net, held_out)
+    takes_t = "temperature" in inspect.signature(data.score).parameters  # sampled, not top-1
+    score = data.score(net, held_out, **({"temperature": temperature} if takes_t else {}))
     click.echo(f"{meta['game']} {data.score_name} on {games} held-out games (seed {seed}): {score:.4f}")
 
 

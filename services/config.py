@@ -18,10 +18,21 @@ from typing import Any, get_type_hints
 import yaml
 
 from boardlens.parse import coerce
+from boardlens.registry import GAMES
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-BUNDLED_MODELS = {"othello": str(MODELS_DIR / "othello-gpt"), "chess": str(MODELS_DIR / "chess-gpt")}
-DEFAULT_MODEL = BUNDLED_MODELS["othello"]
+DEFAULT_GAME = "othello"
+
+
+def bundled_model(game: str) -> str:
+    """The folder of the game's bundled model (`Game.bundled_model`, relative to models/)."""
+    folder = GAMES[game].bundled_model
+    if not folder:
+        raise ValueError(f"game {game!r} has no bundled model: give a model")
+    return str(MODELS_DIR / folder)
+
+
+DEFAULT_MODEL = bundled_model(DEFAULT_GAME)
 
 
 def _endpoint(value: str, what: str) -> None:
@@ -121,8 +132,6 @@ class ProducerConfig(ServiceOptions):
         _positive(self, "sndhwm_msgs", "send_timeout_ms", "wait_timeout_s", "health_stall_s", "blocked_unhealthy_s")
         if self.batch_games < 0 or self.label_workers < 0:
             raise ValueError("batch_games and label_workers must be >= 0")
-        if self.source.partition(":")[0] not in ("random", "stockfish", "pgn"):
-            raise ValueError(f"source must be random, stockfish[:...] or pgn:PATH, got {self.source!r}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if min(self.max_tokens, self.wait_consumers, self.wait_lossy_consumers, self.drain_timeout_s) < 0:

@@ -25,12 +25,12 @@ import numpy as np
 import torch
 
 from boardlens.atomic import write_json
-from boardlens.games import families, family_groups
 from boardlens.lm.checkpoint import CheckpointError
 from boardlens.lm.formats import load_any
 from boardlens.metrics.evalset import EvalSet, evaluate_sae
 from boardlens.metrics.references import Reference, ReferenceSuite, floor_saes
 from boardlens.protocol import ActivationBatch, Message, Subscriber
+from boardlens.registry import GAMES
 from boardlens.sae.io import ae_from_tensors
 from boardlens.services.common import (
     BadSnapshot,
@@ -101,7 +101,7 @@ class LiveEvaluator:
     def on_batch(self, batch: ActivationBatch) -> None:
         if self.evalset is None:
             try:
-                fams = families(batch.game)
+                fams = GAMES[batch.game].families()
             except ValueError as e:
                 raise IncompatibleBatch(str(e)) from e
             self.evalset = EvalSet(fams, self.cfg.train_games, self.cfg.test_games)
@@ -191,7 +191,7 @@ class LiveEvaluator:
     def _averages(self, scores: dict) -> dict[str, dict[str, float]]:
         return {group: {"coverage": float(np.mean([scores[f].coverage for f in members])),
                         "reconstruction": float(np.mean([scores[f].reconstruction for f in members]))}
-                for group, members in family_groups(self.game).items()}
+                for group, members in GAMES[self.game].family_groups().items()}
 
     @staticmethod
     def _set_scores(cov_gauge, rec_gauge, name: str, scores: dict, averages: dict) -> None:

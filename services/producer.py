@@ -42,6 +42,7 @@ from boardlens.protocol import (
     new_epoch,
 )
 from boardlens.protocol.transport import EndReport
+from boardlens.registry import GAMES
 from boardlens.services.common import (
     StartupError,
     close_context,
@@ -56,7 +57,6 @@ from boardlens.services.common import (
 from boardlens.services.config import ProducerConfig
 from boardlens.services.telemetry import Telemetry
 
-AUTO_BATCH_GAMES = {"othello": 64, "chess": 16}  # about 4k tokens per message
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -127,12 +127,12 @@ class Producer:
         self.device = pick_device(cfg.device)
         self.dtype = _DTYPES[cfg.dtype]
         self.model, meta = load_any(cfg.model, self.device, self.dtype)
-        self.game = meta.get("game", "othello")
+        self.game = meta["game"]
         self.layer = cfg.layer if cfg.layer >= 0 else int(meta.get("sae_layer", 0))
         if not 0 <= self.layer < self.model.config.n_layer:
             raise ValueError(f"layer {self.layer} out of range 0..{self.model.config.n_layer - 1}")
         self.model_id = Path(cfg.model).name
-        self.batch_games = cfg.batch_games or AUTO_BATCH_GAMES[self.game]
+        self.batch_games = cfg.batch_games or GAMES[self.game].default_batch_games
         self.state_path = Path(cfg.state_file) if cfg.state_file else None
         identity = {"game": self.game, "model": self.model_id, "layer": self.layer, "seed": cfg.seed,
                     "source": cfg.source, "batch_games": self.batch_games}

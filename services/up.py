@@ -26,10 +26,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from boardlens.atomic import write_text
 from boardlens.progress import StatusLine
 from boardlens.services.config import (
-    BUNDLED_MODELS,
+    DEFAULT_GAME,
     EvaluatorConfig,
     ProducerConfig,
     TrainerConfig,
+    bundled_model,
     resolve,
 )
 
@@ -49,7 +50,7 @@ def free_ports(n: int) -> list[int]:
 
 
 def build_configs(config_file: str | None, run_dir: str, tokens: int, base_port: int,
-                  game="othello", model=None, source=None, label_workers=None, saes=(), d_sae=None,
+                  game=DEFAULT_GAME, model=None, source=None, label_workers=None, saes=(), d_sae=None,
                   batch_size=None, steps=None, lr=None, train_games=None, test_games=None,
                   device=None) -> dict:
     """Resolve the three configs for a loopback run; flags given to `up` win over the file.
@@ -65,8 +66,8 @@ def build_configs(config_file: str | None, run_dir: str, tokens: int, base_port:
     ncpu = os.cpu_count() or 2
     threads = None if config_file else {"producer": 1, "evaluator": 1, "trainer": max(1, ncpu - 2)}
     th = (lambda name: threads[name]) if threads else (lambda name: None)
-    if model is None and game != "othello":  # Othello's bundled model is the config default
-        model = BUNDLED_MODELS[game]
+    if model is None and game != DEFAULT_GAME:  # the default game's model is the config default
+        model = bundled_model(game)
     prod = resolve(ProducerConfig, config_file, {
         "model": model, "source": source, "label_workers": label_workers, "device": device,
         "bind": ep[0], "bind_lossy": ep[1], "max_tokens": tokens,

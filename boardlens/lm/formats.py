@@ -141,7 +141,16 @@ def load_transformer_lens(path: str | Path) -> GPT:
     return fill_model(GPT(cfg), {k: v.contiguous() for k, v in state.items()}, path)
 
 
-_GAME_BY_VOCAB = {61: "othello", 32: "chess"}
+def game_of_vocab(vocab_size: int, path: str | Path):
+    """The registered game whose LMs have this vocabulary (how a public checkpoint declares it)."""
+    from boardlens.registry import GAMES
+
+    found = [g for g in GAMES.values() if g.vocab_size == vocab_size]
+    if len(found) != 1:
+        known = ", ".join(f"{g.name} {g.vocab_size}" for g in GAMES.values())
+        raise CheckpointError(f"{path}: a vocabulary of {vocab_size} tokens names "
+                              f"{'no' if not found else 'more than one'} registered game ({known})")
+    return found[0]
 
 
 def load_any(path: str | Path, device: str | torch.device = "cpu",
@@ -151,7 +160,7 @@ def load_any(path: str | Path, device: str | torch.device = "cpu",
     A folder with our config.json is a bundled model; a folder with a GPT-2 config.json is a
     Hugging Face export; a file holding `model_args` is nanoGPT, any other torch file a
     TransformerLens state dict. For public checkpoints the game comes from the vocabulary
-    (61: Othello, 32: chess) and the default layer is the paper's block 5 of 8.
+    (`Game.vocab_size`: Othello 61, chess 32) and the default layer from the game.
     """
     from boardlens.lm.checkpoint import load_model
 
@@ -178,10 +187,6 @@ def load_any(path: str | Path, device: str | torch.device = "cpu",
             if "model_args" not in str(e):
                 raise
             model, fmt = load_transformer_lens(path), "transformer-lens"
-    game = _GAME_BY_VOCAB.get(model.config.vocab_size)
-    if game is None:
-        raise CheckpointError(f"{path}: vocabulary of {model.config.vocab_size} tokens is neither "
-                              "OthelloGPT's (61) nor ChessGPT's (32)")
-    n = model.config.n_layer
-    meta = {"game": game, "sae_layer": 5 if n == 8 else (2 * n) // 3, "format": fmt}
+    game = game_of_vocab(model.config.vocab_size, path)
+    meta = {"game": game.name, "sae_layer": game.default_sae_layer(model.config.n_layer), "format": fmt}
     return model.to(device=device, dtype=dtype).eval(), meta

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from boardlens.games import families
 from boardlens.games.stream import GameStream
 from boardlens.metrics.evalset import is_test_game
+from boardlens.registry import GAMES
 
 
 class ProbeResult(NamedTuple):
@@ -36,7 +36,7 @@ class ProbeResult(NamedTuple):
 def collect(model, game: str, layer: int, num_games: int, seed: int,
             batch_games: int = 16) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """(N, d) activations at labelled positions, (N, cells) main-family classes, (N,) game ids."""
-    fam = families(game)[0]
+    fam = GAMES[game].families()[0]
     xs, ys, ids = [], [], []
     with GameStream(game, batch_games, seed=seed) as stream:
         done = 0
@@ -69,7 +69,7 @@ def fit_probe(x: torch.Tensor, y: torch.Tensor, num_classes: int, steps: int = 3
 
 def probe_board(model, game: str, layer: int, train_games: int = 1000, test_games: int = 500,
                 seed: int = 0, steps: int = 300) -> ProbeResult:
-    fam = families(game)[0]
+    fam = GAMES[game].families()[0]
     x, y, gid = collect(model, game, layer, train_games + test_games, seed)
     test = torch.from_numpy(is_test_game(gid, test_games / (train_games + test_games)))
     mean, std = x[~test].mean(0), x[~test].std(0).clamp_min(1e-6)
@@ -89,7 +89,7 @@ def model_evalset(model, game: str, layer: int, train_games: int, test_games: in
     from boardlens.metrics.evalset import EvalSet
     from boardlens.metrics.references import residual
 
-    es = EvalSet(families(game), train_games, test_games)
+    es = EvalSet(GAMES[game].families(), train_games, test_games)
     features = residual(model, layer)
     gid = 0
     with GameStream(game, batch_games, seed=seed) as stream:

@@ -20,50 +20,18 @@ import math
 import pickle
 import signal
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from boardlens.atomic import write_atomic, write_json
-from boardlens.games import GAMES
 from boardlens.lm.checkpoint import CheckpointError, save_model
 from boardlens.lm.model import GPT, GPTConfig
 from boardlens.progress import StatusLine
-
-Batch = Callable[[np.random.Generator, int], tuple[torch.Tensor, torch.Tensor]]
-
-
-class GameData(NamedTuple):
-    """What training needs from a game: its vocabulary, batches and a legality score."""
-
-    vocab_size: int
-    context: int  # tokens per training sequence
-    batches: dict[str, Batch]  # objective -> (inputs (B, T), targets (B, T) ids or (B, T, V) probs)
-    eval_set: Callable[[int, int], object]  # (num_games, seed) -> held-out set
-    score: Callable[[GPT, object], float]  # legal-move score on the held-out set, in [0, 1]
-    score_name: str
-
-
-def game_data(game: str) -> GameData:
-    if game == "othello":
-        from boardlens.games.othello import lm_data, tokenizer
-        from boardlens.games.othello.engine import play_random
-
-        return GameData(tokenizer.VOCAB_SIZE, tokenizer.CONTEXT,
-                        {"next": lm_data.training_batch, "legal": lm_data.legal_target_batch},
-                        lambda n, seed: play_random(n, seed=seed), lm_data.legal_move_accuracy,
-                        "legal_move_acc")
-    if game == "chess":
-        from boardlens.games.chess import lm_data, tokenizer
-
-        return GameData(tokenizer.VOCAB_SIZE, tokenizer.GAME_CHARS, {"next": lm_data.training_batch},
-                        lm_data.eval_prompts, lm_data.legal_move_rate, "legal_move_rate")
-    raise ValueError(f"unknown game {game!r}; known: {GAMES}")
+from boardlens.registry import GAMES
 
 
 def lm_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -147,12 +115,10 @@ class LMTrainConfig:
     """Also keep the model at every evaluation in <out>/snapshots/step-N (for learning curves)."""
 
     def __post_init__(self) -> None:
-        if self.game not in GAMES:
-            raise ValueError(f"game must be one of {GAMES}, got {self.game!r}")
-        if self.objective not in ("auto", "next", "legal"):
-            raise ValueError(f"objective must be auto, next or legal, got {self.objective!r}")
-        if self.game == "chess" and self.objective == "legal":
-            raise ValueError("objective 'legal' is for Othello (chess trains on characters)")
+        game = GAMES[self.game]  # an unknown game fails here, naming the known ones
+        if self.objective != "auto" and self.objective not in game.lm_objectives:
+            raise ValueError(f"objective must be auto or one of {game.name}'s {game.lm_objectives}, "
+                             f"got {self.objective!r}")
         for k in ("steps", "batch_games", "ckpt_every", "eval_every", "eval_games"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{k} must be >= 1")
@@ -211,7 +177,7 @@ def compact_state(src: str | Path, dst: str | Path) -> None:
 
 
 def train(cfg: LMTrainConfig, resume: bool = False) -> dict:
-    data = game_data(cfg.game)
+    data = GAMES[cfg.game].lm_data()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)

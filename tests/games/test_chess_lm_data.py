@@ -49,10 +49,10 @@ def test_batched_sampling_matches_one_prompt_at_a_time():
 
 def test_bundled_chess_model_plays_legal_moves_and_its_control_does_not():
     from boardlens.lm.checkpoint import load_model
-    from boardlens.services.config import BUNDLED_MODELS
+    from boardlens.services.config import bundled_model
 
     prompts = lm_data.eval_prompts(32, seed=99)
-    trained, _ = load_model(BUNDLED_MODELS["chess"])
-    control, _ = load_model(BUNDLED_MODELS["chess"] + "-random")
+    trained, _ = load_model(bundled_model("chess"))
+    control, _ = load_model(bundled_model("chess") + "-random")
     assert lm_data.legal_move_rate(trained, prompts, temperature=0) > 0.5
     assert lm_data.legal_move_rate(control, prompts, temperature=0) < 0.1

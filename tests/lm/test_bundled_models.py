@@ -13,7 +13,7 @@ import pytest
 
 from boardlens.lm.checkpoint import load_model
 from boardlens.lm.probe import layer_reports
-from boardlens.lm.train import game_data
+from boardlens.registry import GAMES
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 BUNDLED = sorted(p for p in MODELS.iterdir() if (p / "model.safetensors").exists())
@@ -36,7 +36,7 @@ def test_every_bundled_model_declares_its_headline_figures():
 @pytest.mark.parametrize("folder", BUNDLED, ids=lambda p: p.name)
 def test_legal_moves_hold(folder):
     model, meta = load_model(folder)
-    data = game_data(meta["game"])
+    data = GAMES[meta["game"]].lm_data()
     name, figure = next(iter(_headline(folder)["legality"].items()))
     assert name == data.score_name
     games = 300 if meta["game"] == "othello" else 96

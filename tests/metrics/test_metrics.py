@@ -3,13 +3,13 @@
 import numpy as np
 import torch
 
-from boardlens.games import families
 from boardlens.games.othello.engine import play_random
 from boardlens.games.othello.labels import label_games
 from boardlens.games.othello.lm_data import tokens_of
 from boardlens.metrics import supervised as S
 from boardlens.metrics.evalset import EvalSet, evaluate_sae, is_test_game
 from boardlens.metrics.unsupervised import recon_stats
+from boardlens.registry import GAMES
 from boardlens.sae.archs.relu import AutoEncoder
 
 
@@ -112,7 +112,7 @@ def test_split_is_deterministic_and_balanced():
 
 
 def test_evalset_and_evaluate_sae_on_real_games():
-    es = EvalSet(families("othello"), 20, 20)
+    es = EvalSet(GAMES["othello"].families(), 20, 20)
     gid = 0
     while not es.full:
         rec = play_random(16, seed=gid)

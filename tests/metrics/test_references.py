@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from boardlens.games import families
 from boardlens.games.othello.lm_data import labelled_games
 from boardlens.lm.model import GPT, GPTConfig
 from boardlens.metrics import references as R
 from boardlens.metrics.evalset import EvalSet
+from boardlens.registry import GAMES
 from boardlens.sae.io import load_sae, save_sae
 
 
@@ -22,7 +22,7 @@ def tiny_gpt() -> GPT:
 
 
 def evalset_of(model: GPT, layer: int, games: int = 12) -> EvalSet:
-    es = EvalSet(families("othello"), games, games)
+    es = EvalSet(GAMES["othello"].families(), games, games)
     features = R.residual(model, layer)
     rng, gid = np.random.default_rng(0), 0
     while not es.full:

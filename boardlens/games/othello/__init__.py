@@ -1,1 +1,35 @@
 """Othello: vectorised engine, OthelloGPT tokenizer, board-state labels."""
+
+from __future__ import annotations
+
+from boardlens.games.base import Game, LMData
+from boardlens.registry import GAMES
+
+
+class Othello(Game):
+    name = "othello"
+    vocab_size = 61
+    default_batch_games = 64  # 64 x 59 tokens
+    bundled_model = "othello-gpt"
+    lm_objectives = ("next", "legal")
+
+    def families(self):
+        from boardlens.games.othello.labels import FAMILIES
+
+        return FAMILIES
+
+    def random_games(self, rng, num_games):
+        from boardlens.games.othello.lm_data import labelled_games
+
+        return labelled_games(rng, num_games)
+
+    def lm_data(self) -> LMData:
+        from boardlens.games.othello import lm_data, tokenizer
+        from boardlens.games.othello.engine import play_random
+
+        return LMData(tokenizer.VOCAB_SIZE, tokenizer.CONTEXT,
+                      {"next": lm_data.training_batch, "legal": lm_data.legal_target_batch},
+                      lambda n, seed: play_random(n, seed=seed), lm_data.legal_move_accuracy, "legal_move_acc")
+
+
+GAMES.register(Othello.name, Othello())

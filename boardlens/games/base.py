@@ -1,0 +1,97 @@
+"""The Game interface: everything the project needs to know about a game, in one object.
+
+A game module defines a `Game` subclass and registers one instance:
+`GAMES.register(game.name, game)` (built-ins: boardlens/games/othello, boardlens/games/chess;
+others through a plugin, see boardlens.registry). Then the producer streams it, `lm train`
+trains a model on it, probes and the evaluator score its board-state properties (BSPs), and a
+checkpoint declares it by its config's "game" (ours) or by its vocabulary size (public ones).
+
+Heavy imports (engines, python-chess) stay inside the methods: the registry imports every
+game module on its first lookup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+
+from boardlens.games.labelled import LabelledGames
+from boardlens.labels import Family
+
+Job = tuple[Callable[..., LabelledGames], tuple]
+"""A picklable unit of work: fn(*args) -> one batch of labelled games (run in a worker process
+when the game labels slowly)."""
+
+
+class GameSource:
+    """Where a stream's games come from: `job(index)` is the work for batch `index` (asked in
+    order), None once the source is exhausted. The default: freshly generated random games,
+    batch i from seed (seed, i), labelled in the caller's thread (fast games)."""
+
+    in_process = True
+    """Label in the caller's thread (False: in the stream's worker processes)."""
+
+    def __init__(self, game: Game, seed: int, batch_games: int, name: str = "random") -> None:
+        self.game, self.seed, self.batch_games, self.name = game, seed, batch_games, name
+
+    def job(self, index: int) -> Job | None:
+        return self.game.random_games, (np.random.default_rng([self.seed, index]), self.batch_games)
+
+    def close(self) -> None:
+        pass
+
+
+class LMData(NamedTuple):
+    """What training a game LM needs: its vocabulary, batches and a legality score."""
+
+    vocab_size: int
+    context: int  # tokens per training sequence
+    batches: dict[str, Callable]  # objective -> (rng, batch_size) -> (inputs (B, T), targets (B, T) ids or (B, T, V) probs)
+    eval_set: Callable[[int, int], object]  # (num_games, seed) -> held-out set
+    score: Callable[..., float]  # (model, held-out set, **options) -> legal-move score in [0, 1]
+    score_name: str
+
+
+class Game:
+    """Subclass per game; the attributes describe it, the methods produce its data."""
+
+    name: str = ""
+    """Registry name, carried in every batch header and model config."""
+    vocab_size: int = 0
+    """Tokens of its language models; how a public checkpoint (no config naming the game) is recognised."""
+    default_batch_games: int = 64
+    """Games per producer message (about 4k tokens)."""
+    bundled_model: str = ""
+    """Folder of its bundled model under models/ ('' = none)."""
+    lm_objectives: tuple[str, ...] = ("next",)
+    """Training objectives `lm train` offers (keys of lm_data().batches)."""
+
+    def default_sae_layer(self, n_layer: int) -> int:
+        """Block a public checkpoint of n_layer blocks streams by default (the paper's 5 of 8)."""
+        return 5 if n_layer == 8 else (2 * n_layer) // 3
+
+    def families(self) -> tuple[Family, ...]:
+        """The BSP families evaluated for this game; the first is the board itself."""
+        raise NotImplementedError
+
+    def family_groups(self) -> dict[str, tuple[str, ...]]:
+        """Averages reported beside the families: {group name: member families}."""
+        return {"average": tuple(f.name for f in self.families())}
+
+    def random_games(self, rng: np.random.Generator, num_games: int) -> LabelledGames:
+        """num_games random legal games, tokenised and labelled (the default source)."""
+        raise NotImplementedError
+
+    def source(self, spec: str, seed: int, batch_games: int, engine: str = "", start: int = 0) -> GameSource:
+        """The games of a stream; `start` batches were handed out by an earlier run."""
+        if spec != "random":
+            raise ValueError(f"{self.name} games come from the 'random' source only, got {spec!r}")
+        return GameSource(self, seed, batch_games)
+
+    def lm_data(self) -> LMData:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<game {self.name}>"
