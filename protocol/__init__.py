@@ -3,7 +3,7 @@
     from boardlens.protocol import encode_batch, decode, decode_batch, Publisher, Subscriber
 
 Names are imported lazily (PEP 562) so that `import boardlens.protocol.transport` or `.header`
-does not pull in torch (~2 s) and `protocol.codec` / `protocol.batch` never pull in zmq.
+does not pull in torch (~2 s) and `protocol.codec` / `.batch` / `.snapshot` never pull in zmq.
 """
 
 from __future__ import annotations
@@ -29,6 +29,11 @@ _EXPORTS = {
     "decode_batch": "batch",
     "encode_batch": "batch",
     "validate_batch": "batch",
+    "SaeSnapshot": "snapshot",
+    "decode_snapshot": "snapshot",
+    "encode_snapshot": "snapshot",
+    "validate_sae_name": "snapshot",
+    "validate_snapshot": "snapshot",
     "Publisher": "transport",
     "SendTimeout": "transport",
     "SeqTracker": "transport",
@@ -48,6 +53,7 @@ __all__ = [  # literal so linters see the re-exports; equals sorted(_EXPORTS)
     "ProtocolError",
     "Publisher",
     "REASONS",
+    "SaeSnapshot",
     "SendTimeout",
     "SeqTracker",
     "Subscriber",
@@ -55,11 +61,15 @@ __all__ = [  # literal so linters see the re-exports; equals sorted(_EXPORTS)
     "TransportConfig",
     "decode",
     "decode_batch",
+    "decode_snapshot",
     "encode",
     "encode_batch",
+    "encode_snapshot",
     "new_epoch",
     "tune_malloc",
     "validate_batch",
+    "validate_sae_name",
+    "validate_snapshot",
 ]
 
 if TYPE_CHECKING:  # static analysers see ordinary imports
@@ -75,6 +85,13 @@ if TYPE_CHECKING:  # static analysers see ordinary imports
         Limits,
         TensorDesc,
         new_epoch,
+    )
+    from boardlens.protocol.snapshot import (
+        SaeSnapshot,
+        decode_snapshot,
+        encode_snapshot,
+        validate_sae_name,
+        validate_snapshot,
     )
     from boardlens.protocol.transport import (
         Publisher,

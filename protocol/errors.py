@@ -22,6 +22,7 @@ REASONS: tuple[str, ...] = (
     "limits",  # a Limits bound (other than header size / frame count) was exceeded
     "batch_schema",  # tensors of a "batch" message are inconsistent (see protocol.batch)
     "non_finite",  # a batch's activations hold NaN or Inf
+    "snapshot_schema",  # a "snapshot" message's meta or tensors are malformed (protocol.snapshot)
     # Stream checks of a well-formed message (protocol.transport.SeqTracker):
     "out_of_order",  # seq not above the last one of its epoch: a replay or duplicate
     "seq_jump",  # a seq gap larger than any real loss (forged or corrupt)

@@ -29,7 +29,7 @@ from boardlens.lm.checkpoint import CheckpointError
 from boardlens.lm.formats import load_any
 from boardlens.metrics.evalset import EvalSet, evaluate_sae
 from boardlens.metrics.references import Reference, ReferenceSuite, floor_saes
-from boardlens.protocol import ActivationBatch, Message, Subscriber
+from boardlens.protocol import ActivationBatch, Message, ProtocolError, Subscriber, decode_snapshot
 from boardlens.registry import GAMES
 from boardlens.sae.io import ae_from_tensors
 from boardlens.services.common import (
@@ -120,16 +120,13 @@ class LiveEvaluator:
 
     def on_snapshot(self, msg: Message) -> None:
         """Check the snapshot and keep it as the newest of its SAE (BadSnapshot if unusable)."""
-        meta = msg.header.meta
-        name, step, arch = meta.get("sae"), meta.get("step"), meta.get("arch")
-        if not (isinstance(name, str) and 0 < len(name) <= 200):
-            raise BadSnapshot(f"snapshot meta 'sae' must be a name, got {str(name)[:80]!r}")
-        if type(step) is not int or step < 0:
-            raise BadSnapshot(f"snapshot {name}: meta 'step' must be an int >= 0, got {str(step)[:80]!r}")
-        if not isinstance(arch, str):
-            raise BadSnapshot(f"snapshot {name}: meta 'arch' must be a string, got {str(arch)[:80]!r}")
-        try:
-            ae = ae_from_tensors(msg.tensors, arch)  # copies the tensors out of zmq's frames
+        try:  # the wire schema (name, step, arch, bounded finite tensors): protocol/snapshot.py
+            snap = decode_snapshot(msg)
+        except ProtocolError as e:  # reason snapshot_schema, counted under BadSnapshot's label
+            raise BadSnapshot(str(e)) from e
+        name, step = snap.name, snap.step
+        try:  # the arch's own tensor names and shapes; copies the tensors out of zmq's frames
+            ae = ae_from_tensors(snap.tensors, snap.arch)
         except ValueError as e:
             raise BadSnapshot(f"snapshot {name}: {e}") from e
         if name in self.pending:

@@ -34,11 +34,15 @@ import torch
 
 from boardlens.protocol import (
     ActivationBatch,
+    ProtocolError,
     Publisher,
+    SaeSnapshot,
     SendTimeout,
     Subscriber,
     encode,
+    encode_snapshot,
     new_epoch,
+    validate_sae_name,
 )
 from boardlens.protocol.transport import tune_malloc
 from boardlens.sae.buffer import ShuffleBuffer
@@ -155,6 +159,11 @@ class SweepTrainer:
         self.cfg, self.m, self.device = cfg, metrics, device
         self.trainers = build_trainers(expand_specs(cfg.saes), d_in, cfg.steps, cfg.sae_defaults(),
                                        device=str(device))
+        try:  # names travel in snapshots: a bad name= fails now, not at the first snapshot
+            for tr in self.trainers:
+                validate_sae_name(tr.name)
+        except ProtocolError as e:
+            raise StartupError(f"{e.detail} (an SAE spec's name=)") from e
         for tr in self.trainers:
             metrics.init_sae(tr.name)
         self.update_s = {tr.name: 0.0 for tr in self.trainers}  # EMA of each SAE's update seconds
@@ -304,12 +313,18 @@ class SnapshotPublisher:
         self.seq += 1
         return frames
 
+    def _snapshot_frames(self, tr) -> list:
+        """One SAE's snapshot message, built by the wire schema (boardlens.protocol.snapshot)."""
+        snap = SaeSnapshot(name=tr.name, step=tr.step, arch=tr.ae.arch, tensors=sae_tensors(tr.export_ae()),
+                           hyperparams=tr.hyperparams(), epoch=self.epoch, seq=self.seq, **self.source)
+        frames = encode_snapshot(snap)
+        self.seq += 1
+        return frames
+
     def __call__(self, sweep: SweepTrainer) -> None:
         for tr in sweep.trainers:
-            meta = {"sae": tr.name, "step": tr.step, "arch": tr.ae.arch,
-                    "hyperparams": json.dumps(tr.hyperparams())}
             try:
-                self.pub.send(self._frames("snapshot", sae_tensors(tr.export_ae()), meta))
+                self.pub.send(self._snapshot_frames(tr))
                 ok = True
             except SendTimeout:
                 ok = False

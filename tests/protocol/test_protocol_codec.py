@@ -166,7 +166,7 @@ def test_spec_shows_the_golden_bytes():
 def test_reason_tokens_are_fixed():
     assert REASONS == ("frame_count", "header_size", "header_decode", "header_schema", "version",
                        "kind", "dtype", "shape", "frame_size", "limits", "batch_schema", "non_finite",
-                       "out_of_order", "seq_jump", "epoch_flap", "end_epoch")
+                       "snapshot_schema", "out_of_order", "seq_jump", "epoch_flap", "end_epoch")
     err = ProtocolError("dtype", "boom")
     assert str(err) == "dtype: boom" and isinstance(err, ValueError)
     with pytest.raises(ValueError):
@@ -340,7 +340,8 @@ def test_encode_rejects_what_decode_would():
 
 
 def test_codec_and_batch_do_not_import_zmq():
-    code = ("import sys, boardlens.protocol, boardlens.protocol.codec, boardlens.protocol.batch; "
+    code = ("import sys, boardlens.protocol, boardlens.protocol.codec, boardlens.protocol.batch, "
+            "boardlens.protocol.snapshot; "
             "assert 'zmq' not in sys.modules, 'zmq imported'; boardlens.protocol.Publisher; "
             "assert 'zmq' in sys.modules")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
