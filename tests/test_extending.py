@@ -1,0 +1,42 @@
+"""Extending BoardLens from outside the package: the toy plugin (tests/plugins/toy.py) adds a
+game (tic-tac-toe), an SAE architecture and a trainer kind, each one module plus one register()
+line; here they go through `lm train`, `sae options` and the whole of `up` in real processes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
+ENV = {**os.environ, "BOARDLENS_PLUGINS": "tests.plugins.toy"}
+
+
+def _cli(*args, timeout=300):
+    r = subprocess.run([sys.executable, "-m", "boardlens.services.cli", *args], capture_output=True, text=True,
+                       env=ENV, timeout=timeout)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
+
+
+def test_a_plugin_game_architecture_and_trainer_run_through_up(tmp_path):
+    lm = tmp_path / "lm"
+    out = _cli("lm", "train", "--game", "tictactoe", "--out", str(lm), "--n-layer", "2", "--n-embd", "32",
+               "--n-head", "2", "--sae-layer", "1", "--steps", "60", "--batch-games", "64", "--warmup-steps", "5",
+               "--eval-every", "60", "--eval-games", "64", "--probe-games", "0", "--threads", "1")
+    assert "held-out legal_move_acc" in out
+    assert json.loads((lm / "model" / "config.json").read_text())["game"] == "tictactoe"
+    assert "| `toy_lp` | toy_relu |" in _cli("sae", "options")
+    run = tmp_path / "run"
+    table = _cli("up", "--model", str(lm / "model"), "--tokens", "20000", "--sae", "toy_lp:power=1.5",
+                 "--sae", "standard", "--d-sae", "32", "--batch-size", "128", "--train-games", "20",
+                 "--test-games", "20", "--run-dir", str(run), "--quiet", timeout=330)
+    assert "toy_lp-32-0.05" in table and "standard-32-0.05" in table
+    final = json.loads((run / "final_metrics.json").read_text())
+    toy = final["saes"]["toy_lp-32-0.05"]
+    assert toy["step"] == 20000 // 128
+    fam = toy["families"]["mine_theirs_empty"]
+    assert fam["num_bsps"] == 18 and 0 <= fam["coverage"] <= 1
+    meta = json.loads((run / "checkpoints" / "latest" / "toy_lp-32-0.05.json").read_text())
+    assert meta["arch"] == "toy_relu" and meta["hyperparams"]["power"] == 1.5
