@@ -124,7 +124,8 @@ def evaluate(config_file, **options):
 @click.option("--model", default=None, help="Model folder or checkpoint; its vocabulary decides the game.")
 @click.option("--source", default=None, help="Chess game source: random, stockfish[:...], pgn:PATH [default: random].")
 @click.option("--label-workers", type=int, default=None, help="Chess labelling processes [default: 1].")
-@click.option("--sae", "saes", multiple=True, help="Trainer spec, repeatable [default: standard + p_anneal].")
+@click.option("--saes", "saes", multiple=True, help="Trainer spec, repeatable [default: standard + p_anneal].")
+@click.option("--sae", "saes_old", multiple=True, hidden=True, help="Old name of --saes.")
 @click.option("--d-sae", type=int, default=None, help="Dictionary size [default: 4096].")
 @click.option("--batch-size", type=int, default=None, help="SAE batch size [default: 2048 in up].")
 @click.option("--steps", type=int, default=None, help="SAE steps (schedule length) [default: from --tokens].")
@@ -134,14 +135,14 @@ def evaluate(config_file, **options):
 @click.option("--device", default=None, help="Producer and trainer device [default: auto].")
 @click.option("--base-port", type=int, default=0, help="First of 6 consecutive ports (0 = pick free ones).")
 @click.option("--quiet", is_flag=True, help="No live progress line.")
-def up(config_file, **options):
+def up(config_file, saes, saes_old, **options):
     """Run producer, trainer and evaluator as separate processes on loopback, with live progress.
 
     Stops after --tokens or on Ctrl-C, then prints the SAEs' final metrics.
     """
     from boardlens.services import up as up_mod
 
-    sys.exit(up_mod.run(config_file=config_file, **options))
+    sys.exit(up_mod.run(config_file=config_file, saes=saes + saes_old, **options))
 
 
 @main.group()
@@ -151,7 +152,8 @@ def lm() -> None:
 
 @lm.command("train")
 @click.option("--game", default=DEFAULT_GAME, show_default=True, type=click.Choice(GAMES.names()))
-@click.option("--out", default=None, help="Output folder [default: runs/lm-<game>].")
+@click.option("--run-dir", default=None, help="Run folder [default: runs/lm-<game>].")
+@click.option("--out", default=None, hidden=True, help="Old name of --run-dir.")
 @click.option("--steps", default=6000, show_default=True, help="Optimiser steps.")
 @click.option("--batch-games", default=128, show_default=True, help="Games per step.")
 @click.option("--n-layer", default=6, show_default=True)
@@ -163,7 +165,8 @@ def lm() -> None:
 @click.option("--schedule", default="cosine", show_default=True, type=click.Choice(["cosine", "wsd"]),
               help="wsd: constant LR, then a linear decay over the last --decay-frac of --steps.")
 @click.option("--decay-frac", default=0.2, show_default=True, help="wsd: share of the steps spent decaying.")
-@click.option("--ckpt-every", default=250, show_default=True, help="Steps between training checkpoints.")
+@click.option("--checkpoint-every", default=None, type=int, help="Steps between training checkpoints [default: 250].")
+@click.option("--ckpt-every", default=None, type=int, hidden=True, help="Old name of --checkpoint-every.")
 @click.option("--eval-every", default=500, show_default=True, help="Steps between legality evaluations.")
 @click.option("--eval-games", default=500, show_default=True, help="Held-out games per evaluation.")
 @click.option("--probe-games", default=200, show_default=True,
@@ -173,17 +176,19 @@ def lm() -> None:
               help="next: the move played; legal: uniform over the legal moves (Othello; auto picks it).")
 @click.option("--compile/--no-compile", default=False, show_default=True, help="torch.compile the model.")
 @click.option("--snapshots/--no-snapshots", default=True, show_default=True,
-              help="Keep the model at every evaluation in <out>/snapshots/ (learning curves).")
+              help="Keep the model at every evaluation in <run-dir>/snapshots/ (learning curves).")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--resume", is_flag=True, help="Continue from <out>/train_state.pt.")
-def lm_train(resume: bool, out: str | None, **options) -> None:
+@click.option("--resume", is_flag=True, help="Continue from <run-dir>/train_state.pt.")
+def lm_train(resume: bool, run_dir: str | None, out: str | None, checkpoint_every: int | None,
+             ckpt_every: int | None, **options) -> None:
     """Train a game LM on freshly generated games (progress bar, checkpoints, resume)."""
     from boardlens.lm.checkpoint import CheckpointError
     from boardlens.lm.train import LMTrainConfig
     from boardlens.lm.train import train as train_lm
 
     try:
-        cfg = LMTrainConfig(out=out or f"runs/lm-{options['game']}", **options)
+        cfg = LMTrainConfig(run_dir=run_dir or out or f"runs/lm-{options['game']}",
+                            checkpoint_every=checkpoint_every or ckpt_every or 250, **options)
     except ValueError as e:
         raise click.UsageError(str(e)) from e
     try:
@@ -370,10 +375,11 @@ def sae_export(checkpoint: str, fmt: str, out: str) -> None:
 @click.option("--model", default=None, help="The model whose floor is built [default: models/othello-gpt].")
 @click.option("--control", default=None, help="Its random-init control [default: <model>-random].")
 @click.option("--tokens", type=int, default=1_000_000, show_default=True, help="Tokens to train on.")
-@click.option("--sae", "saes", multiple=True, help="Trainer spec, repeatable [default: up's standard + p_anneal].")
+@click.option("--saes", "saes", multiple=True, help="Trainer spec, repeatable [default: up's standard + p_anneal].")
+@click.option("--sae", "saes_old", multiple=True, hidden=True, help="Old name of --saes.")
 @click.option("--d-sae", type=int, default=None, help="Dictionary size [default: 4096].")
 @click.option("--run-dir", default=None, help="Run folder of the training [default: runs/floor-<model name>].")
-def sae_floor(model, control, tokens: int, saes, d_sae, run_dir) -> None:
+def sae_floor(model, control, tokens: int, saes, saes_old, d_sae, run_dir) -> None:
     """Train SAEs on the model's random-init control (`boardlens up` on it) into <model>/floor/.
 
     The evaluator scores the best of them, on the control's activations at its own eval
@@ -394,7 +400,7 @@ def sae_floor(model, control, tokens: int, saes, d_sae, run_dir) -> None:
     control_dir = Path(control or f"{model_dir}-random")
     _, meta = _load_lm(str(control_dir))
     run = Path(run_dir or f"runs/floor-{model_dir.name}")
-    code = up.run(tokens=tokens, run_dir=str(run), model=str(control_dir), saes=saes, d_sae=d_sae, quiet=True)
+    code = up.run(tokens=tokens, run_dir=str(run), model=str(control_dir), saes=saes + saes_old, d_sae=d_sae, quiet=True)
     if code:
         raise click.ClickException(f"the training on {control_dir} failed; see {run}/logs")
     floor = model_dir / "floor"

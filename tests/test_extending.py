@@ -22,14 +22,14 @@ def _cli(*args, timeout=300):
 
 def test_a_plugin_game_architecture_and_trainer_run_through_up(tmp_path):
     lm = tmp_path / "lm"
-    out = _cli("lm", "train", "--game", "tictactoe", "--out", str(lm), "--n-layer", "2", "--n-embd", "32",
+    out = _cli("lm", "train", "--game", "tictactoe", "--run-dir", str(lm), "--n-layer", "2", "--n-embd", "32",
                "--n-head", "2", "--sae-layer", "1", "--steps", "60", "--batch-games", "64", "--warmup-steps", "5",
                "--eval-every", "60", "--eval-games", "64", "--probe-games", "0", "--threads", "1")
     assert "held-out legal_move_acc" in out
     assert json.loads((lm / "model" / "config.json").read_text())["game"] == "tictactoe"
     assert "| `toy_lp` | toy_relu |" in _cli("sae", "options")
     run = tmp_path / "run"
-    table = _cli("up", "--model", str(lm / "model"), "--tokens", "20000", "--sae", "toy_lp:power=1.5",
+    table = _cli("up", "--model", str(lm / "model"), "--tokens", "20000", "--saes", "toy_lp:power=1.5",
                  "--sae", "standard", "--d-sae", "32", "--batch-size", "128", "--train-games", "20",
                  "--test-games", "20", "--run-dir", str(run), "--quiet", timeout=330)
     assert "toy_lp-32-0.05" in table and "standard-32-0.05" in table

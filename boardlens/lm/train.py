@@ -1,14 +1,14 @@
 """Train a game LM on freshly generated games, with periodic checkpoints and resume.
 
-    boardlens lm train --game othello --out runs/lm-othello --steps 6000
-    boardlens lm train --game chess --out runs/lm-chess --n-layer 8 --sae-layer 5
+    boardlens lm train --game othello --run-dir runs/lm-othello --steps 6000
+    boardlens lm train --game chess --run-dir runs/lm-chess --n-layer 8 --sae-layer 5
 
 Othello trains on random legal games (synthetic, as OthelloGPT was) and is scored by top-1
 legal-move accuracy; chess trains on random legal games cut to 256 characters and is scored by
 the fraction of sampled continuations that are legal moves.
 
 A training checkpoint (`train_state.pt`: weights, AdamW moments, step, RNG states) is written
-atomically every `ckpt_every` steps and on SIGTERM/Ctrl-C; `--resume` continues from it. The
+atomically every `checkpoint_every` steps and on SIGTERM/Ctrl-C; `--resume` continues from it. The
 best model by held-out legal-move accuracy is also exported in the bundled format
 (`<out>/model/`), ready for `models/`.
 """
@@ -64,8 +64,8 @@ def train_step(model: GPT, forward, opt: torch.optim.Optimizer, x: torch.Tensor,
 class LMTrainConfig:
     game: str = "othello"
     """Which game's generator and tokenizer to train on."""
-    out: str = "runs/lm-othello"
-    """Output folder (training state, metrics log, exported model)."""
+    run_dir: str = "runs/lm-othello"
+    """Run folder (training state, metrics log, exported model)."""
     n_layer: int = 6
     """Transformer blocks."""
     n_head: int = 6
@@ -90,7 +90,7 @@ class LMTrainConfig:
     """wsd: fraction of the steps spent decaying."""
     weight_decay: float = 0.1
     """AdamW weight decay on matrices."""
-    ckpt_every: int = 250
+    checkpoint_every: int = 250
     """Steps between training checkpoints."""
     eval_every: int = 500
     """Steps between legal-move evaluations."""
@@ -119,7 +119,7 @@ class LMTrainConfig:
         if self.objective != "auto" and self.objective not in game.lm_objectives:
             raise ValueError(f"objective must be auto or one of {game.name}'s {game.lm_objectives}, "
                              f"got {self.objective!r}")
-        for k in ("steps", "batch_games", "ckpt_every", "eval_every", "eval_games"):
+        for k in ("steps", "batch_games", "checkpoint_every", "eval_every", "eval_games"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{k} must be >= 1")
         if self.probe_games < 0:
@@ -180,7 +180,7 @@ def train(cfg: LMTrainConfig, resume: bool = False) -> dict:
     data = GAMES[cfg.game].lm_data()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    out = Path(cfg.out)
+    out = Path(cfg.run_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "train_config.json", asdict(cfg))
     print(f"lm-train config {json.dumps(asdict(cfg), sort_keys=True)}", flush=True)
@@ -258,7 +258,7 @@ def train(cfg: LMTrainConfig, resume: bool = False) -> dict:
                     best = acc
                     save_model(model, out / "model", meta)
             log.write(json.dumps(rec) + "\n")
-            if step % cfg.ckpt_every == 0:
+            if step % cfg.checkpoint_every == 0:
                 log.flush()
                 _save_state(state_path, model, opt, step, rng, best, seen)
     finally:

@@ -27,8 +27,8 @@ def _cli(*args, timeout=240):
 @pytest.mark.parametrize("game", ["othello", "chess"])
 def test_tiny_lm_learns_checkpoints_resumes_and_exports(tmp_path, game):
     out = tmp_path / "lm"
-    first = _cli("lm", "train", "--game", game, "--out", str(out), "--steps", "60", *TINY,
-                 "--eval-every", "30", "--ckpt-every", "30")
+    first = _cli("lm", "train", "--game", game, "--run-dir", str(out), "--steps", "60", *TINY,
+                 "--eval-every", "30", "--checkpoint-every", "30")
     assert first.returncode == 0, first.stderr
     assert "lm-train config {" in first.stdout
     losses = [json.loads(line)["loss"] for line in open(out / "lm_metrics.jsonl")]
@@ -40,7 +40,7 @@ def test_tiny_lm_learns_checkpoints_resumes_and_exports(tmp_path, game):
     evals = [r for r in map(json.loads, open(out / "lm_metrics.jsonl")) if "probe_reconstruction" in r]
     assert [r["step"] for r in evals] == [30, 60]  # the world-model curve, one layer here
     assert set(evals[-1]["probe_reconstruction"]) == {"0"} and 0 <= evals[-1]["probe_reconstruction"]["0"] <= 1
-    # --resume continues from the saved step to a longer schedule.
+    # --resume continues from the saved step to a longer schedule (old flag names still work).
     again = _cli("lm", "train", "--game", game, "--out", str(out), "--steps", "70", *TINY,
                  "--eval-every", "100", "--ckpt-every", "100", "--resume")
     assert again.returncode == 0, again.stderr
@@ -105,7 +105,7 @@ def test_wsd_schedule_is_flat_then_decays_only_at_the_end():
 def test_a_compact_state_is_small_and_resumes_with_a_fresh_optimizer(tmp_path, capsys):
     from boardlens.lm.train import compact_state, train
 
-    cfg = LMTrainConfig(out=str(tmp_path / "lm"), n_layer=1, n_embd=32, n_head=2, sae_layer=0, steps=10,
+    cfg = LMTrainConfig(run_dir=str(tmp_path / "lm"), n_layer=1, n_embd=32, n_head=2, sae_layer=0, steps=10,
                         batch_games=8, warmup_steps=4, eval_every=100, eval_games=8, probe_games=0,
                         snapshots=False, threads=1)
     train(cfg)

@@ -72,7 +72,7 @@ def test_lm_resume_state_that_is_a_malicious_pickle(tmp_path):
     out = tmp_path / "lm"
     out.mkdir()
     _evil_pickle(out / "train_state.pt", marker)
-    r = _cli("lm", "train", "--game", "othello", "--out", str(out), "--resume", "--steps", "1")
+    r = _cli("lm", "train", "--game", "othello", "--run-dir", str(out), "--resume", "--steps", "1")
     _one_line_error(r, "train_state.pt")
     assert not marker.exists()
 
@@ -140,3 +140,13 @@ def test_malicious_pickle_as_a_dictionary_learning_sae(tmp_path):
     with pytest.raises(ValueError, match="ae.pt"):
         import_sae(tmp_path / "dl")
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("model, error", [
+    ("models/othello-gpt-random", "othello games come from the 'random' source only, got 'lichess'"),
+    ("models/chess-gpt-random", "unknown game source 'lichess'"),
+])
+def test_a_source_the_models_game_lacks_is_refused_at_start(model, error):
+    """The game the model declares checks the source (a config alone cannot know the game)."""
+    r = _cli("produce", "--model", model, "--source", "lichess", "--metrics-port", "0")
+    assert r.returncode != 0 and error in r.stderr and "Traceback" not in r.stderr, r.stderr

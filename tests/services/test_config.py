@@ -30,7 +30,7 @@ def test_precedence_defaults_file_env_cli(tmp_path):
 
 
 @pytest.mark.parametrize("bad", [
-    {"batch_games": -1}, {"label_workers": -1}, {"source": "lichess"}, {"dtype": "int8"}, {"bind": "127.0.0.1:5"}, {"device": "tpu"}, {"max_tokens": -1},
+    {"batch_games": -1}, {"label_workers": -1}, {"dtype": "int8"}, {"bind": "127.0.0.1:5"}, {"device": "tpu"}, {"max_tokens": -1},
 ])
 def test_bad_producer_values(bad):
     with pytest.raises(ValueError):

@@ -19,7 +19,7 @@ def test_up_runs_to_the_final_table(tmp_path):
     shutil.copytree("models/othello-gpt-random", tmp_path / "m-random")
     floor = subprocess.run(
         [sys.executable, "-m", "boardlens.services.cli", "sae", "floor", "--model", str(model), "--tokens", "30000",
-         "--d-sae", "128", "--sae", "standard", "--run-dir", str(tmp_path / "floor-run")],
+         "--d-sae", "128", "--saes", "standard", "--run-dir", str(tmp_path / "floor-run")],
         capture_output=True, text=True, timeout=200)
     assert floor.returncode == 0, floor.stdout + floor.stderr
     meta = json.loads((model / "floor" / "standard-128-0.05.json").read_text())
