@@ -42,6 +42,7 @@ from boardlens.protocol import (
     new_epoch,
 )
 from boardlens.protocol.transport import EndReport
+from boardlens.services import metrics
 from boardlens.services.common import (
     StartupError,
     close_context,
@@ -58,28 +59,22 @@ from boardlens.services.telemetry import Telemetry
 
 AUTO_BATCH_GAMES = {"othello": 64, "chess": 16}  # about 4k tokens per message
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
 class ProducerMetrics:
     def __init__(self, tel: Telemetry) -> None:
-        self.tokens = tel.counter("producer_tokens_total", "Valid token positions streamed")
-        self.batches = tel.counter("producer_batches_total", "Batches sent")
-        self.bytes = tel.counter("producer_bytes_total", "Payload bytes sent (header + frames)")
-        self.games = tel.counter("producer_games_total", "Games streamed")
-        self.forward = tel.histogram("producer_forward_seconds", "LM forward time per batch", _SECONDS)
-        self.labelling = tel.histogram("producer_labelling_seconds",
-                                       "Time waiting for the next labelled batch (generation + labelling not hidden by workers)", _SECONDS)
-        self.blocked = tel.histogram("producer_send_blocked_seconds",
-                                     "Time a send spent blocked on slow lossless subscribers", _SECONDS)
-        self.blocked_now = tel.gauge("producer_send_blocked_now_seconds",
-                                     "How long the send in progress has been blocked (0 when none)")
-        self.send_timeouts = tel.counter("producer_send_timeouts_total",
-                                         "Sends that timed out on a full lossless subscriber")
-        self.subscribers = tel.gauge("producer_subscribers", "Connected subscribers", ["mode"])
-        self.auth_denied = tel.counter("producer_auth_denied_total",
-                                       "Connections refused: a CURVE client key not on the allow-list")
-        self.restarts = tel.gauge("producer_stream_restarts", "Times this stream was continued from its state file")
+        self.tokens = tel.metric(metrics.PRODUCER_TOKENS)
+        self.batches = tel.metric(metrics.PRODUCER_BATCHES)
+        self.bytes = tel.metric(metrics.PRODUCER_BYTES)
+        self.games = tel.metric(metrics.PRODUCER_GAMES)
+        self.forward = tel.metric(metrics.PRODUCER_FORWARD)
+        self.labelling = tel.metric(metrics.PRODUCER_LABELLING)
+        self.blocked = tel.metric(metrics.PRODUCER_SEND_BLOCKED)
+        self.blocked_now = tel.metric(metrics.PRODUCER_SEND_BLOCKED_NOW)
+        self.send_timeouts = tel.metric(metrics.PRODUCER_SEND_TIMEOUTS)
+        self.subscribers = tel.metric(metrics.PRODUCER_SUBSCRIBERS)
+        self.auth_denied = tel.metric(metrics.PRODUCER_AUTH_DENIED)
+        self.restarts = tel.metric(metrics.PRODUCER_RESTARTS)
 
 
 @dataclass

@@ -117,18 +117,18 @@ def progress_line(cfgs: dict, t0: float, last: dict) -> str:
         parts.append(f"step {int(max(steps.values()))}")
     for (name, labels), v in sorted(t.items()):
         lab = dict(labels)
-        if name == "boardlens_sae_loss" and lab.get("term") == "loss":
-            l0 = t.get(("boardlens_sae_l0", (("sae", lab["sae"]),)), float("nan"))
+        if name == "boardlens_trainer_loss" and lab.get("term") == "loss":
+            l0 = t.get(("boardlens_trainer_l0", (("sae", lab["sae"]),)), float("nan"))
             parts.append(f"{lab['sae']}: loss {v:.3f} L0 {l0:.1f}")
-    cov = [v for (n, _), v in e.items() if n == "boardlens_eval_coverage"]
-    rec = [v for (n, _), v in e.items() if n == "boardlens_eval_reconstruction"]
+    cov = [v for (n, _), v in e.items() if n == "boardlens_evaluator_coverage"]
+    rec = [v for (n, _), v in e.items() if n == "boardlens_evaluator_reconstruction"]
     if cov:
         parts.append(f"best cov {max(cov):.3f} rec {max(rec):.3f}")
     refs = {dict(k[1])["reference"]: v for k, v in e.items()
-            if k[0] == "boardlens_eval_reference_reconstruction" and dict(k[1]).get("family") == "average"}
+            if k[0] == "boardlens_evaluator_reference_reconstruction" and dict(k[1]).get("family") == "average"}
     if refs:  # the floor and ceiling the SAEs' reconstruction stands between
         parts.append("rec " + " ".join(f"{n} {v:.3f}" for n, v in sorted(refs.items())))
-    games = _sum(e, "boardlens_eval_set_games")
+    games = _sum(e, "boardlens_evaluator_eval_set_games")
     if not cov:
         parts.append(f"eval set {games:.0f} games")
     return " | ".join(parts)
