@@ -24,6 +24,7 @@ from boardlens.protocol import (
 )
 from boardlens.services.config import ServiceOptions, to_json
 from boardlens.services.metrics import Channel
+from boardlens.services.status import ServiceStatus, StatusFile, status_folder
 from boardlens.services.telemetry import Telemetry
 
 log = logging.getLogger("boardlens")
@@ -64,6 +65,14 @@ def prepare_run_dir(service: str, cfg) -> Path:
     except OSError as e:
         raise StartupError(f"cannot write the run folder {run_dir}: {e.strerror or e}") from e
     return run_dir
+
+
+def keep_status(tel: Telemetry, run_dir: str | Path | None, make: Callable[[str], ServiceStatus]) -> None:
+    """Keep the service's status record (services.status) up to date as it reports progress."""
+    folder = status_folder(run_dir)
+    if folder is not None:
+        tel.status = StatusFile(folder, make)
+        tel.status.update("starting", force=True)
 
 
 def pick_device(name: str) -> torch.device:

@@ -39,6 +39,7 @@ from boardlens.services.common import (
     MessageCounters,
     StartupError,
     curve,
+    keep_status,
     log,
     log_config,
     prepare_run_dir,
@@ -48,6 +49,7 @@ from boardlens.services.common import (
     transport,
 )
 from boardlens.services.config import EvaluatorConfig
+from boardlens.services.status import EvaluatorStatus, SaeEvaluation, stamp
 from boardlens.services.telemetry import Telemetry
 
 
@@ -232,6 +234,15 @@ class LiveEvaluator:
         self.log.write(json.dumps(record) + "\n")
         self.log.flush()
 
+    def status(self, state: str) -> EvaluatorStatus:
+        mean = "average"  # the group every game has: all its families
+        return EvaluatorStatus(
+            **stamp(state), games=self.evalset.progress() if self.evalset is not None else {},
+            evaluations=self.evaluations,
+            saes={n: SaeEvaluation(r["step"], r["averages"][mean]["coverage"], r["averages"][mean]["reconstruction"])
+                  for n, r in self.latest.items()},
+            references={n: r["averages"][mean]["reconstruction"] for n, r in self.references.items()})
+
     def close(self) -> None:
         final = {"saes": self.latest, "references": self.references}
         write_json(self.run_dir / "final_metrics.json", final)
@@ -253,6 +264,7 @@ def run(cfg: EvaluatorConfig) -> int:
     tel = Telemetry("evaluator", cfg.metrics_port, cfg.metrics_host, stall_after_s=cfg.health_stall_s)
     m = EvaluatorMetrics(tel)
     ev = LiveEvaluator(cfg, m, model)
+    keep_status(tel, cfg.run_dir, ev.status)
     keys = curve(cfg, "client")
     data: Subscriber | None = Subscriber(cfg.connect, lossy=True, cfg=transport(cfg), curve=keys)
     snaps = Subscriber(cfg.snapshots, lossy=False, cfg=transport(cfg), curve=keys)

@@ -47,6 +47,7 @@ from boardlens.services.common import (
     StartupError,
     close_context,
     curve,
+    keep_status,
     log,
     log_config,
     pick_device,
@@ -55,6 +56,7 @@ from boardlens.services.common import (
     transport,
 )
 from boardlens.services.config import ProducerConfig
+from boardlens.services.status import ProducerStatus, stamp
 from boardlens.services.telemetry import Telemetry
 
 AUTO_BATCH_GAMES = {"othello": 64, "chess": 16}  # about 4k tokens per message
@@ -151,6 +153,11 @@ class Producer:
         self.sending_since: float | None = None  # monotonic start of the send in progress
         self.m.blocked_now.set_function(self._blocked_s)
         tel.problems.append(self._blocked_problem)
+
+    def status(self, state: str) -> ProducerStatus:
+        st = self.state
+        return ProducerStatus(**stamp(state), tokens=st.tokens, batches=st.batches, games=st.next_game_id,
+                              seq=st.seq)
 
     def _save_state(self) -> None:
         if self.state_path is not None:
@@ -319,6 +326,7 @@ def run(cfg: ProducerConfig) -> int:
     except (ValueError, StartupError) as e:  # an unusable model, source, layer, state or key: say which
         tel.close()
         raise StartupError(str(e)) from e
+    keep_status(tel, None, producer.status)  # no run folder: a record only where up asks for one
     try:
         return producer.run(stop)
     finally:

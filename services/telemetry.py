@@ -27,6 +27,7 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from boardlens.services.metrics import BUILD_INFO, CATALOGUE, COUNTER, GAUGE, Metric
+from boardlens.services.status import StatusFile
 
 disable_created_metrics()  # no `_created` twin of every counter: half the series
 
@@ -41,6 +42,7 @@ class Telemetry:
         self._state = "starting"
         self.problems: list = []  # callables -> a reason the service is unhealthy, or None
         self._server: ThreadingHTTPServer | None = None
+        self.status: StatusFile | None = None  # the status record, rewritten as the service progresses
         self.metric(BUILD_INFO).labels(service, _version()).set(1)
         if port:
             self._serve(host, port)
@@ -58,6 +60,8 @@ class Telemetry:
     def progress(self, state: str = "running") -> None:
         self._last_progress = time.monotonic()
         self._state = state
+        if self.status is not None:
+            self.status.update(state)
 
     def idle(self, state: str) -> None:
         """Healthy while deliberately waiting (e.g. for subscribers or an eval set)."""
@@ -103,6 +107,8 @@ class Telemetry:
         threading.Thread(target=self._server.serve_forever, name=f"{self.service}-metrics", daemon=True).start()
 
     def close(self) -> None:
+        if self.status is not None:
+            self.status.update("stopped", force=True)
         if self._server:
             self._server.shutdown()
             self._server.server_close()

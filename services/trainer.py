@@ -52,6 +52,7 @@ from boardlens.services.common import (
     StartupError,
     close_context,
     curve,
+    keep_status,
     log,
     log_config,
     pick_device,
@@ -62,6 +63,7 @@ from boardlens.services.common import (
     transport,
 )
 from boardlens.services.config import TrainerConfig
+from boardlens.services.status import SaeTraining, TrainerStatus, stamp
 from boardlens.services.telemetry import Telemetry
 
 _LOSS_TERMS = ("loss", "recon", "sparsity", "aux")
@@ -159,6 +161,8 @@ class SweepTrainer:
         self.on_snapshot, self.should_stop = on_snapshot, should_stop
         self.source: dict = {}  # game, model, layer of the stream (from its first batch)
         self.step = 0
+        self.tokens = 0  # rows received by this process
+        self.latest: dict[str, SaeTraining] = {}  # each SAE on its latest batch, for the status record
         self.checkpointed_step = -1
         self.run_dir = Path(cfg.run_dir)
         self.ckpt_root = self.run_dir / "checkpoints"
@@ -196,6 +200,7 @@ class SweepTrainer:
         self.source = {"game": batch.game, "model": batch.model, "layer": batch.layer}
         rows = batch.valid_acts().float()  # (N, d)
         self.m.tokens.inc(rows.shape[0])
+        self.tokens += rows.shape[0]
         if rows.shape[0] and not self.done:
             self.pending.append(rows)
         self.pump()
@@ -246,6 +251,7 @@ class SweepTrainer:
             self.m.p.labels(name).set(sched.get("p", 1.0))
             self.m.alpha.labels(name).set(sched.get("alpha", tr.penalty))
             record[name] = {**s._asdict(), **sched, "steps_per_s": 1 / self.update_s[name]}
+            self.latest[name] = SaeTraining(s.loss, s.l0, s.var_explained)
         self.step += 1
         self.m.step_time.observe(time.perf_counter() - t0)
         if self.step % self.cfg.log_every == 0 or self.done:
@@ -273,6 +279,9 @@ class SweepTrainer:
         if dt > self.cfg.stop_grace_s / 2:
             log.warning("trainer: a checkpoint took %.1f s, more than half of stop_grace_s=%.0f", dt,
                         self.cfg.stop_grace_s)
+
+    def status(self, state: str) -> TrainerStatus:
+        return TrainerStatus(**stamp(state), step=self.step, tokens=self.tokens, saes=dict(self.latest))
 
     def close(self) -> None:
         self.log.close()
@@ -356,6 +365,8 @@ def run(cfg: TrainerConfig) -> int:
     sub = Subscriber(cfg.connect, lossy=False, cfg=transport(cfg), curve=curve(cfg, "client"))
     state: dict = {"sweep": None, "ended": False}
 
+    keep_status(tel, cfg.run_dir, lambda text: state["sweep"].status(text) if state["sweep"] is not None
+                else TrainerStatus(**stamp(text)))
 
     def start_sweep(d_in: int) -> SweepTrainer:
         sweep = SweepTrainer(cfg, d_in, m, device, snap, stop.is_set, point)
