@@ -23,6 +23,8 @@ from boardlens.protocol import (
     decode_batch,
 )
 from boardlens.services.config import ServiceOptions, to_json
+from boardlens.services.metrics import Channel
+from boardlens.services.status import ServiceStatus, StatusFile, status_folder
 from boardlens.services.telemetry import Telemetry
 
 log = logging.getLogger("boardlens")
@@ -63,6 +65,14 @@ def prepare_run_dir(service: str, cfg) -> Path:
     except OSError as e:
         raise StartupError(f"cannot write the run folder {run_dir}: {e.strerror or e}") from e
     return run_dir
+
+
+def keep_status(tel: Telemetry, run_dir: str | Path | None, make: Callable[[str], ServiceStatus]) -> None:
+    """Keep the service's status record (services.status) up to date as it reports progress."""
+    folder = status_folder(run_dir)
+    if folder is not None:
+        tel.status = StatusFile(folder, make)
+        tel.status.update("starting", force=True)
 
 
 def pick_device(name: str) -> torch.device:
@@ -128,21 +138,15 @@ HANDLER_REASONS = (IncompatibleBatch.reason, BadSnapshot.reason)
 
 
 class MessageCounters:
-    """Per-channel counters of received, rejected and lost messages.
+    """Per-channel counters of received, rejected and lost messages (a catalogue Channel)."""
 
-    `lost_unit` names what a gap in (epoch, seq) means on this channel: producer batches, or
-    trainer messages on the snapshot channel.
-    """
-
-    def __init__(self, tel: Telemetry, prefix: str, lost_unit: str = "batches") -> None:
-        self.received = tel.counter(f"{prefix}_messages_total", "Messages received and decoded")
-        self.rejected = tel.counter(f"{prefix}_messages_rejected_total",
-                                    "Messages rejected by the protocol decoder", ["reason"])
+    def __init__(self, tel: Telemetry, channel: Channel) -> None:
+        self.received = tel.metric(channel.received)
+        self.rejected = tel.metric(channel.rejected)
         for reason in (*REASONS, *HANDLER_REASONS):  # zero series: rate() sees the first
             self.rejected.labels(reason)
-        self.lost = tel.counter(f"{prefix}_{lost_unit}_lost_total",
-                                "Messages missing from the sender's sequence (epoch, seq)")
-        self.bytes = tel.counter(f"{prefix}_received_bytes_total", "Bytes received")
+        self.lost = tel.metric(channel.lost)
+        self.bytes = tel.metric(channel.bytes)
         self.tracker = SeqTracker()
 
 

@@ -32,12 +32,14 @@ from boardlens.metrics.references import Reference, ReferenceSuite, floor_saes
 from boardlens.protocol import ActivationBatch, Message, ProtocolError, Subscriber, decode_snapshot
 from boardlens.registry import GAMES
 from boardlens.sae.io import ae_from_tensors
+from boardlens.services import metrics
 from boardlens.services.common import (
     BadSnapshot,
     IncompatibleBatch,
     MessageCounters,
     StartupError,
     curve,
+    keep_status,
     log,
     log_config,
     prepare_run_dir,
@@ -47,6 +49,7 @@ from boardlens.services.common import (
     transport,
 )
 from boardlens.services.config import EvaluatorConfig
+from boardlens.services.status import EvaluatorStatus, SaeEvaluation, stamp
 from boardlens.services.telemetry import Telemetry
 
 
@@ -56,29 +59,22 @@ class Snapshot(NamedTuple):
     ae: torch.nn.Module
 
 
-_EVAL_SECONDS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
-
-
 class EvaluatorMetrics:
     def __init__(self, tel: Telemetry) -> None:
-        self.counters = MessageCounters(tel, "evaluator")
-        self.snapshot_counters = MessageCounters(tel, "evaluator_snapshot", lost_unit="messages")
-        self.coverage = tel.gauge("eval_coverage", "Coverage of the latest snapshot", ["sae", "family"])
-        self.reconstruction = tel.gauge("eval_reconstruction", "Board reconstruction F1 of the latest snapshot",
-                                        ["sae", "family"])
-        self.l0 = tel.gauge("eval_l0", "Mean active latents per position on the eval set", ["sae"])
-        self.fve = tel.gauge("eval_variance_explained", "Fraction of variance explained on the eval set", ["sae"])
-        self.alive = tel.gauge("eval_alive_fraction", "Latents that fire on the eval set", ["sae"])
-        self.step = tel.gauge("eval_snapshot_step", "Training step of the latest evaluated snapshot", ["sae"])
-        self.duration = tel.histogram("eval_duration_seconds", "Wall time of one SAE evaluation", _EVAL_SECONDS)
-        self.evaluations = tel.counter("eval_evaluations_total", "Snapshots evaluated", ["sae"])
-        self.skipped = tel.counter("eval_snapshots_skipped_total", "Snapshots superseded before evaluation")
-        self.games = tel.gauge("eval_set_games", "Games in the evaluation set", ["split"])
-        self.ref_coverage = tel.gauge("eval_reference_coverage", "Coverage of a floor/ceiling reference",
-                                      ["reference", "family"])
-        self.ref_reconstruction = tel.gauge("eval_reference_reconstruction",
-                                            "Board reconstruction F1 of a floor/ceiling reference",
-                                            ["reference", "family"])
+        self.counters = MessageCounters(tel, metrics.EVALUATOR_DATA)
+        self.snapshot_counters = MessageCounters(tel, metrics.EVALUATOR_SNAPSHOTS)
+        self.coverage = tel.metric(metrics.EVALUATOR_COVERAGE)
+        self.reconstruction = tel.metric(metrics.EVALUATOR_RECONSTRUCTION)
+        self.l0 = tel.metric(metrics.EVALUATOR_L0)
+        self.fve = tel.metric(metrics.EVALUATOR_VARIANCE_EXPLAINED)
+        self.dead = tel.metric(metrics.EVALUATOR_DEAD_LATENTS)
+        self.step = tel.metric(metrics.EVALUATOR_SNAPSHOT_STEP)
+        self.duration = tel.metric(metrics.EVALUATOR_EVALUATION)
+        self.evaluations = tel.metric(metrics.EVALUATOR_EVALUATIONS)
+        self.skipped = tel.metric(metrics.EVALUATOR_SNAPSHOTS_SKIPPED)
+        self.games = tel.metric(metrics.EVALUATOR_EVAL_SET_GAMES)
+        self.ref_coverage = tel.metric(metrics.EVALUATOR_REFERENCE_COVERAGE)
+        self.ref_reconstruction = tel.metric(metrics.EVALUATOR_REFERENCE_RECONSTRUCTION)
 
 
 class LiveEvaluator:
@@ -91,6 +87,7 @@ class LiveEvaluator:
         self.game = ""
         self.pending: dict[str, Snapshot] = {}
         self.latest: dict[str, dict] = {}
+        self.evaluations = 0  # snapshots evaluated, all SAEs
         self.references: dict[str, dict] = {}
         self.suite: ReferenceSuite | None = None
         self.layer = 0
@@ -164,10 +161,11 @@ class LiveEvaluator:
         self._set_scores(self.m.coverage, self.m.reconstruction, name, scores, averages)
         self.m.l0.labels(name).set(stats.l0)
         self.m.fve.labels(name).set(stats.var_explained)
-        self.m.alive.labels(name).set(stats.frac_alive)
+        self.m.dead.labels(name).set(1.0 - stats.frac_alive)
         self.m.step.labels(name).set(step)
         self.m.duration.observe(dt)
         self.m.evaluations.labels(name).inc()
+        self.evaluations += 1
         record = {"time": time.time(), "sae": name, "step": step, "eval_seconds": round(dt, 3),
                   "games": self.evalset.progress(),
                   "families": {k: v._asdict() for k, v in scores.items()}, "averages": averages,
@@ -233,6 +231,15 @@ class LiveEvaluator:
         self.log.write(json.dumps(record) + "\n")
         self.log.flush()
 
+    def status(self, state: str) -> EvaluatorStatus:
+        mean = "average"  # the group every game has: all its families
+        return EvaluatorStatus(
+            **stamp(state), games=self.evalset.progress() if self.evalset is not None else {},
+            evaluations=self.evaluations,
+            saes={n: SaeEvaluation(r["step"], r["averages"][mean]["coverage"], r["averages"][mean]["reconstruction"])
+                  for n, r in self.latest.items()},
+            references={n: r["averages"][mean]["reconstruction"] for n, r in self.references.items()})
+
     def close(self) -> None:
         final = {"saes": self.latest, "references": self.references}
         write_json(self.run_dir / "final_metrics.json", final)
@@ -254,10 +261,11 @@ def run(cfg: EvaluatorConfig) -> int:
     tel = Telemetry("evaluator", cfg.metrics_port, cfg.metrics_host, stall_after_s=cfg.health_stall_s)
     m = EvaluatorMetrics(tel)
     ev = LiveEvaluator(cfg, m, model)
+    keep_status(tel, cfg.run_dir, ev.status)
     keys = curve(cfg, "client")
     data: Subscriber | None = Subscriber(cfg.connect, lossy=True, cfg=transport(cfg), curve=keys)
     snaps = Subscriber(cfg.snapshots, lossy=False, cfg=transport(cfg), curve=keys)
-    state = {"end": False, "evaluations": 0}
+    state = {"end": False}
 
     def on_data(kind: str, payload) -> None:
         if kind == "batch":
@@ -283,19 +291,17 @@ def run(cfg: EvaluatorConfig) -> int:
             while receive(snaps, m.snapshot_counters, 0 if (ev.pending or data is not None) else 200, on_snap):
                 tel.progress()
             if state["end"]:
-                state["evaluations"] += ev.evaluate_pending(partial=True)
+                ev.evaluate_pending(partial=True)
                 break
-            n = ev.evaluate_pending()
-            state["evaluations"] += n
-            if n:
+            if ev.evaluate_pending():
                 tel.progress()
             elif data is None:
                 tel.idle("waiting for snapshots")
-        return state["evaluations"]
+        return ev.evaluations
     finally:
         ev.close()
         if data is not None:
             data.close()
         snaps.close()
         tel.close()
-        log.info("evaluator: stopped after %d evaluations", state["evaluations"])
+        log.info("evaluator: stopped after %d evaluations", ev.evaluations)

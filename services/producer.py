@@ -43,10 +43,12 @@ from boardlens.protocol import (
 )
 from boardlens.protocol.transport import EndReport
 from boardlens.registry import GAMES
+from boardlens.services import metrics
 from boardlens.services.common import (
     StartupError,
     close_context,
     curve,
+    keep_status,
     log,
     log_config,
     pick_device,
@@ -55,31 +57,26 @@ from boardlens.services.common import (
     transport,
 )
 from boardlens.services.config import ProducerConfig
+from boardlens.services.status import ProducerStatus, stamp
 from boardlens.services.telemetry import Telemetry
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
 class ProducerMetrics:
     def __init__(self, tel: Telemetry) -> None:
-        self.tokens = tel.counter("producer_tokens_total", "Valid token positions streamed")
-        self.batches = tel.counter("producer_batches_total", "Batches sent")
-        self.bytes = tel.counter("producer_bytes_total", "Payload bytes sent (header + frames)")
-        self.games = tel.counter("producer_games_total", "Games streamed")
-        self.forward = tel.histogram("producer_forward_seconds", "LM forward time per batch", _SECONDS)
-        self.labelling = tel.histogram("producer_labelling_seconds",
-                                       "Time waiting for the next labelled batch (generation + labelling not hidden by workers)", _SECONDS)
-        self.blocked = tel.histogram("producer_send_blocked_seconds",
-                                     "Time a send spent blocked on slow lossless subscribers", _SECONDS)
-        self.blocked_now = tel.gauge("producer_send_blocked_now_seconds",
-                                     "How long the send in progress has been blocked (0 when none)")
-        self.send_timeouts = tel.counter("producer_send_timeouts_total",
-                                         "Sends that timed out on a full lossless subscriber")
-        self.subscribers = tel.gauge("producer_subscribers", "Connected subscribers", ["mode"])
-        self.auth_denied = tel.counter("producer_auth_denied_total",
-                                       "Connections refused: a CURVE client key not on the allow-list")
-        self.restarts = tel.gauge("producer_stream_restarts", "Times this stream was continued from its state file")
+        self.tokens = tel.metric(metrics.PRODUCER_TOKENS)
+        self.batches = tel.metric(metrics.PRODUCER_BATCHES)
+        self.bytes = tel.metric(metrics.PRODUCER_BYTES)
+        self.games = tel.metric(metrics.PRODUCER_GAMES)
+        self.forward = tel.metric(metrics.PRODUCER_FORWARD)
+        self.labelling = tel.metric(metrics.PRODUCER_LABELLING)
+        self.blocked = tel.metric(metrics.PRODUCER_SEND_BLOCKED)
+        self.blocked_now = tel.metric(metrics.PRODUCER_SEND_BLOCKED_NOW)
+        self.send_timeouts = tel.metric(metrics.PRODUCER_SEND_TIMEOUTS)
+        self.subscribers = tel.metric(metrics.PRODUCER_SUBSCRIBERS)
+        self.auth_denied = tel.metric(metrics.PRODUCER_AUTH_DENIED)
+        self.restarts = tel.metric(metrics.PRODUCER_RESTARTS)
 
 
 @dataclass
@@ -156,6 +153,11 @@ class Producer:
         self.sending_since: float | None = None  # monotonic start of the send in progress
         self.m.blocked_now.set_function(self._blocked_s)
         tel.problems.append(self._blocked_problem)
+
+    def status(self, state: str) -> ProducerStatus:
+        st = self.state
+        return ProducerStatus(**stamp(state), tokens=st.tokens, batches=st.batches, games=st.next_game_id,
+                              seq=st.seq)
 
     def _save_state(self) -> None:
         if self.state_path is not None:
@@ -324,6 +326,7 @@ def run(cfg: ProducerConfig) -> int:
     except (ValueError, StartupError) as e:  # an unusable model, source, layer, state or key: say which
         tel.close()
         raise StartupError(str(e)) from e
+    keep_status(tel, None, producer.status)  # no run folder: a record only where up asks for one
     try:
         return producer.run(stop)
     finally:

@@ -1,6 +1,7 @@
 """Prometheus /metrics and a progress-aware /healthz, one HTTP server per service.
 
-Each service owns a private CollectorRegistry (so tests can run several in one process) and
+Each service owns a private CollectorRegistry (so tests can run several in one process),
+creates its metrics from the catalogue (`boardlens.services.metrics`, nothing else) and
 calls `progress()` whenever it does useful work; /healthz answers 200 only while the last
 progress is younger than `stall_after_s` (or the service says it is idle on purpose, e.g.
 waiting for subscribers) and no registered problem check reports one (e.g. the producer
@@ -9,6 +10,7 @@ blocked too long by a subscriber that does not read), else 503 with the reason.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import threading
 import time
@@ -24,7 +26,9 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-NAMESPACE = "boardlens"
+from boardlens.services.metrics import BUILD_INFO, CATALOGUE, COUNTER, GAUGE, Metric
+from boardlens.services.status import StatusFile
+
 disable_created_metrics()  # no `_created` twin of every counter: half the series
 
 
@@ -38,25 +42,26 @@ class Telemetry:
         self._state = "starting"
         self.problems: list = []  # callables -> a reason the service is unhealthy, or None
         self._server: ThreadingHTTPServer | None = None
-        self.up = self.gauge("up", "1 while the service runs", ["service"])
-        self.up.labels(service).set(1)
+        self.status: StatusFile | None = None  # the status record, rewritten as the service progresses
+        self.metric(BUILD_INFO).labels(service, _version()).set(1)
         if port:
             self._serve(host, port)
 
-    # --- metric constructors, all in the boardlens_ namespace -------------------------
-    def counter(self, name: str, doc: str, labels: list[str] | None = None) -> Counter:
-        return Counter(name, doc, labels or [], namespace=NAMESPACE, registry=self.registry)
-
-    def gauge(self, name: str, doc: str, labels: list[str] | None = None) -> Gauge:
-        return Gauge(name, doc, labels or [], namespace=NAMESPACE, registry=self.registry)
-
-    def histogram(self, name: str, doc: str, buckets: tuple[float, ...], labels: list[str] | None = None) -> Histogram:
-        return Histogram(name, doc, labels or [], namespace=NAMESPACE, registry=self.registry, buckets=buckets)
+    def metric(self, spec: Metric) -> Counter | Gauge | Histogram:
+        """The Prometheus object of a catalogue entry, registered with this service."""
+        if CATALOGUE.get(spec.name) != spec:
+            raise ValueError(f"{spec.name} is not in the catalogue (boardlens.services.metrics)")
+        kind = {COUNTER: Counter, GAUGE: Gauge}.get(spec.kind)
+        if kind is not None:
+            return kind(spec.name, spec.help, spec.labels, registry=self.registry)
+        return Histogram(spec.name, spec.help, spec.labels, registry=self.registry, buckets=spec.buckets)
 
     # --- health -----------------------------------------------------------------------
     def progress(self, state: str = "running") -> None:
         self._last_progress = time.monotonic()
         self._state = state
+        if self.status is not None:
+            self.status.update(state)
 
     def idle(self, state: str) -> None:
         """Healthy while deliberately waiting (e.g. for subscribers or an eval set)."""
@@ -102,8 +107,16 @@ class Telemetry:
         threading.Thread(target=self._server.serve_forever, name=f"{self.service}-metrics", daemon=True).start()
 
     def close(self) -> None:
-        self.up.labels(self.service).set(0)
+        if self.status is not None:
+            self.status.update("stopped", force=True)
         if self._server:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("boardlens")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "unknown"

@@ -49,12 +49,14 @@ from boardlens.sae.buffer import ShuffleBuffer
 from boardlens.sae.checkpoint import latest_checkpoint, read_checkpoint, write_checkpoint
 from boardlens.sae.io import sae_tensors
 from boardlens.sae.sweep import build_trainers, expand_specs
+from boardlens.services import metrics
 from boardlens.services.common import (
     IncompatibleBatch,
     MessageCounters,
     StartupError,
     close_context,
     curve,
+    keep_status,
     log,
     log_config,
     pick_device,
@@ -65,38 +67,33 @@ from boardlens.services.common import (
     transport,
 )
 from boardlens.services.config import TrainerConfig
+from boardlens.services.status import SaeTraining, TrainerStatus, stamp
 from boardlens.services.telemetry import Telemetry
 
-_STEP_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _LOSS_TERMS = ("loss", "recon", "sparsity", "aux")
 EXIT_GRACE_EXCEEDED = 3
 
 
 class TrainerMetrics:
     def __init__(self, tel: Telemetry) -> None:
-        self.counters = MessageCounters(tel, "trainer")
-        self.tokens = tel.counter("trainer_tokens_total", "Activations received into the buffer")
-        self.steps = tel.counter("trainer_steps_total", "Optimiser steps", ["sae"])
-        self.skipped = tel.counter("trainer_steps_skipped_total",
-                                   "Steps skipped because the loss or a gradient was not finite", ["sae"])
-        self.trained = tel.counter("trainer_trained_tokens_total", "Activations trained on", ["sae"])
-        self.step_time = tel.histogram("trainer_step_seconds", "Wall time of one sweep step (all SAEs)",
-                                       _STEP_SECONDS)
-        self.loss = tel.gauge("sae_loss", "Latest loss terms (loss, recon, sparsity, aux)", ["sae", "term"])
-        self.l0 = tel.gauge("sae_l0", "Mean active latents per activation (latest batch)", ["sae"])
-        self.fve = tel.gauge("sae_variance_explained", "Fraction of variance explained (latest batch)",
-                             ["sae"])
-        self.dead = tel.gauge("sae_dead_fraction", "Latents silent for the dead window", ["sae"])
-        self.p = tel.gauge("sae_p", "Current p of the sparsity penalty (1 = L1)", ["sae"])
-        self.alpha = tel.gauge("sae_alpha", "Current sparsity coefficient", ["sae"])
-        self.sps = tel.gauge("sae_steps_per_second", "Optimiser steps per second of this SAE alone "
-                             "(1 / its mean update time over the last steps)", ["sae"])
-        self.buffer = tel.gauge("trainer_buffer_activations", "Unread activations in the shuffle buffer")
-        self.snapshots = tel.counter("trainer_snapshots_total", "Snapshots published", ["outcome"])
-        self.auth_denied = tel.counter("trainer_auth_denied_total",
-                                       "Evaluator connections refused: a CURVE key not on the allow-list")
-        self.ckpt_seconds = tel.gauge("trainer_checkpoint_seconds", "Wall time of the latest checkpoint write")
-        self.ckpt_step = tel.gauge("trainer_checkpoint_step", "Sweep step of the latest complete checkpoint")
+        self.counters = MessageCounters(tel, metrics.TRAINER_DATA)
+        self.tokens = tel.metric(metrics.TRAINER_TOKENS)
+        self.steps = tel.metric(metrics.TRAINER_STEPS)
+        self.skipped = tel.metric(metrics.TRAINER_STEPS_SKIPPED)
+        self.trained = tel.metric(metrics.TRAINER_TRAINED_TOKENS)
+        self.step_time = tel.metric(metrics.TRAINER_STEP)
+        self.update_time = tel.metric(metrics.TRAINER_UPDATE)
+        self.loss = tel.metric(metrics.TRAINER_LOSS)
+        self.l0 = tel.metric(metrics.TRAINER_L0)
+        self.fve = tel.metric(metrics.TRAINER_VARIANCE_EXPLAINED)
+        self.dead = tel.metric(metrics.TRAINER_DEAD_LATENTS)
+        self.p = tel.metric(metrics.TRAINER_SPARSITY_P)
+        self.alpha = tel.metric(metrics.TRAINER_SPARSITY_ALPHA)
+        self.buffer = tel.metric(metrics.TRAINER_BUFFER)
+        self.snapshots = tel.metric(metrics.TRAINER_SNAPSHOTS)
+        self.auth_denied = tel.metric(metrics.TRAINER_AUTH_DENIED)
+        self.ckpt_seconds = tel.metric(metrics.TRAINER_LAST_CHECKPOINT)
+        self.ckpt_step = tel.metric(metrics.TRAINER_LAST_CHECKPOINT_STEP)
         for outcome in ("sent", "dropped"):  # zero series, so rate() sees the first event
             self.snapshots.labels(outcome)
 
@@ -172,6 +169,8 @@ class SweepTrainer:
         self.on_snapshot, self.should_stop = on_snapshot, should_stop
         self.source: dict = {}  # game, model, layer of the stream (from its first batch)
         self.step = 0
+        self.tokens = 0  # rows received by this process
+        self.latest: dict[str, SaeTraining] = {}  # each SAE on its latest batch, for the status record
         self.checkpointed_step = -1
         self.run_dir = Path(cfg.run_dir)
         self.ckpt_root = self.run_dir / "checkpoints"
@@ -209,6 +208,7 @@ class SweepTrainer:
         self.source = {"game": batch.game, "model": batch.model, "layer": batch.layer}
         rows = batch.valid_acts().float()  # (N, d)
         self.m.tokens.inc(rows.shape[0])
+        self.tokens += rows.shape[0]
         if rows.shape[0] and not self.done:
             self.pending.append(rows)
         self.pump()
@@ -247,6 +247,7 @@ class SweepTrainer:
                 continue
             dt = time.perf_counter() - t_sae
             self.update_s[name] = dt if self.update_s[name] == 0 else 0.9 * self.update_s[name] + 0.1 * dt
+            self.m.update_time.labels(name).observe(dt)
             self.m.steps.labels(name).inc()
             self.m.trained.labels(name).inc(x.shape[0])
             for term in _LOSS_TERMS:
@@ -254,11 +255,11 @@ class SweepTrainer:
             self.m.l0.labels(name).set(s.l0)
             self.m.fve.labels(name).set(s.var_explained)
             self.m.dead.labels(name).set(s.dead_fraction)
-            self.m.sps.labels(name).set(1 / self.update_s[name])
             sched = tr.schedule_state()
             self.m.p.labels(name).set(sched.get("p", 1.0))
             self.m.alpha.labels(name).set(sched.get("alpha", tr.penalty))
             record[name] = {**s._asdict(), **sched, "steps_per_s": 1 / self.update_s[name]}
+            self.latest[name] = SaeTraining(s.loss, s.l0, s.var_explained)
         self.step += 1
         self.m.step_time.observe(time.perf_counter() - t0)
         if self.step % self.cfg.log_every == 0 or self.done:
@@ -286,6 +287,9 @@ class SweepTrainer:
         if dt > self.cfg.stop_grace_s / 2:
             log.warning("trainer: a checkpoint took %.1f s, more than half of stop_grace_s=%.0f", dt,
                         self.cfg.stop_grace_s)
+
+    def status(self, state: str) -> TrainerStatus:
+        return TrainerStatus(**stamp(state), step=self.step, tokens=self.tokens, saes=dict(self.latest))
 
     def close(self) -> None:
         self.log.close()
@@ -346,6 +350,19 @@ class SnapshotPublisher:
         self.pub.close(linger_ms=0 if self.end_confirmed else int(drain_s * 1000))
 
 
+def finish(sweep: SweepTrainer | None, snap: SnapshotPublisher, stop: threading.Event) -> int:
+    """Final checkpoint; unless stopping, last snapshots and end to the evaluators. Steps done."""
+    if sweep is None:
+        return 0
+    sweep.checkpoint()
+    if not stop.is_set():
+        snap(sweep)
+        snap.end(sweep.step, 30.0, stop.is_set)
+    sweep.close()
+    log.info("trainer: stopped at step %d", sweep.step)
+    return sweep.step
+
+
 def run(cfg: TrainerConfig) -> int:
     """Train until `steps`, end of stream or SIGTERM; returns the steps done."""
     log_config("trainer", cfg)
@@ -361,6 +378,9 @@ def run(cfg: TrainerConfig) -> int:
     snap = SnapshotPublisher(cfg, m)
     sub = Subscriber(cfg.connect, lossy=False, cfg=transport(cfg), curve=curve(cfg, "client"))
     state: dict = {"sweep": None, "ended": False}
+
+    keep_status(tel, cfg.run_dir, lambda text: state["sweep"].status(text) if state["sweep"] is not None
+                else TrainerStatus(**stamp(text)))
 
     def start_sweep(d_in: int) -> SweepTrainer:
         sweep = SweepTrainer(cfg, d_in, m, device, snap, stop.is_set, point)
@@ -394,15 +414,7 @@ def run(cfg: TrainerConfig) -> int:
                 tel.progress()
             elif sweep is None:
                 tel.idle("waiting for the producer")
-        sweep = state["sweep"]
-        if sweep is not None:
-            sweep.checkpoint()
-            if not stop.is_set():
-                snap(sweep)
-                snap.end(sweep.step, 30.0, stop.is_set)
-            sweep.close()
-            log.info("trainer: stopped at step %d", sweep.step)
-        return sweep.step if sweep else 0
+        return finish(state["sweep"], snap, stop)
     finally:
         sub.close()
         snap.close(drain_s=1.0 if stop.is_set() else 30.0)  # stopping: stay inside the grace period

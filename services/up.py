@@ -2,9 +2,10 @@
 
 Writes `<run>/config.yaml` (all three resolved sections, also what the children read),
 starts evaluator, trainer and producer (the producer waits for both consumers), shows one
-progress line scraped from their /metrics, and stops after --tokens (end of stream flows
-producer -> trainer -> evaluator) or on Ctrl-C (SIGTERM to every child). Then it prints the
-final table from `<run>/final_metrics.json`.
+progress line read from their status records (`<run>/<service>_status.json`, see
+services/status.py; never from /metrics, which is Prometheus' interface), and stops after
+--tokens (end of stream flows producer -> trainer -> evaluator) or on Ctrl-C (SIGTERM to
+every child). Then it prints the final table from `<run>/final_metrics.json`.
 """
 
 from __future__ import annotations
@@ -17,11 +18,9 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from boardlens.atomic import write_text
 from boardlens.progress import StatusLine
@@ -32,6 +31,15 @@ from boardlens.services.config import (
     TrainerConfig,
     bundled_model,
     resolve,
+)
+from boardlens.services.status import (
+    STATUS_DIR_ENV,
+    EvaluatorStatus,
+    ProducerStatus,
+    ServiceStatus,
+    TrainerStatus,
+    read_status,
+    status_path,
 )
 
 SERVICES = ("evaluator", "trainer", "producer")
@@ -88,50 +96,25 @@ def build_configs(config_file: str | None, run_dir: str, tokens: int, base_port:
     return {"producer": prod, "trainer": train, "evaluator": ev}
 
 
-def scrape(port: int) -> dict[tuple[str, tuple], float]:
-    """{(sample name, sorted labels): value} from a /metrics endpoint ({} if unreachable)."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as r:
-            text = r.read().decode()
-    except OSError:
-        return {}
-    out = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def _sum(samples: dict, name: str) -> float:
-    return sum(v for (n, _), v in samples.items() if n == name)
-
-
-def progress_line(cfgs: dict, t0: float, last: dict) -> str:
-    """One status line; `last` keeps each service's latest scrape once it has exited."""
-    for name in SERVICES:
-        last[name] = scrape(cfgs[name].metrics_port) or last.get(name, {})
-    p, t, e = last["producer"], last["trainer"], last["evaluator"]
-    tokens = _sum(p, "boardlens_producer_tokens_total")
-    parts = [f"{time.time() - t0:5.0f}s", f"tokens {tokens:,.0f} ({tokens / max(time.time() - t0, 1e-9):,.0f}/s)"]
-    steps = {dict(k[1]).get("sae"): v for k, v in t.items() if k[0] == "boardlens_trainer_steps_total"}
-    if steps:
-        parts.append(f"step {int(max(steps.values()))}")
-    for (name, labels), v in sorted(t.items()):
-        lab = dict(labels)
-        if name == "boardlens_sae_loss" and lab.get("term") == "loss":
-            l0 = t.get(("boardlens_sae_l0", (("sae", lab["sae"]),)), float("nan"))
-            parts.append(f"{lab['sae']}: loss {v:.3f} L0 {l0:.1f}")
-    cov = [v for (n, _), v in e.items() if n == "boardlens_eval_coverage"]
-    rec = [v for (n, _), v in e.items() if n == "boardlens_eval_reconstruction"]
-    if cov:
-        parts.append(f"best cov {max(cov):.3f} rec {max(rec):.3f}")
-    refs = {dict(k[1])["reference"]: v for k, v in e.items()
-            if k[0] == "boardlens_eval_reference_reconstruction" and dict(k[1]).get("family") == "average"}
-    if refs:  # the floor and ceiling the SAEs' reconstruction stands between
-        parts.append("rec " + " ".join(f"{n} {v:.3f}" for n, v in sorted(refs.items())))
-    games = _sum(e, "boardlens_eval_set_games")
-    if not cov:
-        parts.append(f"eval set {games:.0f} games")
+def progress_line(run_dir: Path, t0: float) -> str:
+    """One status line from the services' status records (a service that has exited left its
+    last one)."""
+    p = read_status(run_dir, ProducerStatus)
+    t = read_status(run_dir, TrainerStatus)
+    e = read_status(run_dir, EvaluatorStatus)
+    elapsed = time.time() - t0
+    tokens = p.tokens if p else 0
+    parts = [f"{elapsed:5.0f}s", f"tokens {tokens:,} ({tokens / max(elapsed, 1e-9):,.0f}/s)"]
+    if t is not None and t.step:
+        parts.append(f"step {t.step}")
+        parts += [f"{name}: loss {s.loss:.3f} L0 {s.l0:.1f}" for name, s in sorted(t.saes.items())]
+    if e is not None and e.saes:
+        parts.append(f"best cov {max(s.coverage for s in e.saes.values()):.3f} "
+                     f"rec {max(s.reconstruction for s in e.saes.values()):.3f}")
+    if e is not None and e.references:  # the floor and ceiling the SAEs' reconstruction stands between
+        parts.append("rec " + " ".join(f"{n} {v:.3f}" for n, v in sorted(e.references.items())))
+    if e is not None and not e.saes:
+        parts.append(f"eval set {sum(e.games.values())} games")
     return " | ".join(parts)
 
 
@@ -139,15 +122,18 @@ STALL_AFTER_S = 180.0
 
 
 class StallWatch:
-    """Tracks the trainer's step counter; `stalled(s)` once it has not moved for s seconds."""
+    """Watches one service's status record; `stalled(s)` once its progress has not moved for
+    s seconds (a missing record counts as no progress)."""
 
-    def __init__(self, port: int) -> None:
-        self.port, self.steps, self.since = port, -1.0, time.monotonic()
+    def __init__(self, run_dir: Path, cls: type[ServiceStatus] = TrainerStatus) -> None:
+        self.run_dir, self.cls = run_dir, cls
+        self.progress, self.since = -1, time.monotonic()
 
     def stalled(self, after_s: float) -> bool:
-        steps = _sum(scrape(self.port), "boardlens_trainer_steps_total")
-        if steps != self.steps:
-            self.steps, self.since = steps, time.monotonic()
+        status = read_status(self.run_dir, self.cls)
+        progress = status.progress if status is not None else -1
+        if progress != self.progress:
+            self.progress, self.since = progress, time.monotonic()
         return time.monotonic() - self.since > after_s
 
 
@@ -201,9 +187,12 @@ def run(config_file=None, tokens=2_000_000, run_dir=None, quiet=False, base_port
     cfg_file = run_path / "config.yaml"
     write_text(cfg_file, yaml.safe_dump({k: _plain(dataclasses.asdict(v)) for k, v in cfgs.items()}, sort_keys=True))
     (run_path / "logs").mkdir(exist_ok=True)
+    for name in SERVICES:  # an earlier run's records would pass for this one's
+        status_path(run_path, name).unlink(missing_ok=True)
     print(f"boardlens up: run folder {run_path}, config {cfg_file}", flush=True)
     commands = {"evaluator": "evaluate", "trainer": "train", "producer": "produce"}
-    procs = {name: spawn(commands[name], ["--config", str(cfg_file)], run_path / "logs" / f"{name}.log")
+    env = {**os.environ, STATUS_DIR_ENV: str(run_path)}  # the producer's config has no run folder
+    procs = {name: spawn(commands[name], ["--config", str(cfg_file)], run_path / "logs" / f"{name}.log", env)
              for name in SERVICES}
     interrupted = {"now": False}
 
@@ -211,8 +200,8 @@ def run(config_file=None, tokens=2_000_000, run_dir=None, quiet=False, base_port
         interrupted["now"] = True
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    t0, code, last = time.time(), 0, {}
-    watch = StallWatch(cfgs["trainer"].metrics_port)
+    t0, code = time.time(), 0
+    watch = StallWatch(run_path)
     bar = StatusLine(every_s=10.0)
     try:
         while not interrupted["now"]:
@@ -232,7 +221,7 @@ def run(config_file=None, tokens=2_000_000, run_dir=None, quiet=False, base_port
                 code = 1
                 break
             if not quiet:
-                bar.show(progress_line(cfgs, t0, last)[:200])
+                bar.show(progress_line(run_path, t0)[:200])
             time.sleep(1.0)
     finally:
         bar.end()
@@ -246,11 +235,12 @@ def run(config_file=None, tokens=2_000_000, run_dir=None, quiet=False, base_port
     return code
 
 
-def spawn(command: str, args: list[str], log_path: Path) -> subprocess.Popen:
-    """Start `boardlens <command> <args>` as a child process logging to log_path."""
+def spawn(command: str, args: list[str], log_path: Path, env: dict | None = None) -> subprocess.Popen:
+    """Start `boardlens <command> <args>` as a child process logging to log_path (env: its
+    environment, None = ours)."""
     with open(log_path, "w") as logf:  # the child keeps its own copy of the descriptor
         return subprocess.Popen([sys.executable, "-m", "boardlens.services.cli", command, *args],
-                                stdout=logf, stderr=subprocess.STDOUT)
+                                stdout=logf, stderr=subprocess.STDOUT, env=env)
 
 
 def stop_processes(procs: dict[str, subprocess.Popen], timeout_s: float) -> list[str]:

@@ -5,6 +5,8 @@
 
 Panels are data: ROWS holds (row title, panels) and each Panel is (title, queries, unit)
 with queries as (PromQL, legend) pairs; everything else (ids, grid, datasource) is derived.
+Metrics come from the catalogue (boardlens.services.metrics), never as strings: a renamed
+metric renames every query, and rate() of a gauge or a quantile of a counter fails here.
 tests/deploy/test_dashboard.py runs every query against a real Prometheus scraping a real
 run, so the conventions below are load-bearing:
 - the SAE variable is only used as `sae=~"$sae"` (multi-value + "All" = a regex);
@@ -13,7 +15,7 @@ run, so the conventions below are load-bearing:
   fixed 5m window instead, else most windows would hold no event;
 - a counter with a `reason` label has no series until the first rejection, so those queries
   end in `or on() ...vector(0)` and show 0 instead of "No data";
-- floor/ceiling references (boardlens_eval_reference_*) are legended "[reference] ..." and
+- floor/ceiling references (boardlens_evaluator_reference_*) are legended "[reference] ..." and
   drawn dashed (an override on that legend pattern) beside the SAEs' solid lines.
 """
 
@@ -26,11 +28,14 @@ from pathlib import Path
 from typing import NamedTuple
 
 from boardlens.atomic import write_text
+from boardlens.services import metrics as M
+from boardlens.services.metrics import COUNTER, GAUGE, HISTOGRAM, Metric
 
 OUT = Path(__file__).with_name("boardlens.json")
 DS = {"type": "prometheus", "uid": "${datasource}"}
 RATE = "$__rate_interval"
 SAE = 'sae=~"$sae"'
+JOBS = 'job=~"boardlens.*"'
 
 
 class Panel(NamedTuple):
@@ -41,157 +46,177 @@ class Panel(NamedTuple):
     """Grafana unit id: s, Bps, percentunit, short, ..."""
 
 
-def rate(metric: str, by: str = "", window: str = RATE, match: str = "") -> str:
-    """sum [by (labels)] (rate(metric{match}[window]))."""
-    sel = f"{metric}{{{match}}}" if match else metric
+def sel(metric: Metric, match: str = "", part: str = "") -> str:
+    """Selector of a catalogue metric's series (part: a histogram's _bucket, _sum or _count)."""
+    name = metric.name + part
+    if name not in metric.series():
+        raise ValueError(f"{metric.name} ({metric.kind}) exposes no series {name}")
+    return f"{name}{{{match}}}" if match else name
+
+
+def gauge(metric: Metric, match: str = "") -> str:
+    if metric.kind != GAUGE:
+        raise ValueError(f"{metric.name} is a {metric.kind}: read it with rate()")
+    return sel(metric, match)
+
+
+def rate(metric: Metric, by: str = "", window: str = RATE, match: str = "", part: str = "") -> str:
+    """sum [by (labels)] (rate(metric{match}[window])): counters, or a histogram's part."""
+    if metric.kind not in (COUNTER, HISTOGRAM):
+        raise ValueError(f"rate() of the gauge {metric.name}")
     agg = f"sum by ({by}) " if by else "sum"
-    return f"{agg}(rate({sel}[{window}]))"
+    return f"{agg}(rate({sel(metric, match, part)}[{window}]))"
 
 
-def quantile(q: float, histogram: str, window: str = RATE) -> str:
-    return f"histogram_quantile({q}, sum by (le) (rate({histogram}_bucket[{window}])))"
+def quantile(q: float, histogram: Metric, window: str = RATE) -> str:
+    if histogram.kind != HISTOGRAM:
+        raise ValueError(f"{histogram.name} is not a histogram")
+    return f"histogram_quantile({q}, {rate(histogram, 'le', window, part='_bucket')})"
 
 
-def p50_p95(histogram: str, window: str = RATE) -> tuple[tuple[str, str], ...]:
+def p50_p95(histogram: Metric, window: str = RATE) -> tuple[tuple[str, str], ...]:
     return ((quantile(0.5, histogram, window), "p50"), (quantile(0.95, histogram, window), "p95"))
 
 
-def by_reason_or_zero(metric: str, what: str) -> tuple[str, str]:
+def by_reason_or_zero(metric: Metric, what: str) -> tuple[str, str]:
     """Rate by reason; a single 0 series labelled reason="none" while nothing was rejected."""
     expr = (f"{rate(metric, 'reason')} or on() "
             f'label_replace(vector(0), "reason", "none", "", "")')
     return expr, f"{what} {{{{reason}}}}"
 
 
+def per_minute(metric: Metric, by: str = "", match: str = "") -> str:
+    """Sparse events (evaluations, snapshots, refusals): a fixed 5m window, per minute."""
+    return f"{rate(metric, by, '5m', match)} * 60"
+
+
+def per_sae(metric: Metric, legend: str = "{{sae}}", match: str = "") -> tuple[str, str]:
+    return gauge(metric, f"{SAE}, {match}" if match else SAE), legend
+
+
 ROWS: list[tuple[str, list[Panel]]] = [
     ("Overview", [
-        Panel("Services up", (("max by (service) (boardlens_up)", "{{service}}"),), "short"),
+        Panel("Services: scraped (Prometheus up) and running (build info)", (
+            (f"max by (job) (up{{{JOBS}}})", "{{job}} scraped"),  # Prometheus' own up
+            (f"count by (service, version) ({gauge(M.BUILD_INFO)})", "{{service}} {{version}}"),
+        ), "short"),
         Panel("Tokens / s: produced and trained", (
-            (rate("boardlens_producer_tokens_total"), "produced"),
-            (rate("boardlens_trainer_tokens_total"), "received by trainer"),
+            (rate(M.PRODUCER_TOKENS), "produced"),
+            (rate(M.TRAINER_TOKENS), "received by trainer"),
         ), "short"),
-        Panel("Trainer steps / s per SAE", (
-            (rate("boardlens_trainer_steps_total", "sae", match=SAE), "{{sae}}"),
-        ), "short"),
+        Panel("Trainer steps / s per SAE", ((rate(M.TRAINER_STEPS, "sae", match=SAE), "{{sae}}"),), "short"),
         Panel("CPU cores used per service", (
-            ("sum by (job) (rate(process_cpu_seconds_total{job=~\"boardlens.*\"}[$__rate_interval]))",
-             "{{job}}"),
+            (rate(M.CATALOGUE["process_cpu_seconds_total"], "job", match=JOBS), "{{job}}"),
         ), "short"),
         Panel("Resident memory per service", (
-            ("sum by (job) (process_resident_memory_bytes{job=~\"boardlens.*\"})", "{{job}}"),
+            (f"sum by (job) ({gauge(M.CATALOGUE['process_resident_memory_bytes'], JOBS)})", "{{job}}"),
         ), "bytes"),
     ]),
     ("Producer", [
-        Panel("Producer tokens / s", ((rate("boardlens_producer_tokens_total"), "tokens/s"),), "short"),
+        Panel("Producer tokens / s", ((rate(M.PRODUCER_TOKENS), "tokens/s"),), "short"),
         Panel("Producer batches and games / s", (
-            (rate("boardlens_producer_batches_total"), "batches/s"),
-            (rate("boardlens_producer_games_total"), "games/s"),
+            (rate(M.PRODUCER_BATCHES), "batches/s"),
+            (rate(M.PRODUCER_GAMES), "games/s"),
         ), "short"),
         Panel("Bytes / s: sent and received", (
-            (rate("boardlens_producer_bytes_total"), "producer sent"),
-            (rate("boardlens_trainer_received_bytes_total"), "trainer received"),
-            (rate("boardlens_evaluator_received_bytes_total"), "evaluator received (data)"),
-            (rate("boardlens_evaluator_snapshot_received_bytes_total"), "evaluator received (snapshots)"),
+            (rate(M.PRODUCER_BYTES), "producer sent"),
+            (rate(M.TRAINER_DATA.bytes), "trainer received"),
+            (rate(M.EVALUATOR_DATA.bytes), "evaluator received (data)"),
+            (rate(M.EVALUATOR_SNAPSHOTS.bytes), "evaluator received (snapshots)"),
         ), "Bps"),
-        Panel("LM forward time per batch", p50_p95("boardlens_producer_forward_seconds"), "s"),
-        Panel("Game generation + labelling time per batch",
-              p50_p95("boardlens_producer_labelling_seconds"), "s"),
-        Panel("Send blocked on lossless subscribers, per send",
-              p50_p95("boardlens_producer_send_blocked_seconds"), "s"),
+        Panel("LM forward time per batch", p50_p95(M.PRODUCER_FORWARD), "s"),
+        Panel("Game generation + labelling time per batch", p50_p95(M.PRODUCER_LABELLING), "s"),
+        Panel("Send blocked on lossless subscribers, per send", p50_p95(M.PRODUCER_SEND_BLOCKED), "s"),
         Panel("Share of wall time blocked on sends", (
-            (rate("boardlens_producer_send_blocked_seconds_sum"), "blocked"),
+            (rate(M.PRODUCER_SEND_BLOCKED, part="_sum"), "blocked"),
         ), "percentunit"),
-        Panel("Send timeouts / s", ((rate("boardlens_producer_send_timeouts_total"), "timeouts/s"),),
-              "short"),
-        Panel("Subscribers", (("sum by (mode) (boardlens_producer_subscribers)", "{{mode}}"),), "short"),
+        Panel("Send timeouts / s", ((rate(M.PRODUCER_SEND_TIMEOUTS), "timeouts/s"),), "short"),
+        Panel("Subscribers", ((f"sum by (mode) ({gauge(M.PRODUCER_SUBSCRIBERS)})", "{{mode}}"),), "short"),
         Panel("Send in progress blocked for (s); stream restarts", (
-            ("max(boardlens_producer_send_blocked_now_seconds)", "blocked now"),
-            ("max(boardlens_producer_stream_restarts)", "restarts (state file)"),
+            (f"max({gauge(M.PRODUCER_SEND_BLOCKED_NOW)})", "blocked now"),
+            (f"max({gauge(M.PRODUCER_RESTARTS)})", "restarts (state file)"),
         ), "short"),
         Panel("Connections refused (CURVE key not authorised) / min", (
-            (f"{rate('boardlens_producer_auth_denied_total', window='5m')} * 60", "producer"),
-            (f"{rate('boardlens_trainer_auth_denied_total', window='5m')} * 60", "trainer (snapshots)"),
+            (per_minute(M.PRODUCER_AUTH_DENIED), "producer"),
+            (per_minute(M.TRAINER_AUTH_DENIED), "trainer (snapshots)"),
         ), "short"),
     ]),
     ("Trainer", [
         Panel("Trainer tokens / s", (
-            (rate("boardlens_trainer_tokens_total"), "received"),
-            (rate("boardlens_trainer_trained_tokens_total", "sae", match=SAE), "trained {{sae}}"),
+            (rate(M.TRAINER_TOKENS), "received"),
+            (rate(M.TRAINER_TRAINED_TOKENS, "sae", match=SAE), "trained {{sae}}"),
         ), "short"),
-        Panel("Sweep step time (all SAEs)", p50_p95("boardlens_trainer_step_seconds"), "s"),
+        Panel("Sweep step time (all SAEs)", p50_p95(M.TRAINER_STEP), "s"),
         Panel("Shuffle buffer fill (unread activations)", (
-            ("sum(boardlens_trainer_buffer_activations)", "unread"),
+            (f"sum({gauge(M.TRAINER_BUFFER)})", "unread"),
         ), "short"),
-        Panel("Loss per SAE", ((f'boardlens_sae_loss{{{SAE}, term="loss"}}', "{{sae}}"),), "short"),
+        Panel("Loss per SAE", (per_sae(M.TRAINER_LOSS, match='term="loss"'),), "short"),
         Panel("Loss terms per SAE", (
-            (f'boardlens_sae_loss{{{SAE}, term=~"recon|sparsity|aux"}}', "{{sae}} {{term}}"),
+            per_sae(M.TRAINER_LOSS, "{{sae}} {{term}}", 'term=~"recon|sparsity|aux"'),
         ), "short"),
-        Panel("L0 per SAE (training batch)", ((f"boardlens_sae_l0{{{SAE}}}", "{{sae}}"),), "short"),
-        Panel("Variance explained per SAE (training batch)", (
-            (f"boardlens_sae_variance_explained{{{SAE}}}", "{{sae}}"),
-        ), "percentunit"),
-        Panel("Dead latents per SAE", ((f"boardlens_sae_dead_fraction{{{SAE}}}", "{{sae}}"),),
+        Panel("L0 per SAE (training batch)", (per_sae(M.TRAINER_L0),), "short"),
+        Panel("Variance explained per SAE (training batch)", (per_sae(M.TRAINER_VARIANCE_EXPLAINED),),
               "percentunit"),
+        Panel("Dead latents per SAE (training)", (per_sae(M.TRAINER_DEAD_LATENTS),), "percentunit"),
         Panel("Sparsity schedule: p and alpha", (
-            (f"boardlens_sae_p{{{SAE}}}", "{{sae}} p"),
-            (f"boardlens_sae_alpha{{{SAE}}}", "{{sae}} alpha"),
+            per_sae(M.TRAINER_SPARSITY_P, "{{sae}} p"),
+            per_sae(M.TRAINER_SPARSITY_ALPHA, "{{sae}} alpha"),
         ), "short"),
         Panel("Steps / s per SAE (from its own update time)", (
-            (f"boardlens_sae_steps_per_second{{{SAE}}}", "{{sae}}"),
+            (f"{rate(M.TRAINER_UPDATE, 'sae', match=SAE, part='_count')} / "
+             f"{rate(M.TRAINER_UPDATE, 'sae', match=SAE, part='_sum')}", "{{sae}}"),
         ), "short"),
         Panel("Checkpoints: step of the latest and its write time (s)", (
-            ("max(boardlens_trainer_checkpoint_step)", "step"),
-            ("max(boardlens_trainer_checkpoint_seconds)", "write seconds"),
+            (f"max({gauge(M.TRAINER_LAST_CHECKPOINT_STEP)})", "step"),
+            (f"max({gauge(M.TRAINER_LAST_CHECKPOINT)})", "write seconds"),
         ), "short"),
         Panel("Trainer messages / s: received, lost, rejected", (
-            (rate("boardlens_trainer_messages_total"), "received"),
-            (rate("boardlens_trainer_batches_lost_total"), "lost batches"),
-            by_reason_or_zero("boardlens_trainer_messages_rejected_total", "rejected"),
+            (rate(M.TRAINER_DATA.received), "received"),
+            (rate(M.TRAINER_DATA.lost), "lost batches"),
+            by_reason_or_zero(M.TRAINER_DATA.rejected, "rejected"),
         ), "short"),
         Panel("Steps skipped (non-finite loss or gradient) / min", (
-            (f"{rate('boardlens_trainer_steps_skipped_total', 'sae', '5m', SAE)} * 60", "{{sae}}"),
+            (per_minute(M.TRAINER_STEPS_SKIPPED, "sae", SAE), "{{sae}}"),
         ), "short"),
         Panel("Snapshots published / min by outcome", (
-            (f"{rate('boardlens_trainer_snapshots_total', 'outcome', '5m')} * 60", "{{outcome}}"),
+            (per_minute(M.TRAINER_SNAPSHOTS, "outcome"), "{{outcome}}"),
         ), "short"),
     ]),
     ("Evaluator", [
         Panel("Family averages per SAE: coverage and reconstruction", (
-            (f'boardlens_eval_coverage{{{SAE}, family=~".*average"}}', "{{sae}} {{family}} coverage"),
-            (f'boardlens_eval_reconstruction{{{SAE}, family=~".*average"}}', "{{sae}} {{family}} reconstruction"),
-            ('boardlens_eval_reference_reconstruction{family="average"}', "[{{reference}}] average reconstruction"),
+            per_sae(M.EVALUATOR_COVERAGE, "{{sae}} {{family}} coverage", 'family=~".*average"'),
+            per_sae(M.EVALUATOR_RECONSTRUCTION, "{{sae}} {{family}} reconstruction", 'family=~".*average"'),
+            (gauge(M.EVALUATOR_REFERENCE_RECONSTRUCTION, 'family="average"'),
+             "[{{reference}}] average reconstruction"),
         ), "percentunit"),
         Panel("Coverage per SAE and family", (
-            (f"boardlens_eval_coverage{{{SAE}}}", "{{sae}} {{family}}"),
-            ('boardlens_eval_reference_coverage{family!~".*average"}', "[{{reference}}] {{family}}"),
+            per_sae(M.EVALUATOR_COVERAGE, "{{sae}} {{family}}"),
+            (gauge(M.EVALUATOR_REFERENCE_COVERAGE, 'family!~".*average"'), "[{{reference}}] {{family}}"),
         ), "percentunit"),
         Panel("Board reconstruction F1 per SAE and family", (
-            (f"boardlens_eval_reconstruction{{{SAE}}}", "{{sae}} {{family}}"),
-            ('boardlens_eval_reference_reconstruction{family!~".*average"}', "[{{reference}}] {{family}}"),
+            per_sae(M.EVALUATOR_RECONSTRUCTION, "{{sae}} {{family}}"),
+            (gauge(M.EVALUATOR_REFERENCE_RECONSTRUCTION, 'family!~".*average"'), "[{{reference}}] {{family}}"),
         ), "percentunit"),
-        Panel("L0 per SAE (eval set)", ((f"boardlens_eval_l0{{{SAE}}}", "{{sae}}"),), "short"),
-        Panel("Variance explained and alive latents (eval set)", (
-            (f"boardlens_eval_variance_explained{{{SAE}}}", "{{sae}} FVE"),
-            (f"boardlens_eval_alive_fraction{{{SAE}}}", "{{sae}} alive"),
+        Panel("L0 per SAE (eval set)", (per_sae(M.EVALUATOR_L0),), "short"),
+        Panel("Variance explained and dead latents (eval set)", (
+            per_sae(M.EVALUATOR_VARIANCE_EXPLAINED, "{{sae}} FVE"),
+            per_sae(M.EVALUATOR_DEAD_LATENTS, "{{sae}} dead"),
         ), "percentunit"),
-        Panel("Training step of the evaluated snapshot", (
-            (f"boardlens_eval_snapshot_step{{{SAE}}}", "{{sae}}"),
-        ), "short"),
-        Panel("Evaluation duration (5m window)", p50_p95("boardlens_eval_duration_seconds", "5m"), "s"),
+        Panel("Training step of the evaluated snapshot", (per_sae(M.EVALUATOR_SNAPSHOT_STEP),), "short"),
+        Panel("Evaluation duration (5m window)", p50_p95(M.EVALUATOR_EVALUATION, "5m"), "s"),
         Panel("Evaluations / min per SAE", (
-            (f"{rate('boardlens_eval_evaluations_total', 'sae', '5m', SAE)} * 60", "{{sae}}"),
-            (f"{rate('boardlens_eval_snapshots_skipped_total', window='5m')} * 60",
-             "superseded (skipped)"),
+            (per_minute(M.EVALUATOR_EVALUATIONS, "sae", SAE), "{{sae}}"),
+            (per_minute(M.EVALUATOR_SNAPSHOTS_SKIPPED), "superseded (skipped)"),
         ), "short"),
-        Panel("Eval set games", (("sum by (split) (boardlens_eval_set_games)", "{{split}}"),), "short"),
+        Panel("Eval set games", ((f"sum by (split) ({gauge(M.EVALUATOR_EVAL_SET_GAMES)})", "{{split}}"),),
+              "short"),
         Panel("Evaluator messages / s", (
-            (rate("boardlens_evaluator_messages_total"), "data received"),
-            (rate("boardlens_evaluator_batches_lost_total"), "data lost (lossy, expected)"),
-            (rate("boardlens_evaluator_snapshot_messages_total"), "snapshot messages"),
-            (rate("boardlens_evaluator_snapshot_messages_lost_total"), "snapshot messages lost"),
-            by_reason_or_zero("boardlens_evaluator_messages_rejected_total", "data rejected"),
-            by_reason_or_zero("boardlens_evaluator_snapshot_messages_rejected_total",
-                              "snapshots rejected"),
+            (rate(M.EVALUATOR_DATA.received), "data received"),
+            (rate(M.EVALUATOR_DATA.lost), "data lost (lossy, expected)"),
+            (rate(M.EVALUATOR_SNAPSHOTS.received), "snapshot messages"),
+            (rate(M.EVALUATOR_SNAPSHOTS.lost), "snapshot messages lost"),
+            by_reason_or_zero(M.EVALUATOR_DATA.rejected, "data rejected"),
+            by_reason_or_zero(M.EVALUATOR_SNAPSHOTS.rejected, "snapshots rejected"),
         ), "short"),
     ]),
 ]
@@ -230,7 +255,7 @@ def _panel(pid: int, p: Panel, x: int, y: int) -> dict:
 
 
 def _templating() -> dict:
-    sae_query = "label_values(boardlens_sae_loss, sae)"
+    sae_query = f"label_values({M.TRAINER_LOSS.name}, sae)"
     return {"list": [
         {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
          "current": {}, "hide": 0, "includeAll": False, "multi": False, "options": [], "refresh": 1,

@@ -180,7 +180,7 @@ def live(tmp_path_factory):
             time.sleep(2)
         seen["elapsed_s"] = time.monotonic() - t0
         seen["sae_values"] = requests.get(
-            f"{url}/api/v1/label/sae/values", params={"match[]": "boardlens_sae_loss"}, timeout=10).json()
+            f"{url}/api/v1/label/sae/values", params={"match[]": "boardlens_trainer_loss"}, timeout=10).json()
         seen["rules"] = requests.get(f"{url}/api/v1/rules", timeout=10).json()["data"]["groups"]
         seen["alerts"] = requests.get(f"{url}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
         return seen
@@ -206,7 +206,7 @@ def test_panel_query_returns_data(live, title, expr):
 
 def test_sae_variable_has_values(live):
     values = live["sae_values"]["data"]
-    assert values, "label_values(boardlens_sae_loss, sae) is empty: the SAE picker would be too"
+    assert values, "label_values(boardlens_trainer_loss, sae) is empty: the SAE picker would be too"
     steps = {s["metric"]["sae"] for s in live["queries"][
         'sum by (sae) (rate(boardlens_trainer_steps_total{sae=~".*"}[30s]))']}
     assert set(values) == steps

@@ -66,7 +66,7 @@ def test_pipeline_trains_and_evaluates_live(tmp_path, game):
         t = wait_for(lambda: (s := scrape(tm)) and value(s, "boardlens_trainer_steps_total",
                                                           sae="standard-256-0.05") >= 200 and s,
                      300, "200 SAE steps", procs)
-        e = wait_for(lambda: (s := scrape(em)) and value(s, "boardlens_eval_evaluations_total") >= 2 and s,
+        e = wait_for(lambda: (s := scrape(em)) and value(s, "boardlens_evaluator_evaluations_total") >= 2 and s,
                      120, "evaluations", procs)
         p = scrape(pm)
         for name in ("tokens", "batches", "bytes", "games"):
@@ -77,12 +77,12 @@ def test_pipeline_trains_and_evaluates_live(tmp_path, game):
         assert value(t, "boardlens_trainer_tokens_total") >= 200 * 256
         assert value(t, "boardlens_trainer_batches_lost_total") == 0
         for sae in ("standard-256-0.05", "p_anneal-256-0.05"):
-            assert value(t, "boardlens_sae_l0", sae=sae) > 0
-            assert ("boardlens_sae_alpha", (("sae", sae),)) in t
+            assert value(t, "boardlens_trainer_l0", sae=sae) > 0
+            assert ("boardlens_trainer_sparsity_alpha", (("sae", sae),)) in t
         for fam in families:
-            for metric in ("boardlens_eval_coverage", "boardlens_eval_reconstruction"):
+            for metric in ("boardlens_evaluator_coverage", "boardlens_evaluator_reconstruction"):
                 assert any(n == metric and dict(lab).get("family") == fam for n, lab in e), (metric, fam)
-        assert value(e, "boardlens_eval_set_games", split="train") == 30
+        assert value(e, "boardlens_evaluator_eval_set_games", split="train") == 30
         for port in (pm, tm, em):
             code, info = healthz(port)
             assert code == 200 and info["ok"], info

@@ -8,6 +8,8 @@ import sys
 import pytest
 import yaml
 
+from boardlens.services.status import EvaluatorStatus, ProducerStatus, TrainerStatus, read_status
+
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 
@@ -54,6 +56,14 @@ def test_up_runs_to_the_final_table(tmp_path):
     for name in ("producer", "trainer", "evaluator"):
         log = (run / "logs" / f"{name}.log").read_text()
         assert f"{name} config {{" in log, f"{name} did not log its resolved config"
+    # The channel up reads (never /metrics): each service's last status record, written at exit.
+    p, t, e = (read_status(run, cls) for cls in (ProducerStatus, TrainerStatus, EvaluatorStatus))
+    assert p.state == t.state == e.state == "stopped"
+    assert p.tokens >= 60000 and p.seq == p.batches > 0
+    assert t.step == 60000 // 256 and set(t.saes) == set(final["saes"]) and 0 < t.tokens <= p.tokens
+    assert e.evaluations >= 2 and e.games == {"train": 20, "test": 20}
+    assert {n: s.step for n, s in e.saes.items()} == {n: r["step"] for n, r in final["saes"].items()}
+    assert set(e.references) == set(final["references"])
 
 
 def test_up_game_chess_runs_on_the_bundled_chess_model(tmp_path):
