@@ -24,7 +24,7 @@ from boardlens.protocol import (
 )
 from boardlens.services.config import ServiceOptions, to_json
 from boardlens.services.metrics import Channel
-from boardlens.services.status import ServiceStatus, StatusFile, status_folder
+from boardlens.services.status import ServiceStatus, StatusFile
 from boardlens.services.telemetry import Telemetry
 
 log = logging.getLogger("boardlens")
@@ -67,11 +67,11 @@ def prepare_run_dir(service: str, cfg) -> Path:
     return run_dir
 
 
-def keep_status(tel: Telemetry, run_dir: str | Path | None, make: Callable[[str], ServiceStatus]) -> None:
-    """Keep the service's status record (services.status) up to date as it reports progress."""
-    folder = status_folder(run_dir)
-    if folder is not None:
-        tel.status = StatusFile(folder, make)
+def keep_status(tel: Telemetry, folder: str | Path, make: Callable[[str], ServiceStatus]) -> None:
+    """Keep the service's status record (services.status) in `folder` ('' = none) up to date
+    as it reports progress."""
+    if folder:
+        tel.status = StatusFile(Path(folder), make)
         tel.status.update("starting", force=True)
 
 

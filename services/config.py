@@ -117,6 +117,9 @@ class ProducerConfig(ServiceOptions):
     (a full queue is sndhwm_msgs batches: minutes of a slow trainer's work)."""
     seed: int = 0
     """Seed of the game generator (same seed, same games and game ids)."""
+    status_dir: str = ""
+    """Folder of producer_status.json, the typed progress record watchers such as `up` read
+    ('' = none)."""
     state_file: str = ""
     """Where the stream's progress is kept (epoch, seq, next game id, tokens) so that a
     restart continues it instead of replaying it ('' = none: a restart is a new stream)."""

@@ -326,7 +326,7 @@ def run(cfg: ProducerConfig) -> int:
     except (ValueError, StartupError) as e:  # an unusable model, source, layer, state or key: say which
         tel.close()
         raise StartupError(str(e)) from e
-    keep_status(tel, None, producer.status)  # no run folder: a record only where up asks for one
+    keep_status(tel, cfg.status_dir, producer.status)
     try:
         return producer.run(stop)
     finally:

@@ -2,8 +2,8 @@
 
 Each service rewrites `<folder>/<service>_status.json` atomically (boardlens.atomic) every
 `every_s` seconds while it makes progress, and once more when it stops. The folder is the
-service's run folder, or `$BOARDLENS_STATUS_DIR` when set (`up` sets it for all three: the
-producer's config has no run folder). A watcher reads the records with `read_status`, which
+trainer's and evaluator's run folder and the producer's `status_dir` (`up` sets it to the run
+folder). A watcher reads the records with `read_status`, which
 returns the dataclass below or None; it never parses the text of /metrics, which is
 Prometheus' interface, changes with metric names and needs a metrics port.
 
@@ -27,7 +27,6 @@ from typing import ClassVar, TypeVar, get_args, get_origin, get_type_hints
 from boardlens.atomic import write_json
 
 SCHEMA = 1
-STATUS_DIR_ENV = "BOARDLENS_STATUS_DIR"
 log = logging.getLogger("boardlens")
 
 
@@ -117,12 +116,6 @@ S = TypeVar("S", bound=ServiceStatus)
 
 def status_path(folder: str | Path, service: str) -> Path:
     return Path(folder) / f"{service}_status.json"
-
-
-def status_folder(run_dir: str | Path | None = None) -> Path | None:
-    """Where a service keeps its record: $BOARDLENS_STATUS_DIR, else its run folder (or none)."""
-    folder = os.environ.get(STATUS_DIR_ENV) or run_dir
-    return Path(folder) if folder else None
 
 
 def write_status(folder: str | Path, status: ServiceStatus) -> Path:

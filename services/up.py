@@ -33,7 +33,6 @@ from boardlens.services.config import (
     resolve,
 )
 from boardlens.services.status import (
-    STATUS_DIR_ENV,
     EvaluatorStatus,
     ProducerStatus,
     ServiceStatus,
@@ -80,7 +79,7 @@ def build_configs(config_file: str | None, run_dir: str, tokens: int, base_port:
         "model": model, "source": source, "label_workers": label_workers, "device": device,
         "bind": ep[0], "bind_lossy": ep[1], "max_tokens": tokens,
         "wait_consumers": 1, "wait_lossy_consumers": 1, "metrics_port": ports[3],
-        "threads": th("producer")})
+        "threads": th("producer"), "status_dir": run_dir})
     train = resolve(TrainerConfig, config_file, {
         "connect": ep[0], "snapshot_bind": ep[2], "run_dir": run_dir, "saes": tuple(saes) or None,
         "d_sae": d_sae, "batch_size": batch, "device": device, "metrics_port": ports[4],
@@ -191,8 +190,7 @@ def run(config_file=None, tokens=2_000_000, run_dir=None, quiet=False, base_port
         status_path(run_path, name).unlink(missing_ok=True)
     print(f"boardlens up: run folder {run_path}, config {cfg_file}", flush=True)
     commands = {"evaluator": "evaluate", "trainer": "train", "producer": "produce"}
-    env = {**os.environ, STATUS_DIR_ENV: str(run_path)}  # the producer's config has no run folder
-    procs = {name: spawn(commands[name], ["--config", str(cfg_file)], run_path / "logs" / f"{name}.log", env)
+    procs = {name: spawn(commands[name], ["--config", str(cfg_file)], run_path / "logs" / f"{name}.log")
              for name in SERVICES}
     interrupted = {"now": False}
 
@@ -235,12 +233,11 @@ def run(config_file=None, tokens=2_000_000, run_dir=None, quiet=False, base_port
     return code
 
 
-def spawn(command: str, args: list[str], log_path: Path, env: dict | None = None) -> subprocess.Popen:
-    """Start `boardlens <command> <args>` as a child process logging to log_path (env: its
-    environment, None = ours)."""
+def spawn(command: str, args: list[str], log_path: Path) -> subprocess.Popen:
+    """Start `boardlens <command> <args>` as a child process logging to log_path."""
     with open(log_path, "w") as logf:  # the child keeps its own copy of the descriptor
         return subprocess.Popen([sys.executable, "-m", "boardlens.services.cli", command, *args],
-                                stdout=logf, stderr=subprocess.STDOUT, env=env)
+                                stdout=logf, stderr=subprocess.STDOUT)
 
 
 def stop_processes(procs: dict[str, subprocess.Popen], timeout_s: float) -> list[str]:

@@ -16,7 +16,6 @@ from boardlens.services.common import keep_status
 from boardlens.services.config import TrainerConfig
 from boardlens.services.status import (
     SCHEMA,
-    STATUS_DIR_ENV,
     EvaluatorStatus,
     ProducerStatus,
     SaeEvaluation,
@@ -25,7 +24,6 @@ from boardlens.services.status import (
     TrainerStatus,
     read_status,
     stamp,
-    status_folder,
     status_path,
     write_status,
 )
@@ -92,17 +90,9 @@ def test_an_unwritable_folder_never_stops_the_service(tmp_path, caplog):
     assert sum("cannot write the status record" in r.message for r in caplog.records) == 1
 
 
-def test_status_folder_env_wins_over_the_run_folder(tmp_path, monkeypatch):
-    monkeypatch.delenv(STATUS_DIR_ENV, raising=False)
-    assert status_folder(None) is None and status_folder(tmp_path) == tmp_path
-    monkeypatch.setenv(STATUS_DIR_ENV, str(tmp_path / "up"))
-    assert status_folder(None) == status_folder(tmp_path) == tmp_path / "up"
-
-
 def test_a_training_sweep_keeps_its_record(tmp_path, monkeypatch):
     """The real trainer consumer and Telemetry: progress rewrites the record, close writes the
     last one (what `up` shows after the trainer has exited)."""
-    monkeypatch.delenv(STATUS_DIR_ENV, raising=False)
     cfg = TrainerConfig(run_dir=str(tmp_path), saes=("standard", "p_anneal:anneal_start=1,n_updates=2,queue_len=2"), d_sae=64, batch_size=256,
                         buffer_activations=1024, steps=6, warmup_steps=1, metrics_port=0)
     tel = Telemetry("trainer", 0)
