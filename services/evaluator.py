@@ -88,6 +88,7 @@ class LiveEvaluator:
         self.pending: dict[str, Snapshot] = {}
         self.latest: dict[str, dict] = {}
         self.evaluations = 0  # snapshots evaluated, all SAEs
+        self.trainer_ended = False  # the trainer sent its end of stream
         self.references: dict[str, dict] = {}
         self.suite: ReferenceSuite | None = None
         self.layer = 0
@@ -114,6 +115,13 @@ class LiveEvaluator:
             raise IncompatibleBatch(str(e)) from e
         for split, n in self.evalset.progress().items():
             self.m.games.labels(split).set(n)
+
+    def on_trainer_message(self, kind: str, payload) -> None:
+        """A message of the trainer's snapshot channel: a snapshot, or its end of stream."""
+        if kind == "snapshot":
+            self.on_snapshot(payload)
+        elif kind == "end":
+            self.trainer_ended = True
 
     def on_snapshot(self, msg: Message) -> None:
         """Check the snapshot and keep it as the newest of its SAE (BadSnapshot if unusable)."""
@@ -265,17 +273,10 @@ def run(cfg: EvaluatorConfig) -> int:
     keys = curve(cfg, "client")
     data: Subscriber | None = Subscriber(cfg.connect, lossy=True, cfg=transport(cfg), curve=keys)
     snaps = Subscriber(cfg.snapshots, lossy=False, cfg=transport(cfg), curve=keys)
-    state = {"end": False}
 
     def on_data(kind: str, payload) -> None:
         if kind == "batch":
             ev.on_batch(payload)
-
-    def on_snap(kind: str, payload) -> None:
-        if kind == "snapshot":
-            ev.on_snapshot(payload)
-        elif kind == "end":
-            state["end"] = True
 
     try:
         while not stop.is_set():
@@ -288,9 +289,10 @@ def run(cfg: EvaluatorConfig) -> int:
                 if got:
                     tel.progress()
             # Drain every queued snapshot first so only the newest of each SAE is evaluated.
-            while receive(snaps, m.snapshot_counters, 0 if (ev.pending or data is not None) else 200, on_snap):
+            while receive(snaps, m.snapshot_counters, 0 if (ev.pending or data is not None) else 200,
+                          ev.on_trainer_message):
                 tel.progress()
-            if state["end"]:
+            if ev.trainer_ended:
                 ev.evaluate_pending(partial=True)
                 break
             if ev.evaluate_pending():

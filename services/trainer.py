@@ -363,6 +363,33 @@ def finish(sweep: SweepTrainer | None, snap: SnapshotPublisher, stop: threading.
     return sweep.step
 
 
+class _Inbox:
+    """Where run() delivers messages: the sweep, built on the first batch (which tells the
+    width) or at once when resuming, and whether the stream has ended."""
+
+    def __init__(self, make_sweep, snap: SnapshotPublisher) -> None:
+        self.make_sweep, self.snap = make_sweep, snap
+        self.sweep: SweepTrainer | None = None
+        self.ended = False
+
+    def start(self, d_in: int) -> None:
+        self.sweep = self.make_sweep(d_in)
+        log.info("trainer: %d SAEs on d=%d: %s", len(self.sweep.trainers), d_in,
+                 ", ".join(t.name for t in self.sweep.trainers))
+
+    def on_message(self, kind: str, payload) -> None:
+        if kind == "end":  # receive() has confirmed it: the producer may exit now
+            self.ended = True
+        elif kind == "batch":
+            if self.sweep is None:
+                self.start(payload.acts.shape[-1])
+            self.snap.set_source(payload)
+            self.sweep.on_batch(payload)
+
+    def status(self, text: str) -> TrainerStatus:
+        return self.sweep.status(text) if self.sweep is not None else TrainerStatus(**stamp(text))
+
+
 def run(cfg: TrainerConfig) -> int:
     """Train until `steps`, end of stream or SIGTERM; returns the steps done."""
     log_config("trainer", cfg)
@@ -377,44 +404,25 @@ def run(cfg: TrainerConfig) -> int:
     m = TrainerMetrics(tel)
     snap = SnapshotPublisher(cfg, m)
     sub = Subscriber(cfg.connect, lossy=False, cfg=transport(cfg), curve=curve(cfg, "client"))
-    state: dict = {"sweep": None, "ended": False}
-
-    keep_status(tel, cfg.run_dir, lambda text: state["sweep"].status(text) if state["sweep"] is not None
-                else TrainerStatus(**stamp(text)))
-
-    def start_sweep(d_in: int) -> SweepTrainer:
-        sweep = SweepTrainer(cfg, d_in, m, device, snap, stop.is_set, point)
-        log.info("trainer: %d SAEs on d=%d: %s", len(sweep.trainers), d_in, ", ".join(t.name for t in sweep.trainers))
-        return sweep
-
-    def on_message(kind: str, payload) -> None:
-        if kind == "end":  # receive() has confirmed it: the producer may exit now
-            state["ended"] = True
-            return
-        if kind != "batch":
-            return
-        if state["sweep"] is None:  # the first batch tells the width
-            state["sweep"] = start_sweep(payload.acts.shape[-1])
-        snap.set_source(payload)
-        state["sweep"].on_batch(payload)
-
+    inbox = _Inbox(lambda d_in: SweepTrainer(cfg, d_in, m, device, snap, stop.is_set, point), snap)
+    keep_status(tel, cfg.run_dir, inbox.status)
     try:
         if point is not None:  # resuming: the checkpoint tells the width, so build the sweep now
-            state["sweep"] = start_sweep(point.sweep["buffer"]["d"])
+            inbox.start(point.sweep["buffer"]["d"])
         while not stop.is_set():
-            sweep = state["sweep"]
+            sweep = inbox.sweep
             if sweep is not None and sweep.done:
                 break
-            if state["ended"]:
+            if inbox.ended:
                 if sweep is not None:
                     sweep.pump()
                     sweep.train_ready(drain=True)
                 break
-            if receive(sub, m.counters, 500, on_message):
+            if receive(sub, m.counters, 500, inbox.on_message):
                 tel.progress()
             elif sweep is None:
                 tel.idle("waiting for the producer")
-        return finish(state["sweep"], snap, stop)
+        return finish(inbox.sweep, snap, stop)
     finally:
         sub.close()
         snap.close(drain_s=1.0 if stop.is_set() else 30.0)  # stopping: stay inside the grace period

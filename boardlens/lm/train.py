@@ -19,6 +19,7 @@ import json
 import math
 import pickle
 import signal
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -176,99 +177,115 @@ def compact_state(src: str | Path, dst: str | Path) -> None:
     write_atomic(dst, lambda p: torch.save(st, p))
 
 
+class _Run:
+    """One training run's moving parts: model, optimiser, data, counters, and its folder."""
+
+    def __init__(self, cfg: LMTrainConfig) -> None:
+        self.cfg, self.data = cfg, GAMES[cfg.game].lm_data()
+        self.out = Path(cfg.run_dir)
+        torch.manual_seed(cfg.seed)
+        self.model = GPT(GPTConfig(vocab_size=self.data.vocab_size, block_size=self.data.context,
+                                   n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd))
+        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.objective = cfg.objective if cfg.objective != "auto" else (
+            "legal" if "legal" in self.data.batches else "next")
+        self.batch = self.data.batches[self.objective]
+        self.opt = _optimizer(self.model, cfg)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.eval_set = self.data.eval_set(cfg.eval_games, 10_000_019 + cfg.seed)  # disjoint seed stream
+        self.step, self.best, self.seen = 0, -1.0, 0
+        self.state_path = self.out / "train_state.pt"
+        self.rewarm_from: int | None = None  # a compact state has no AdamW moments: re-warm the LR from here
+
+    def restore(self) -> None:
+        """Continue from train_state.pt (full, or compact: then a fresh AdamW and a re-warmed LR)."""
+        try:  # weights_only: a pickle that is more than tensors and containers is refused
+            st = torch.load(self.state_path, weights_only=True)
+            self.model.load_state_dict(st["model"])  # copies into the fp32 parameters, whatever the dtype
+            self.step, self.best, self.seen = st["step"], st["best_acc"], st["games_seen"]
+            if "opt" in st:
+                self.opt.load_state_dict(st["opt"])
+            else:
+                self.rewarm_from = self.step
+            torch.set_rng_state(st["torch_rng"])
+            self.rng.bit_generator.state = json.loads(st["np_rng"])
+        except (pickle.UnpicklingError, EOFError, RuntimeError, KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{self.state_path}: not a resumable training state of this model "
+                                  f"({str(e).splitlines()[0][:200]})") from e
+        print(f"resumed at step {self.step} (best acc {self.best:.4f})"
+              + ("" if self.rewarm_from is None else f"; compact state: fresh AdamW, LR re-warmed over "
+                 f"{self.cfg.warmup_steps} steps"), flush=True)
+
+    def train_step(self) -> float:
+        lr = lr_at(self.cfg, self.step)
+        if self.rewarm_from is not None:
+            lr *= min(1.0, (self.step - self.rewarm_from + 1) / self.cfg.warmup_steps)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        loss = train_step(self.model, self.forward, self.opt, *self.batch(self.rng, self.cfg.batch_games))
+        self.step += 1
+        self.seen += self.cfg.batch_games
+        return loss.item()
+
+    def evaluate(self, rec: dict) -> None:
+        """Held-out legality (and the probe curve) into rec; keep the model (best, snapshots)."""
+        cfg, data, step = self.cfg, self.data, self.step
+        self.model.eval()
+        acc = data.score(self.model, self.eval_set)
+        self.model.train()
+        rec[data.score_name] = acc
+        print(f"step {step}: held-out {data.score_name} {acc:.4f}", flush=True)
+        if cfg.probe_games:
+            rec["probe_reconstruction"] = _probe_curve(self.model, cfg)
+            print(f"step {step}: probe reconstruction by layer {rec['probe_reconstruction']}", flush=True)
+        meta = {"game": cfg.game, "sae_layer": cfg.sae_layer, data.score_name: acc, "train_steps": step,
+                "games_seen": self.seen, "tokens_seen": self.seen * data.context, "objective": self.objective}
+        if cfg.snapshots:
+            save_model(self.model, self.out / "snapshots" / f"step-{step:07d}", meta)
+        if acc > self.best:
+            self.best = acc
+            save_model(self.model, self.out / "model", meta)
+
+    def save(self) -> None:
+        _save_state(self.state_path, self.model, self.opt, self.step, self.rng, self.best, self.seen)
+
+
 def train(cfg: LMTrainConfig, resume: bool = False) -> dict:
-    data = GAMES[cfg.game].lm_data()
+    """Train until cfg.steps or SIGTERM/Ctrl-C (then checkpoint and return)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    out = Path(cfg.run_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "train_config.json", asdict(cfg))
+    Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+    write_json(Path(cfg.run_dir) / "train_config.json", asdict(cfg))
     print(f"lm-train config {json.dumps(asdict(cfg), sort_keys=True)}", flush=True)
-    torch.manual_seed(cfg.seed)
-    gpt_cfg = GPTConfig(
-        vocab_size=data.vocab_size, block_size=data.context,
-        n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
-    )
-    model = GPT(gpt_cfg)
-    forward = torch.compile(model) if cfg.compile else model
-    objective = cfg.objective if cfg.objective != "auto" else ("legal" if "legal" in data.batches else "next")
-    batch = data.batches[objective]
-    opt = _optimizer(model, cfg)
-    rng = np.random.default_rng(cfg.seed)
-    eval_set = data.eval_set(cfg.eval_games, 10_000_019 + cfg.seed)  # disjoint seed stream
-    step, best, seen = 0, -1.0, 0
-    state_path = out / "train_state.pt"
-    rewarm_from = None  # a compact state has no AdamW moments: warm the LR up again from here
-    if resume and state_path.exists():
-        try:  # weights_only: a pickle that is more than tensors and containers is refused
-            st = torch.load(state_path, weights_only=True)
-            model.load_state_dict(st["model"])  # copies into the fp32 parameters, whatever the dtype
-            step, best, seen = st["step"], st["best_acc"], st["games_seen"]
-            if "opt" in st:
-                opt.load_state_dict(st["opt"])
-            else:
-                rewarm_from = step
-            torch.set_rng_state(st["torch_rng"])
-            rng.bit_generator.state = json.loads(st["np_rng"])
-        except (pickle.UnpicklingError, EOFError, RuntimeError, KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{state_path}: not a resumable training state of this model "
-                                  f"({str(e).splitlines()[0][:200]})") from e
-        print(f"resumed at step {step} (best acc {best:.4f})"
-              + ("" if rewarm_from is None else f"; compact state: fresh AdamW, LR re-warmed over "
-                 f"{cfg.warmup_steps} steps"), flush=True)
-
-    stop = {"now": False}
-
-    def on_signal(signum, _frame):
-        stop["now"] = True
-
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    log = open(out / "lm_metrics.jsonl", "a")
-    t0, tokens0 = time.time(), seen * data.context
+    run = _Run(cfg)
+    if resume and run.state_path.exists():
+        run.restore()
+    stop = threading.Event()
+    old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
+    log = open(run.out / "lm_metrics.jsonl", "a")
+    t0, tokens0 = time.time(), run.seen * run.data.context
     bar = StatusLine()
     try:
-        while step < cfg.steps and not stop["now"]:
-            lr = lr_at(cfg, step)
-            if rewarm_from is not None:
-                lr *= min(1.0, (step - rewarm_from + 1) / cfg.warmup_steps)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            loss = train_step(model, forward, opt, *batch(rng, cfg.batch_games))
-            step += 1
-            seen += cfg.batch_games
-            rate = (seen * data.context - tokens0) / max(time.time() - t0, 1e-9)
-            bar.show(_progress(step, cfg.steps, loss.item(), rate))
-            rec = {"step": step, "loss": round(loss.item(), 5), "games": seen}
-            if step % cfg.eval_every == 0 or step == cfg.steps:
-                model.eval()
-                acc = data.score(model, eval_set)
-                model.train()
-                rec[data.score_name] = acc
+        while run.step < cfg.steps and not stop.is_set():
+            loss = run.train_step()
+            rate = (run.seen * run.data.context - tokens0) / max(time.time() - t0, 1e-9)
+            bar.show(_progress(run.step, cfg.steps, loss, rate))
+            rec = {"step": run.step, "loss": round(loss, 5), "games": run.seen}
+            if run.step % cfg.eval_every == 0 or run.step == cfg.steps:
                 bar.end()
-                print(f"step {step}: held-out {data.score_name} {acc:.4f}", flush=True)
-                if cfg.probe_games:
-                    rec["probe_reconstruction"] = _probe_curve(model, cfg)
-                    print(f"step {step}: probe reconstruction by layer {rec['probe_reconstruction']}", flush=True)
-                meta = {"game": cfg.game, "sae_layer": cfg.sae_layer, data.score_name: acc,
-                        "train_steps": step, "games_seen": seen, "tokens_seen": seen * data.context,
-                        "objective": objective}
-                if cfg.snapshots:
-                    save_model(model, out / "snapshots" / f"step-{step:07d}", meta)
-                if acc > best:
-                    best = acc
-                    save_model(model, out / "model", meta)
+                run.evaluate(rec)
             log.write(json.dumps(rec) + "\n")
-            if step % cfg.checkpoint_every == 0:
+            if run.step % cfg.checkpoint_every == 0:
                 log.flush()
-                _save_state(state_path, model, opt, step, rng, best, seen)
+                run.save()
     finally:
-        _save_state(state_path, model, opt, step, rng, best, seen)
+        run.save()
         log.close()
         for s, h in old.items():
             signal.signal(s, h)
     bar.end()
-    print(f"stopped at step {step}; best legal-move accuracy {best:.4f}", flush=True)
-    return {"step": step, "best_acc": best, "games_seen": seen}
+    print(f"stopped at step {run.step}; best legal-move accuracy {run.best:.4f}", flush=True)
+    return {"step": run.step, "best_acc": run.best, "games_seen": run.seen}
 
 
 def _probe_curve(model: GPT, cfg: LMTrainConfig) -> dict[str, float]:

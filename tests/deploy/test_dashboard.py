@@ -122,6 +122,53 @@ def _tail(path: Path, n: int = 15) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-n:]) if path.exists() else "(none)"
 
 
+def _start_prometheus(tmp: Path, port: int, log) -> subprocess.Popen:
+    """A real Prometheus scraping the services (config in tmp), once it answers /-/ready."""
+    prom = subprocess.Popen(
+        [PROMETHEUS, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while True:
+        assert prom.poll() is None, f"prometheus exited:\n{_tail(tmp / 'prometheus.log')}"
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/-/ready", timeout=2).status_code == 200:
+                return prom
+        except requests.ConnectionError:
+            pass
+        if time.monotonic() > deadline:
+            _stop(prom, 5)
+            raise AssertionError("prometheus not ready after 30 s")
+        time.sleep(0.2)
+
+
+def _query_until_every_panel_has_data(url: str, up: subprocess.Popen, tmp: Path, run_dir: Path) -> dict:
+    """Every dashboard query and recording rule, polled while the run is live (after it, series
+    go stale and rates vanish) until all have data or WAIT_FOR_DATA_S passes."""
+    records = recording_rules()
+    t0 = time.monotonic()
+    seen: dict = {}
+    while True:
+        assert up.poll() is None, (
+            f"`boardlens up` exited ({up.returncode}) before every panel had data; still empty: "
+            f"{[e for e, r in seen.get('queries', {}).items() if not _finite(r)]}\n"
+            f"up.log:\n{_tail(tmp / 'up.log')}\n"
+            + "\n".join(f"{p.name}:\n{_tail(p)}" for p in sorted((run_dir / 'logs').glob('*.log'))))
+        at = time.time()
+        seen = {
+            "at": at,
+            "queries": {expr: _query(url, expr, at) for _, expr in QUERIES},
+            "records": {rec: _query(url, rec, at) for rec in records},
+        }
+        if all(map(_finite, seen["queries"].values())) and all(seen["records"].values()):
+            break
+        if time.monotonic() - t0 > WAIT_FOR_DATA_S:
+            break  # let the tests report exactly what is missing
+        time.sleep(2)
+    seen["elapsed_s"] = time.monotonic() - t0
+    return seen
+
+
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     """Run Prometheus + `boardlens up` until every query has data; return what was seen."""
@@ -135,21 +182,7 @@ def live(tmp_path_factory):
     run_dir = tmp / "run"
     procs: list[tuple[subprocess.Popen, float]] = []
     try:
-        prom = subprocess.Popen(
-            [PROMETHEUS, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],
-            stdout=prom_log, stderr=subprocess.STDOUT, start_new_session=True)
-        procs.append((prom, 20))
-        deadline = time.monotonic() + 30
-        while True:
-            assert prom.poll() is None, f"prometheus exited:\n{_tail(tmp / 'prometheus.log')}"
-            try:
-                if requests.get(f"{url}/-/ready", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, "prometheus not ready after 30 s"
-            time.sleep(0.2)
+        procs.append((_start_prometheus(tmp, prom_port, prom_log), 20))
 
         up = subprocess.Popen(
             [sys.executable, "-m", "boardlens.services.cli", "up", "--model", "models/othello-gpt-random",
@@ -157,28 +190,7 @@ def live(tmp_path_factory):
              "--test-games", "30", "--base-port", str(base), "--run-dir", str(run_dir), "--quiet"],
             cwd=ROOT, stdout=up_log, stderr=subprocess.STDOUT, start_new_session=True)
         procs.append((up, 90))
-        records = recording_rules()
-        t0 = time.monotonic()
-        seen: dict = {}
-        while True:
-            # Query only while the run is live: after it, series go stale and rates vanish.
-            assert up.poll() is None, (
-                f"`boardlens up` exited ({up.returncode}) before every panel had data; still empty: "
-                f"{[e for e, r in seen.get('queries', {}).items() if not _finite(r)]}\n"
-                f"up.log:\n{_tail(tmp / 'up.log')}\n"
-                + "\n".join(f"{p.name}:\n{_tail(p)}" for p in sorted((run_dir / 'logs').glob('*.log'))))
-            at = time.time()
-            seen = {
-                "at": at,
-                "queries": {expr: _query(url, expr, at) for _, expr in QUERIES},
-                "records": {rec: _query(url, rec, at) for rec in records},
-            }
-            if all(map(_finite, seen["queries"].values())) and all(seen["records"].values()):
-                break
-            if time.monotonic() - t0 > WAIT_FOR_DATA_S:
-                break  # let the tests report exactly what is missing
-            time.sleep(2)
-        seen["elapsed_s"] = time.monotonic() - t0
+        seen = _query_until_every_panel_has_data(url, up, tmp, run_dir)
         seen["sae_values"] = requests.get(
             f"{url}/api/v1/label/sae/values", params={"match[]": "boardlens_trainer_loss"}, timeout=10).json()
         seen["rules"] = requests.get(f"{url}/api/v1/rules", timeout=10).json()["data"]["groups"]

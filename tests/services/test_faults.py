@@ -194,6 +194,64 @@ def _malformed(good: list, rng: random.Random) -> list:
     return [header[: rng.randrange(1, len(header))], *frames]  # a truncated header
 
 
+class _HostileFeed:
+    """Sends good batches of two producer epochs and bad messages of every kind, counting what
+    the trainer must reject, by reason."""
+
+    def __init__(self, pub: Publisher) -> None:
+        self.pub, self.rng = pub, random.Random(0)
+        self.expected: Counter = Counter()
+        self.a, self.b = "aaaa", "bbbb"
+        self.seq = {self.a: 0, self.b: 0}
+        self.good_sent = 0
+
+    def good(self, epoch: str) -> None:
+        self.pub.send(encode_batch(synthetic_batch(epoch, self.seq[epoch])))
+        self.seq[epoch] += 1
+        self.good_sent += 1
+
+    def hostile(self, frames, reason: str) -> None:
+        self.pub.send(frames)
+        self.expected[reason] += 1
+
+    def malformed(self) -> None:
+        """200 undecodable messages (the codec's own reasons), a good batch every 7."""
+        template = encode_batch(synthetic_batch(self.a, 0))
+        for i in range(200):
+            if i % 7 == 0:
+                self.good(self.a)
+            while True:
+                frames = _malformed(template, self.rng)
+                try:
+                    decode(frames)
+                except ProtocolError as e:
+                    self.hostile(frames, e.reason)
+                    break
+
+    def well_formed_but_wrong(self) -> None:
+        """Non-finite bodies, replays, jumps, a stale end, a new epoch, a wrong width, a flap."""
+        a, b, rng, seq = self.a, self.b, self.rng, self.seq
+        for poison in [float("nan")] * 5 + [float("inf")] * 5:
+            acts = torch.randn(16, 59, 32)
+            acts[rng.randrange(16), rng.randrange(59)] = poison
+            self.hostile(encode_batch(synthetic_batch(a, seq[a], acts=acts)), "non_finite")
+            seq[a] += 1  # a rejected body still uses up its seq: not lost
+        for _ in range(10):
+            self.hostile(encode_batch(synthetic_batch(a, rng.randrange(seq[a]))), "out_of_order")
+        for _ in range(5):
+            self.hostile(encode_batch(synthetic_batch(a, seq[a] + 10**12)), "seq_jump")
+            self.hostile(encode("end", epoch="dead", seq=0, game="othello", model="m", layer=0, tensors={}),
+                         "end_epoch")
+        for _ in range(10):  # the producer restarted without its state: a new epoch
+            self.good(b)
+        self.hostile(encode_batch(synthetic_batch(b, seq[b], d=16)), "incompatible")  # valid, wrong width
+        seq[b] += 1
+        for _ in range(5):  # ... and the old one comes back
+            self.hostile(encode_batch(synthetic_batch(a, seq[a])), "epoch_flap")
+            seq[a] += 1
+            self.good(b)
+
+
 def test_hostile_and_malformed_messages_against_a_live_trainer(tmp_path):
     """236 bad messages of 15 kinds interleaved with 44 good batches: every one rejected and counted by
     reason, nothing counted as lost, training goes on, and no NaN reaches a checkpoint."""
@@ -205,67 +263,25 @@ def test_hostile_and_malformed_messages_against_a_live_trainer(tmp_path):
                               "--d-sae", "64", "--batch-size", "128", "--buffer-activations", "1024",
                               "--steps", "100000", "--warmup-steps", "1", "--threads", "1",
                               "--metrics-port", str(tm), log_path=logs["trainer"])}
-    rng = random.Random(0)
-    expected: Counter = Counter()
-    a, b = "aaaa", "bbbb"
-    seq = {a: 0, b: 0}
-    good_sent = 0
-
-    def good(epoch):
-        nonlocal good_sent
-        pub.send(encode_batch(synthetic_batch(epoch, seq[epoch])))
-        seq[epoch] += 1
-        good_sent += 1
-
-    def hostile(frames, reason):
-        pub.send(frames)
-        expected[reason] += 1
-
+    feed = _HostileFeed(pub)
     try:
         with services(procs, logs):
             assert pub.wait_for_subscribers(1, 60), "trainer never subscribed"
-            template = encode_batch(synthetic_batch(a, 0))
-            for i in range(200):
-                if i % 7 == 0:
-                    good(a)
-                while True:
-                    frames = _malformed(template, rng)
-                    try:
-                        decode(frames)
-                    except ProtocolError as e:
-                        hostile(frames, e.reason)
-                        break
-            for poison in [float("nan")] * 5 + [float("inf")] * 5:
-                acts = torch.randn(16, 59, 32)
-                acts[rng.randrange(16), rng.randrange(59)] = poison
-                hostile(encode_batch(synthetic_batch(a, seq[a], acts=acts)), "non_finite")
-                seq[a] += 1  # a rejected body still uses up its seq: not lost
-            for _ in range(10):
-                hostile(encode_batch(synthetic_batch(a, rng.randrange(seq[a]))), "out_of_order")
-            for _ in range(5):
-                hostile(encode_batch(synthetic_batch(a, seq[a] + 10**12)), "seq_jump")
-                hostile(encode("end", epoch="dead", seq=0, game="othello", model="m", layer=0, tensors={}),
-                        "end_epoch")
-            for _ in range(10):  # the producer restarted without its state: a new epoch
-                good(b)
-            hostile(encode_batch(synthetic_batch(b, seq[b], d=16)), "incompatible")  # valid, wrong width
-            seq[b] += 1
-            for _ in range(5):  # ... and the old one comes back
-                hostile(encode_batch(synthetic_batch(a, seq[a])), "epoch_flap")
-                seq[a] += 1
-                good(b)
-            assert sum(expected.values()) >= 200 and good_sent == 44
-            received = good_sent + 1  # the incompatible batch was received, then refused
+            feed.malformed()
+            feed.well_formed_but_wrong()
+            assert sum(feed.expected.values()) >= 200 and feed.good_sent == 44
+            received = feed.good_sent + 1  # the incompatible batch was received, then refused
             wait_for(lambda: value(scrape(tm), "boardlens_trainer_messages_total") >= received, 120,
                      "the good batches", procs)
             time.sleep(1.0)
             t = scrape(tm)
-            for reason, n in expected.items():
+            for reason, n in feed.expected.items():
                 assert value(t, "boardlens_trainer_messages_rejected_total", reason=reason) == n, reason
             assert value(t, "boardlens_trainer_messages_total") == received
             assert value(t, "boardlens_trainer_batches_lost_total") == 0
             assert value(t, "boardlens_trainer_steps_total") >= 5  # it trained
-            pub.send(encode("end", epoch=b, seq=seq[b], game="othello", model="m", layer=0, tensors={}))
+            pub.send(encode("end", epoch=feed.b, seq=feed.seq[feed.b], game="othello", model="m", layer=0,
+                            tensors={}))
             assert procs["trainer"].wait(60) == 0
     finally:
         pub.close(linger_ms=0)

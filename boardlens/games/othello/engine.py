@@ -93,6 +93,25 @@ class GameRecord(NamedTuple):
     legal: np.ndarray  # (G, 60) uint64 legal moves of `to_move` after move i (0 if over)
 
 
+def _choose(i: int, legal: np.ndarray, alive: np.ndarray, rng, forced: np.ndarray | None):
+    """Move i of every game: (square (G,), its bit (G,) uint64), uniformly random among the
+    legal squares, or from `forced` (checked legal; a -1 ends that game: `alive` is updated)."""
+    if forced is None:
+        # Uniform choice among legal squares: argmax of iid uniforms on the legal set.
+        square = np.argmax(rng.random((legal.shape[0], 64)) * bits_to_bool(legal), axis=1)
+        return square, np.left_shift(_U(1), square.astype(np.uint64))
+    sq = forced[:, i] if i < forced.shape[1] else np.full(legal.shape[0], -1, dtype=np.int64)
+    sq = sq.astype(np.int64)
+    alive &= sq >= 0
+    square = np.where(alive, sq, 0)
+    bit = np.left_shift(_U(1), square.astype(np.uint64))
+    bad = alive & ((legal & bit) == 0)
+    if bad.any():
+        g = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"game {g}: move {i} (square {int(sq[g])}) is illegal")
+    return square, bit
+
+
 def _play(num_games: int, rng: np.random.Generator | None, forced: np.ndarray | None) -> GameRecord:
     """Run G games; random uniform legal moves, or the moves in `forced` (G, <=60; -1 = end)."""
     G = num_games
@@ -106,7 +125,6 @@ def _play(num_games: int, rng: np.random.Generator | None, forced: np.ndarray | 
     rec_to_move = np.full((G, MAX_MOVES), GAME_OVER, dtype=np.int8)
     rec_legal = np.zeros((G, MAX_MOVES), dtype=np.uint64)
     lengths = np.zeros(G, dtype=np.int16)
-    one = _U(1)
 
     def legal_for_turn() -> np.ndarray:
         me = np.where(turn == BLACK, black, white)
@@ -115,21 +133,7 @@ def _play(num_games: int, rng: np.random.Generator | None, forced: np.ndarray | 
 
     legal = legal_for_turn()  # black always has 4 moves at the start
     for i in range(MAX_MOVES):
-        if forced is not None:
-            sq = forced[:, i] if i < forced.shape[1] else np.full(G, -1, dtype=np.int64)
-            sq = sq.astype(np.int64)
-            alive &= sq >= 0
-            square = np.where(alive, sq, 0)
-            bit = np.left_shift(one, square.astype(np.uint64))
-            bad = alive & ((legal & bit) == 0)
-            if bad.any():
-                g = int(np.flatnonzero(bad)[0])
-                raise ValueError(f"game {g}: move {i} (square {int(sq[g])}) is illegal")
-        else:
-            # Uniform choice among legal squares: argmax of iid uniforms on the legal set.
-            mask = bits_to_bool(legal)
-            square = np.argmax(rng.random((G, 64)) * mask, axis=1)
-            bit = np.left_shift(one, square.astype(np.uint64))
+        square, bit = _choose(i, legal, alive, rng, forced)
         if not alive.any():
             break
         me = np.where(turn == BLACK, black, white)
