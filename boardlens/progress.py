@@ -1,11 +1,13 @@
-"""One status line for long jobs: redrawn in place on a terminal, plain lines in a log file.
+"""Progress of long jobs: a tqdm bar on a terminal, plain periodic lines in a log file.
 
-    bar = StatusLine()            # stderr
-    bar.show("step 10/100 ...")   # terminal: overwrites the line; file or pipe: one line per every_s
-    bar.end()                     # terminal: moves to a new line
+    bar = Progress(total=6000, unit="step")   # on stderr
+    bar.show(n, "loss 2.31 2,400 tok/s")      # terminal: tqdm redraws; file or pipe: one line per every_s
+    bar.write("step 500: held-out ...")       # a line of its own (above the bar on a terminal)
+    bar.close()
 
-`\\r` escapes in a log file turn it into one unreadable line of megabytes; a file gets one
-line every `every_s` seconds (and the first one at once) instead.
+tqdm's `\\r` redraws would turn a log file into one unreadable line of megabytes (it writes
+them whatever the stream), so a stream that is not a terminal gets one plain line every
+`every_s` seconds (and the first one at once) instead.
 """
 
 from __future__ import annotations
@@ -14,29 +16,39 @@ import sys
 import time
 from typing import TextIO
 
+from tqdm import tqdm
 
-class StatusLine:
-    def __init__(self, stream: TextIO | None = None, every_s: float = 30.0) -> None:
+
+class Progress:
+    def __init__(self, total: int | None, unit: str, stream: TextIO | None = None, every_s: float = 30.0,
+                 initial: int = 0) -> None:
         self.stream = stream if stream is not None else sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.every_s = every_s
+        self.total, self.unit, self.every_s = total, unit, every_s
         self._last = -float("inf")
-        self._drawn = False
+        self._bar = None
+        if bool(getattr(self.stream, "isatty", lambda: False)()):
+            self._bar = tqdm(total=total, initial=initial, unit=unit, file=self.stream, dynamic_ncols=True,
+                             mininterval=0.5)
 
-    def show(self, text: str) -> None:
-        if self.tty:
-            self.stream.write("\r\033[K" + text)
-            self._drawn = True
+    def show(self, n: int, text: str = "") -> None:
+        """Position n (in units) and a short status text."""
+        if self._bar is not None:
+            self._bar.set_postfix_str(text, refresh=False)
+            self._bar.update(n - self._bar.n)  # tqdm throttles the redraws
         elif time.monotonic() - self._last >= self.every_s:
-            self.stream.write(text + "\n")
-            self._last = time.monotonic()
-        else:
-            return
-        self.stream.flush()
-
-    def end(self) -> None:
-        """Finish the line on a terminal, so that the next output starts on its own."""
-        if self._drawn:
-            self.stream.write("\n")
+            of = f"/{self.total:,}" if self.total else ""
+            self.stream.write(f"{n:,}{of} {self.unit}s" + (f" | {text}" if text else "") + "\n")
             self.stream.flush()
-            self._drawn = False
+            self._last = time.monotonic()
+
+    def write(self, text: str, file: TextIO | None = None) -> None:
+        """A line of its own on `file` (stdout): above the bar on a terminal."""
+        if self._bar is not None:
+            tqdm.write(text, file=file or sys.stdout)
+        else:
+            print(text, file=file or sys.stdout, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

@@ -17,13 +17,14 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import yaml
 
 from boardlens.atomic import write_text
-from boardlens.progress import StatusLine
+from boardlens.progress import Progress
 from boardlens.services.config import (
     DEFAULT_GAME,
     EvaluatorConfig,
@@ -192,42 +193,38 @@ def run(config_file=None, tokens=2_000_000, run_dir=None, quiet=False, base_port
     commands = {"evaluator": "evaluate", "trainer": "train", "producer": "produce"}
     procs = {name: spawn(commands[name], ["--config", str(cfg_file)], run_path / "logs" / f"{name}.log")
              for name in SERVICES}
-    interrupted = {"now": False}
-
-    def on_signal(signum, _frame):
-        interrupted["now"] = True
-
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    interrupted = threading.Event()
+    old = {s: signal.signal(s, lambda *_: interrupted.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     t0, code = time.time(), 0
     watch = StallWatch(run_path)
-    bar = StatusLine(every_s=10.0)
+    bar = Progress(tokens or None, "token", every_s=10.0)
     try:
-        while not interrupted["now"]:
+        while not interrupted.is_set():
             failed = [n for n, p in procs.items() if p.poll() not in (None, 0)]
             if failed:
-                bar.end()
+                bar.close()
                 print(f"error: {', '.join(failed)} exited with an error; see {run_path / 'logs'}", file=sys.stderr)
                 code = 1
                 break
             if all(p.poll() is not None for p in procs.values()):
                 break
             if procs["producer"].poll() == 0 and watch.stalled(STALL_AFTER_S):
-                bar.end()
+                bar.close()
                 print(f"error: the producer has finished but the trainer made no progress for "
                       f"{STALL_AFTER_S:.0f} s (end of stream lost?); stopping. See {run_path / 'logs'}",
                       file=sys.stderr)
                 code = 1
                 break
             if not quiet:
-                bar.show(progress_line(run_path, t0)[:200])
+                producer = read_status(run_path, ProducerStatus)
+                bar.show(producer.tokens if producer else 0, progress_line(run_path, t0)[:200])
             time.sleep(1.0)
     finally:
-        bar.end()
+        bar.close()
         for name in stop_processes(procs, timeout_s=60):
             print(f"{name} did not stop within 60 s; killed it", file=sys.stderr)
         for s, h in old.items():
             signal.signal(s, h)
-    bar.end()
     print(final_table(run_path), flush=True)
     print(f"run folder: {run_path} (config.yaml, checkpoints/, train.jsonl, metrics.jsonl, logs/)")
     return code

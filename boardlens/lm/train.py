@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from boardlens.atomic import write_atomic, write_json
 from boardlens.lm.checkpoint import CheckpointError, save_model
 from boardlens.lm.model import GPT, GPTConfig
-from boardlens.progress import StatusLine
+from boardlens.progress import Progress
 from boardlens.registry import GAMES
 
 
@@ -227,17 +227,18 @@ class _Run:
         self.seen += self.cfg.batch_games
         return loss.item()
 
-    def evaluate(self, rec: dict) -> None:
-        """Held-out legality (and the probe curve) into rec; keep the model (best, snapshots)."""
+    def evaluate(self, rec: dict, say) -> None:
+        """Held-out legality (and the probe curve) into rec, reported through say(text); keep
+        the model (best, snapshots)."""
         cfg, data, step = self.cfg, self.data, self.step
         self.model.eval()
         acc = data.score(self.model, self.eval_set)
         self.model.train()
         rec[data.score_name] = acc
-        print(f"step {step}: held-out {data.score_name} {acc:.4f}", flush=True)
+        say(f"step {step}: held-out {data.score_name} {acc:.4f}")
         if cfg.probe_games:
             rec["probe_reconstruction"] = _probe_curve(self.model, cfg)
-            print(f"step {step}: probe reconstruction by layer {rec['probe_reconstruction']}", flush=True)
+            say(f"step {step}: probe reconstruction by layer {rec['probe_reconstruction']}")
         meta = {"game": cfg.game, "sae_layer": cfg.sae_layer, data.score_name: acc, "train_steps": step,
                 "games_seen": self.seen, "tokens_seen": self.seen * data.context, "objective": self.objective}
         if cfg.snapshots:
@@ -264,26 +265,25 @@ def train(cfg: LMTrainConfig, resume: bool = False) -> dict:
     old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
     log = open(run.out / "lm_metrics.jsonl", "a")
     t0, tokens0 = time.time(), run.seen * run.data.context
-    bar = StatusLine()
+    bar = Progress(cfg.steps, "step", initial=run.step)
     try:
         while run.step < cfg.steps and not stop.is_set():
             loss = run.train_step()
             rate = (run.seen * run.data.context - tokens0) / max(time.time() - t0, 1e-9)
-            bar.show(_progress(run.step, cfg.steps, loss, rate))
+            bar.show(run.step, f"loss {loss:.4f} {rate:,.0f} tok/s")
             rec = {"step": run.step, "loss": round(loss, 5), "games": run.seen}
             if run.step % cfg.eval_every == 0 or run.step == cfg.steps:
-                bar.end()
-                run.evaluate(rec)
+                run.evaluate(rec, bar.write)
             log.write(json.dumps(rec) + "\n")
             if run.step % cfg.checkpoint_every == 0:
                 log.flush()
                 run.save()
     finally:
+        bar.close()
         run.save()
         log.close()
         for s, h in old.items():
             signal.signal(s, h)
-    bar.end()
     print(f"stopped at step {run.step}; best legal-move accuracy {run.best:.4f}", flush=True)
     return {"step": run.step, "best_acc": run.best, "games_seen": run.seen}
 
@@ -300,9 +300,3 @@ def _probe_curve(model: GPT, cfg: LMTrainConfig) -> dict[str, float]:
         model.train()
     fam = next(iter(reps[0].probe))
     return {str(r.layer): round(r.probe[fam].reconstruction, 4) for r in reps}
-
-
-def _progress(step: int, total: int, loss: float, tokens_per_s: float) -> str:
-    width = 30
-    done = int(width * step / total)
-    return f"[{'#' * done}{'.' * (width - done)}] {step}/{total} loss {loss:.4f} {tokens_per_s:,.0f} tok/s"

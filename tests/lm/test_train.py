@@ -98,7 +98,7 @@ def test_wsd_schedule_is_flat_then_decays_only_at_the_end():
     assert lr_at(longer, 800) == lr_at(cfg, 800)
     with pytest.raises(ValueError, match="schedule"):
         LMTrainConfig(schedule="linear")
-    with pytest.raises(ValueError, match="one of chess.s \(.next.,\)"):
+    with pytest.raises(ValueError, match=r"one of chess.s \(.next.,\)"):
         LMTrainConfig(game="chess", objective="legal")
 
 
