@@ -155,6 +155,12 @@ def _all_finite(t: torch.Tensor) -> bool:
     return not bool(((t.view(torch.int16).numpy() & mask) == mask).any())
 
 
+def stream_fields(h) -> dict[str, Any]:
+    """The header fields every message of a stream carries (batch and snapshot alike)."""
+    return {"epoch": h.epoch, "seq": h.seq, "game": h.game, "model": h.model, "layer": h.layer,
+            "sent_ns": h.sent_ns}
+
+
 def decode_batch(message: Message) -> ActivationBatch:
     """Check a decoded message against the batch schema; raises only ProtocolError."""
     h, ts = message.header, message.tensors
@@ -181,11 +187,6 @@ def decode_batch(message: Message) -> ActivationBatch:
         lengths=ts["lengths"],
         label_pos=ts["label_pos"],
         labels=labels,
-        epoch=h.epoch,
-        seq=h.seq,
-        game=h.game,
-        model=h.model,
-        layer=h.layer,
-        sent_ns=h.sent_ns,
         meta=h.meta,
+        **stream_fields(h),
     )

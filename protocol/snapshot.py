@@ -27,7 +27,7 @@ from typing import Any, NoReturn
 
 import torch
 
-from boardlens.protocol.batch import _all_finite
+from boardlens.protocol.batch import _all_finite, stream_fields
 from boardlens.protocol.codec import DEFAULT_LIMITS, Limits, Message, encode
 from boardlens.protocol.errors import ProtocolError
 from boardlens.protocol.header import _short
@@ -161,11 +161,6 @@ def decode_snapshot(message: Message, max_bytes: int = MAX_SNAPSHOT_BYTES) -> Sa
         arch=arch,
         tensors=ts,
         hyperparams=hyperparams,
-        epoch=h.epoch,
-        seq=h.seq,
-        game=h.game,
-        model=h.model,
-        layer=h.layer,
-        sent_ns=h.sent_ns,
         meta={k: v for k, v in h.meta.items() if k not in META_KEYS},
+        **stream_fields(h),
     )
