@@ -1,6 +1,7 @@
 """Chess games/s per source, labelled positions/s, and whether labelling keeps up with the LM.
 
     .venv/bin/python benchmarks/chess_sources.py [--games 200] [--workers 2]
+    .venv/bin/python benchmarks/chess_sources.py --tiny    # seconds; what the tests run
 
 Measured in this one run on this machine:
 - games/s of each source: random legal play, Stockfish self-play (one process, then
@@ -9,6 +10,10 @@ Measured in this one run on this machine:
 - the producer's LM forward on the bundled chess model (1 thread, 16 games x 256 chars), and
   the ratio of the labelled stream's tokens/s to it (target >= 1: labelling is not the
   bottleneck).
+Baselines, measured in the same run: python-chess's SimpleEngine for our UCI client's
+self-play, and the LM's consumption of games/s for the labelled streams. Without a Stockfish
+binary the Stockfish rows are skipped (and said so) and the rest runs. --tiny: 8 games, 4 of
+them Stockfish self-play, 1 worker, 4-game stream batches, 2 LM forwards (the same code).
 """
 
 from __future__ import annotations
@@ -71,7 +76,7 @@ def python_chess_engine_games_per_s(spec, num_games: int) -> float:
         engine.quit()
 
 
-def stream_games_per_s(source: str, workers: int, batches: int, batch_games: int = 16) -> float:
+def stream_games_per_s(source: str, workers: int, batches: int, batch_games: int) -> float:
     with GameStream("chess", batch_games, seed=1, source=source, workers=workers) as s:
         s.next()  # start-up (spawned workers import python-chess) is not throughput
         t0 = time.perf_counter()
@@ -97,16 +102,27 @@ def main() -> None:
     ap.add_argument("--games", type=int, default=200, help="Games per single-process measurement.")
     ap.add_argument("--workers", type=int, default=2, help="Processes for the parallel measurements.")
     ap.add_argument("--model", default=bundled_model("chess"))
+    ap.add_argument("--tiny", action="store_true",
+                    help="8 games (4 Stockfish), 1 worker, 4-game batches: checks the code runs")
     args = ap.parse_args()
-    n = args.games
-    random_spec, sf_spec = parse_source("random"), parse_source("stockfish")
+    n, n_sf, batch_games, lm_reps = args.games, max(args.games // 4, 8), 16, 5
+    if args.tiny:
+        n, n_sf, batch_games, lm_reps, args.workers = 8, 4, 4, 2, 1
+    random_spec = parse_source("random")
+    try:
+        sf_spec = parse_source("stockfish")
+    except ValueError as e:
+        sf_spec = None
+        print(f"skipped: Stockfish self-play, its python-chess baseline and the Stockfish stream: {e}")
 
     texts = generate(random_spec, n, (0,))
     r_random = rate(lambda: generate(random_spec, n, (1,)), n)
-    n_sf = max(n // 4, 8)
-    r_sf = rate(lambda: generate(sf_spec, n_sf, (2,)), n_sf)
-    close_engines()
-    r_sf_base = python_chess_engine_games_per_s(sf_spec, n_sf)
+    r_sf = r_sf_base = r_sf_w = None
+    if sf_spec is not None:
+        generate(sf_spec, 1, (3,))  # starts the engine: as in the baseline, start-up is not timed
+        r_sf = rate(lambda: generate(sf_spec, n_sf, (2,)), n_sf)
+        close_engines()
+        r_sf_base = python_chess_engine_games_per_s(sf_spec, n_sf)
     with tempfile.TemporaryDirectory() as tmp:
         pgn = Path(tmp) / "games.pgn"
         pgn.write_text("".join(f'[Event "{i}"]\n\n{" ".join(t[1:].split(" ")[:-1])} *\n\n'
@@ -114,11 +130,12 @@ def main() -> None:
         r_pgn = rate(lambda: sum(1 for _ in pgn_transcripts(pgn)), n)
     positions = int((labelled_transcripts(texts[:8]).label_pos >= 0).sum()) / 8 * n  # warm-up + count
     r_label = rate(lambda: labelled_transcripts(texts), positions)
-    batches = max(2, n // 16)
-    r_stream_1 = stream_games_per_s("random", 0, batches)
-    r_stream_w = stream_games_per_s("random", args.workers, batches)
-    r_sf_w = stream_games_per_s("stockfish", args.workers, max(2, batches // 4))
-    lm = lm_tokens_per_s(args.model, threads=1)
+    batches = max(2, n // batch_games)
+    r_stream_1 = stream_games_per_s("random", 0, batches, batch_games)
+    r_stream_w = stream_games_per_s("random", args.workers, batches, batch_games)
+    if sf_spec is not None:
+        r_sf_w = stream_games_per_s("stockfish", args.workers, max(2, batches // 4), batch_games)
+    lm = lm_tokens_per_s(args.model, threads=1, reps=lm_reps)
 
     print(f"{'what':<52}{'rate':>14}")
     for what, value in [
@@ -132,11 +149,14 @@ def main() -> None:
         (f"random games labelled, games/s ({args.workers} workers)", r_stream_w),
         (f"LM forward tokens/s ({Path(args.model).name}, 1 thread)", lm),
     ]:
-        print(f"{what:<52}{value:>14,.0f}")
-    print(f"\nstockfish self-play, our UCI pipe client / python-chess SimpleEngine: {r_sf / r_sf_base:.2f}x")
+        print(f"{what:<52}{'skipped':>14}" if value is None else f"{what:<52}{value:>14,.0f}")
+    if sf_spec is not None:
+        print(f"\nstockfish self-play, our UCI pipe client / python-chess SimpleEngine (the baseline): "
+              f"{r_sf / r_sf_base:.2f}x")
     need = lm / GAME_CHARS  # games/s the LM consumes
-    print(f"\nthe LM consumes {need:,.1f} games/s; labelled stream / LM: "
-          f"random {r_stream_w / need:.2f}x, stockfish {r_sf_w / need:.2f}x with {args.workers} workers, "
+    sf = f"stockfish {r_sf_w / need:.2f}x" if sf_spec is not None else "stockfish skipped"
+    print(f"\nthe LM consumes {need:,.1f} games/s (the baseline); labelled stream / LM: "
+          f"random {r_stream_w / need:.2f}x, {sf} with {args.workers} workers, "
           f"random {r_stream_1 / need:.2f}x in-thread (target >= 1)")
     print(f"machine: {os.cpu_count()} cores")
 
