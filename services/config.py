@@ -237,8 +237,9 @@ class EvaluatorConfig(ServiceOptions):
     """Score the floor and ceiling references (linear probe, MLP neurons, random SAE, SAE on the
     random-init model) once per eval set, beside the SAEs."""
     model: str = ""
-    """The producer's game LM (same file): enables the MLP-neuron reference and, when the model
-    folder has a floor/ of SAEs trained on its random-init control, the random_init_sae one."""
+    """The producer's game LM (same file): enables loss recovered, the MLP-neuron reference and,
+    when the model folder has a floor/ of SAEs trained on its random-init control, the
+    random_init_sae one."""
     threads: int = 0
     """torch intra-op threads (0 = torch's default)."""
     metrics_port: int = 9103

@@ -28,6 +28,7 @@ from boardlens.atomic import write_json
 from boardlens.lm.checkpoint import CheckpointError
 from boardlens.lm.formats import load_any
 from boardlens.metrics.evalset import EvalSet, evaluate_sae
+from boardlens.metrics.loss_recovered import LossBaseline, LossRecovered
 from boardlens.metrics.references import Reference, ReferenceSuite, floor_saes
 from boardlens.protocol import ActivationBatch, Message, ProtocolError, Subscriber, decode_snapshot
 from boardlens.registry import GAMES
@@ -68,6 +69,8 @@ class EvaluatorMetrics:
         self.l0 = tel.metric(metrics.EVALUATOR_L0)
         self.fve = tel.metric(metrics.EVALUATOR_VARIANCE_EXPLAINED)
         self.dead = tel.metric(metrics.EVALUATOR_DEAD_LATENTS)
+        self.loss_recovered = tel.metric(metrics.EVALUATOR_LOSS_RECOVERED)
+        self.kl = tel.metric(metrics.EVALUATOR_KL)
         self.step = tel.metric(metrics.EVALUATOR_SNAPSHOT_STEP)
         self.duration = tel.metric(metrics.EVALUATOR_EVALUATION)
         self.evaluations = tel.metric(metrics.EVALUATOR_EVALUATIONS)
@@ -89,6 +92,8 @@ class LiveEvaluator:
         self.latest: dict[str, dict] = {}
         self.evaluations = 0  # snapshots evaluated, all SAEs
         self.trainer_ended = False  # the trainer sent its end of stream
+        self.loss_base: LossBaseline | None = None  # clean / zero-ablated passes over the test games
+        self.loss_base_games = 0
         self.references: dict[str, dict] = {}
         self.suite: ReferenceSuite | None = None
         self.layer = 0
@@ -164,6 +169,7 @@ class LiveEvaluator:
             self.m.snapshot_counters.rejected.labels(BadSnapshot.reason).inc()
             return {}
         scores, stats = evaluate_sae(ae, self.evalset)
+        loss = self._loss_recovered(ae)
         dt = time.perf_counter() - t0
         averages = self._averages(scores)
         self._set_scores(self.m.coverage, self.m.reconstruction, name, scores, averages)
@@ -171,13 +177,16 @@ class LiveEvaluator:
         self.m.fve.labels(name).set(stats.var_explained)
         self.m.dead.labels(name).set(1.0 - stats.frac_alive)
         self.m.step.labels(name).set(step)
+        if loss is not None:
+            self.m.loss_recovered.labels(name).set(loss.recovered)
+            self.m.kl.labels(name).set(loss.kl)
         self.m.duration.observe(dt)
         self.m.evaluations.labels(name).inc()
         self.evaluations += 1
         record = {"time": time.time(), "sae": name, "step": step, "eval_seconds": round(dt, 3),
                   "games": self.evalset.progress(),
                   "families": {k: v._asdict() for k, v in scores.items()}, "averages": averages,
-                  **stats._asdict()}
+                  **stats._asdict(), **({"loss": loss._asdict()} if loss is not None else {})}
         self.latest[name] = record
         self.log.write(json.dumps(record) + "\n")
         self.log.flush()
@@ -186,10 +195,36 @@ class LiveEvaluator:
         shown = {**{k: v._asdict() for k, v in scores.items()}, **averages}
         if len(scores) > 4:  # chess: the first (piece) family and the averages; all in metrics.jsonl
             shown = {k: shown[k] for k in (next(iter(scores)), *averages)}
-        log.info("evaluated %s step %d in %.1f s: %s; L0 %.1f, FVE %.3f", name, step, dt,
+        log.info("evaluated %s step %d in %.1f s: %s; L0 %.1f, FVE %.3f%s", name, step, dt,
                  ", ".join(f"{k} cov {v['coverage']:.3f} rec {v['reconstruction']:.3f}" for k, v in shown.items()),
-                 stats.l0, stats.var_explained)
+                 stats.l0, stats.var_explained, "" if loss is None else f", loss recovered {loss.recovered:.3f}")
         return record
+
+    def _loss_recovered(self, ae) -> LossRecovered | None:
+        """Loss recovered on the test split's games (needs the producer's model: --model)."""
+        if self.model is None:
+            return None
+        games = self.evalset.games("test")
+        if self.loss_base is None or self.loss_base_games != len(games):  # a partial set may grow
+            if not self._model_matches_stream(games[0]):
+                self.model = None  # every figure it gave would be wrong
+                return None
+            self.loss_base = LossBaseline(self.model, self.layer, games)
+            self.loss_base_games = len(games)
+        return self.loss_base.score(ae.float().eval())
+
+    @torch.no_grad()
+    def _model_matches_stream(self, game: tuple[torch.Tensor, torch.Tensor]) -> bool:
+        """Does --model give the streamed activations for a game's tokens (within bf16 noise)?"""
+        tokens, acts = game
+        _, resid = self.model(tokens[None], resid_layers=(self.layer,), stop_after=self.layer)
+        err = float((resid[self.layer][0].float() - acts).norm() / acts.norm().clamp_min(1e-12))
+        if err > 0.05:
+            log.warning("evaluator --model %s does not produce the streamed activations of layer %d "
+                        "(relative error %.3f): loss recovered and the model-based references are off",
+                        self.cfg.model, self.layer, err)
+            return False
+        return True
 
     def _averages(self, scores: dict) -> dict[str, dict[str, float]]:
         return {group: {"coverage": float(np.mean([scores[f].coverage for f in members])),
@@ -261,7 +296,7 @@ def run(cfg: EvaluatorConfig) -> int:
     stop = stop_on_signals()
     prepare_run_dir("evaluator", cfg)
     model = None
-    if cfg.model and cfg.references:  # load now: a bad path fails at start, not after the eval set
+    if cfg.model:  # loss recovered and model references; load now: a bad path fails at start, not after the eval set
         try:
             model = load_any(cfg.model)[0].eval()
         except ValueError as e:

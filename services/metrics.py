@@ -169,6 +169,11 @@ EVALUATOR_VARIANCE_EXPLAINED = Metric("boardlens_evaluator_variance_explained_ra
                                       "Fraction of variance explained on the eval set", ("sae",))
 EVALUATOR_DEAD_LATENTS = Metric("boardlens_evaluator_dead_latents_ratio", GAUGE,
                                 "Fraction of latents that never fire on the eval set", ("sae",))
+EVALUATOR_LOSS_RECOVERED = Metric("boardlens_evaluator_loss_recovered_ratio", GAUGE,
+                                  "Next-move loss recovered with the SAE in the residual: (CE_zero - CE_sae) / "
+                                  "(CE_zero - CE_clean)", ("sae",))
+EVALUATOR_KL = Metric("boardlens_evaluator_kl_divergence_nats", GAUGE,
+                      "Mean KL(clean || with the SAE) of the next-move distribution", ("sae",))
 EVALUATOR_SNAPSHOT_STEP = Metric("boardlens_evaluator_snapshot_step", GAUGE,
                                  "Training step of the latest evaluated snapshot", ("sae",))
 EVALUATOR_EVALUATION = Metric("boardlens_evaluator_evaluation_seconds", HISTOGRAM,

@@ -164,8 +164,9 @@ def final_table(run_dir: Path) -> str:
         return format(r[key], fmt) if key in r else "-"
 
     summary = _table(
-        ["sae / [reference]", "step", "L0", "FVE", *[f"{g} {m}" for g in groups for m in ("cov", "rec")]],
+        ["sae / [reference]", "step", "L0", "FVE", "loss rec", *[f"{g} {m}" for g in groups for m in ("cov", "rec")]],
         [[n, str(r.get("step", "-")), num(r, "l0", ".1f"), num(r, "var_explained", ".3f"),
+          num(r.get("loss", {}), "recovered", ".3f"),
           *[f"{r['averages'][g][m]:.3f}" for g in groups for m in ("coverage", "reconstruction")]]
          for n, r in rows.items()])
     fams = list(next(iter(latest.values()))["families"])

@@ -187,3 +187,12 @@ class GPT(nn.Module):
                 return None, resid
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
         return logits, resid
+
+    def forward_from(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, T, V) from block `layer`'s output x (B, T, C): the rest of the network
+        only (what `forward(idx, patch={layer: f})` computes after f, without blocks 0..layer)."""
+        if not 0 <= layer < self.config.n_layer:
+            raise ValueError(f"layer must be in 0..{self.config.n_layer - 1}, got {layer}")
+        for block in self.transformer.h[layer + 1 :]:
+            x = block(x)
+        return self.lm_head(self.transformer.ln_f(x))

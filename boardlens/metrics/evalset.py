@@ -88,6 +88,11 @@ class EvalSet:
             self._frozen = None
         return taken
 
+    def games(self, split: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(tokens (n,), activations (n, d)) of each game of a split, in arrival order."""
+        sp = self.splits[split]
+        return list(zip(sp.tokens, sp.x_all, strict=True))
+
     def tensors(self) -> dict:
         """Concatenated splits (cached until the next add)."""
         if self._frozen is None:

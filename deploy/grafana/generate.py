@@ -202,6 +202,9 @@ ROWS: list[tuple[str, list[Panel]]] = [
             per_sae(M.EVALUATOR_VARIANCE_EXPLAINED, "{{sae}} FVE"),
             per_sae(M.EVALUATOR_DEAD_LATENTS, "{{sae}} dead"),
         ), "percentunit"),
+        Panel("Loss recovered (SAE in the residual; 1 = none lost, 0 = as bad as zeros)", (
+            per_sae(M.EVALUATOR_LOSS_RECOVERED),), "percentunit"),
+        Panel("KL(clean || with the SAE), nats per move", (per_sae(M.EVALUATOR_KL),), "short"),
         Panel("Training step of the evaluated snapshot", (per_sae(M.EVALUATOR_SNAPSHOT_STEP),), "short"),
         Panel("Evaluation duration (5m window)", p50_p95(M.EVALUATOR_EVALUATION, "5m"), "s"),
         Panel("Evaluations / min per SAE", (

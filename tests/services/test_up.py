@@ -46,6 +46,9 @@ def test_up_runs_to_the_final_table(tmp_path):
     final = json.loads((run / "final_metrics.json").read_text())
     # The last evaluation is of the final snapshot: the trainer's last step.
     assert {r["step"] for r in final["saes"].values()} == {60000 // 256}
+    loss = final["saes"]["standard-128-0.05"]["loss"]  # up passes the producer's model: loss recovered
+    assert set(loss) == {"ce_clean", "ce_sae", "ce_zero", "recovered", "kl"} and loss["kl"] >= 0
+    assert "loss rec" in table
     assert set(final["references"]) == {"linear_probe", "mlp_neurons", "random_sae-128", "random_init_sae"}
     assert final["references"]["random_init_sae"]["detail"].startswith("standard-128-0.05 trained on ../m-random")
     probe = final["references"]["linear_probe"]["families"]["mine_theirs_empty"]
