@@ -21,15 +21,12 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
 import torch
 
 from boardlens.atomic import write_json
-from boardlens.lm.checkpoint import CheckpointError
 from boardlens.lm.formats import load_any
-from boardlens.metrics.evalset import EvalSet, evaluate_sae
-from boardlens.metrics.loss_recovered import LossBaseline, LossRecovered
-from boardlens.metrics.references import Reference, ReferenceSuite, floor_saes
+from boardlens.metrics.evalset import EvalSet
+from boardlens.metrics.scorer import Scorer
 from boardlens.protocol import ActivationBatch, Message, ProtocolError, Subscriber, decode_snapshot
 from boardlens.registry import GAMES
 from boardlens.sae.io import ae_from_tensors
@@ -92,10 +89,8 @@ class LiveEvaluator:
         self.latest: dict[str, dict] = {}
         self.evaluations = 0  # snapshots evaluated, all SAEs
         self.trainer_ended = False  # the trainer sent its end of stream
-        self.loss_base: LossBaseline | None = None  # clean / zero-ablated passes over the test games
-        self.loss_base_games = 0
         self.references: dict[str, dict] = {}
-        self.suite: ReferenceSuite | None = None
+        self.scorer: Scorer | None = None  # made with the eval set
         self.layer = 0
         self.run_dir = Path(cfg.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -109,6 +104,8 @@ class LiveEvaluator:
                 raise IncompatibleBatch(str(e)) from e
             self.evalset = EvalSet(fams, self.cfg.train_games, self.cfg.test_games)
             self.game, self.layer = batch.game, batch.layer
+            self.scorer = Scorer(self.evalset, self.game, self.layer, self.model, self.cfg.model or None,
+                                 lambda path: load_any(path)[0].eval())
         if self.evalset.full:
             return
         if batch.game != self.game or not set(self.evalset.families) <= set(batch.labels):
@@ -161,116 +158,67 @@ class LiveEvaluator:
         return done
 
     def evaluate(self, snap: Snapshot) -> dict:
-        t0 = time.perf_counter()
         name, step, ae = snap
-        if ae.d_in != self.evalset.width:  # the one width check (a snapshot may precede the eval set)
-            log.warning("snapshot %s skipped: SAE input width %d, the stream's %d", name, ae.d_in,
-                        self.evalset.width)
+        try:
+            record = self.scorer.score(name, step, ae)
+        except ValueError as e:  # the one width check (a snapshot may precede the eval set)
+            log.warning("snapshot skipped: %s", e)
             self.m.snapshot_counters.rejected.labels(BadSnapshot.reason).inc()
             return {}
-        scores, stats = evaluate_sae(ae, self.evalset)
-        loss = self._loss_recovered(ae)
-        dt = time.perf_counter() - t0
-        averages = self._averages(scores)
-        self._set_scores(self.m.coverage, self.m.reconstruction, name, scores, averages)
-        self.m.l0.labels(name).set(stats.l0)
-        self.m.fve.labels(name).set(stats.var_explained)
-        self.m.dead.labels(name).set(1.0 - stats.frac_alive)
+        self._set_scores(self.m.coverage, self.m.reconstruction, name, record)
+        self.m.l0.labels(name).set(record["l0"])
+        self.m.fve.labels(name).set(record["var_explained"])
+        self.m.dead.labels(name).set(1.0 - record["frac_alive"])
         self.m.step.labels(name).set(step)
-        if loss is not None:
-            self.m.loss_recovered.labels(name).set(loss.recovered)
-            self.m.kl.labels(name).set(loss.kl)
-        self.m.duration.observe(dt)
+        if "loss" in record:
+            self.m.loss_recovered.labels(name).set(record["loss"]["recovered"])
+            self.m.kl.labels(name).set(record["loss"]["kl"])
+        self.m.duration.observe(record["eval_seconds"])
         self.m.evaluations.labels(name).inc()
         self.evaluations += 1
-        record = {"time": time.time(), "sae": name, "step": step, "eval_seconds": round(dt, 3),
-                  "games": self.evalset.progress(),
-                  "families": {k: v._asdict() for k, v in scores.items()}, "averages": averages,
-                  **stats._asdict(), **({"loss": loss._asdict()} if loss is not None else {})}
         self.latest[name] = record
         self.log.write(json.dumps(record) + "\n")
         self.log.flush()
-        if self.suite is not None:  # a random SAE of this size, scored once
-            self._record_reference(self.suite.random_sae(ae.d_in, ae.d_sae))
-        shown = {**{k: v._asdict() for k, v in scores.items()}, **averages}
-        if len(scores) > 4:  # chess: the first (piece) family and the averages; all in metrics.jsonl
-            shown = {k: shown[k] for k in (next(iter(scores)), *averages)}
-        log.info("evaluated %s step %d in %.1f s: %s; L0 %.1f, FVE %.3f%s", name, step, dt,
-                 ", ".join(f"{k} cov {v['coverage']:.3f} rec {v['reconstruction']:.3f}" for k, v in shown.items()),
-                 stats.l0, stats.var_explained, "" if loss is None else f", loss recovered {loss.recovered:.3f}")
+        if self.cfg.references:  # a random SAE of this size, scored once
+            self._record_reference(self.scorer.random_sae_reference(ae.d_in, ae.d_sae))
+        self._log_evaluation(record)
         return record
 
-    def _loss_recovered(self, ae) -> LossRecovered | None:
-        """Loss recovered on the test split's games (needs the producer's model: --model)."""
-        if self.model is None:
-            return None
-        games = self.evalset.games("test")
-        if self.loss_base is None or self.loss_base_games != len(games):  # a partial set may grow
-            if not self._model_matches_stream(games[0]):
-                self.model = None  # every figure it gave would be wrong
-                return None
-            self.loss_base = LossBaseline(self.model, self.layer, games)
-            self.loss_base_games = len(games)
-        return self.loss_base.score(ae.float().eval())
-
-    @torch.no_grad()
-    def _model_matches_stream(self, game: tuple[torch.Tensor, torch.Tensor]) -> bool:
-        """Does --model give the streamed activations for a game's tokens (within bf16 noise)?"""
-        tokens, acts = game
-        _, resid = self.model(tokens[None], resid_layers=(self.layer,), stop_after=self.layer)
-        err = float((resid[self.layer][0].float() - acts).norm() / acts.norm().clamp_min(1e-12))
-        if err > 0.05:
-            log.warning("evaluator --model %s does not produce the streamed activations of layer %d "
-                        "(relative error %.3f): loss recovered and the model-based references are off",
-                        self.cfg.model, self.layer, err)
-            return False
-        return True
-
-    def _averages(self, scores: dict) -> dict[str, dict[str, float]]:
-        return {group: {"coverage": float(np.mean([scores[f].coverage for f in members])),
-                        "reconstruction": float(np.mean([scores[f].reconstruction for f in members]))}
-                for group, members in GAMES[self.game].family_groups().items()}
+    @staticmethod
+    def _log_evaluation(r: dict) -> None:
+        shown = {**r["families"], **r["averages"]}
+        if len(r["families"]) > 4:  # chess: the first (piece) family and the averages; all in metrics.jsonl
+            shown = {k: shown[k] for k in (next(iter(r["families"])), *r["averages"])}
+        loss = f", loss recovered {r['loss']['recovered']:.3f}" if "loss" in r else ""
+        log.info("evaluated %s step %d in %.1f s: %s; L0 %.1f, FVE %.3f%s", r["sae"], r["step"], r["eval_seconds"],
+                 ", ".join(f"{k} cov {v['coverage']:.3f} rec {v['reconstruction']:.3f}" for k, v in shown.items()),
+                 r["l0"], r["var_explained"], loss)
 
     @staticmethod
-    def _set_scores(cov_gauge, rec_gauge, name: str, scores: dict, averages: dict) -> None:
-        for fam, s in scores.items():
-            cov_gauge.labels(name, fam).set(s.coverage)
-            rec_gauge.labels(name, fam).set(s.reconstruction)
-        for group, v in averages.items():  # same gauges; 'family' names the group
-            cov_gauge.labels(name, group).set(v["coverage"])
-            rec_gauge.labels(name, group).set(v["reconstruction"])
+    def _set_scores(cov_gauge, rec_gauge, name: str, record: dict) -> None:
+        """Per family and per group average ('family' names the group) of a record."""
+        for fam, v in {**record["families"], **record["averages"]}.items():
+            cov_gauge.labels(name, fam).set(v["coverage"])
+            rec_gauge.labels(name, fam).set(v["reconstruction"])
 
     def score_references(self) -> None:
         """Once per eval set: the fixed references (probe, MLP neurons, random-init SAE)."""
-        if self.suite is not None or not self.cfg.references:
+        if not self.cfg.references:
             return
-        floor = []
-        if self.model is not None:
-            try:
-                floor = [(p, m) for p, m in floor_saes(self.cfg.model) if int(m["layer"]) == self.layer]
-            except ValueError as e:
-                log.warning("random_init_sae reference skipped: %s", e)
-        self.suite = ReferenceSuite(self.evalset, self.model, self.layer, floor,
-                                    lambda path: load_any(path)[0].eval(), self.cfg.model or None)
         t0 = time.perf_counter()
-        for name, compute in self.suite.fixed():
-            try:
-                self._record_reference(compute())
-            except (OSError, ValueError, KeyError, CheckpointError) as e:  # a bad file costs one row
-                log.warning("%s reference skipped: %s", name, e)
-        log.info("references scored in %.1f s: %s", time.perf_counter() - t0, ", ".join(
-            f"{n} rec {r['averages']['average']['reconstruction']:.3f}" for n, r in self.references.items()))
+        records = self.scorer.fixed_references()
+        for record in records:
+            self._record_reference(record)
+        if records:
+            log.info("references scored in %.1f s: %s", time.perf_counter() - t0, ", ".join(
+                f"{n} rec {r['averages']['average']['reconstruction']:.3f}" for n, r in self.references.items()))
 
-    def _record_reference(self, ref: Reference) -> None:
-        if ref.name in self.references and self.references[ref.name]["detail"] == ref.detail:
+    def _record_reference(self, record: dict) -> None:
+        name = record["reference"]
+        if name in self.references and self.references[name]["detail"] == record["detail"]:
             return
-        averages = self._averages(ref.scores)
-        self._set_scores(self.m.ref_coverage, self.m.ref_reconstruction, ref.name, ref.scores, averages)
-        record = {"time": time.time(), "reference": ref.name, "detail": ref.detail,
-                  "games": self.evalset.progress(),
-                  "families": {k: v._asdict() for k, v in ref.scores.items()}, "averages": averages,
-                  **(ref.stats._asdict() if ref.stats is not None else {})}
-        self.references[ref.name] = record
+        self._set_scores(self.m.ref_coverage, self.m.ref_reconstruction, name, record)
+        self.references[name] = record
         self.log.write(json.dumps(record) + "\n")
         self.log.flush()
 
