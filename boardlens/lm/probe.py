@@ -123,7 +123,8 @@ def layer_reports(model, game: str, layers, train_games: int = 1000, test_games:
     es = model_evalset(model, game, layers[0], train_games, test_games, seed)
     out = []
     for layer in layers:  # the same games at every layer
-        probe = probe_reference(es.recompute(residual(model, layer))).scores
+        probe = probe_reference(es.recompute(residual(model, layer)), es.families).scores
         neurons = es.recompute(mlp_neurons(model, layer)) if mlp else None
-        out.append(LayerReport(layer, probe, neurons and score_features(neurons["train"], neurons["test"])))
+        out.append(LayerReport(layer, probe, neurons and score_features(neurons["train"], neurons["test"],
+                                                                        es.families)))
     return out

@@ -134,14 +134,15 @@ class EvalSet:
 
 def evaluate_sae(ae, evalset: EvalSet) -> tuple[dict[str, FamilyScore], ReconStats]:
     """Supervised scores per family and unsupervised stats over all eval positions."""
-    return evaluate_tensors(ae, evalset.tensors())
+    return evaluate_tensors(ae, evalset.tensors(), evalset.families)
 
 
-def evaluate_tensors(ae, t: dict) -> tuple[dict[str, FamilyScore], ReconStats]:
-    """`evaluate_sae` on split tensors as `EvalSet.tensors()` / `recompute()` give them."""
+def evaluate_tensors(ae, t: dict, families: dict | None = None) -> tuple[dict[str, FamilyScore], ReconStats]:
+    """`evaluate_sae` on split tensors as `EvalSet.tensors()` / `recompute()` give them;
+    families {name: Family} give the squares of the per-square variant."""
     tr, te = t["train"], t["test"]
     ae = ae.float().eval()
     fmax = max_activations(ae.encode, tr["x_all"])
-    scores = score_families(ae.encode, tr["x"], tr["labels"], te["x"], te["labels"], fmax)
+    scores = score_families(ae.encode, tr["x"], tr["labels"], te["x"], te["labels"], fmax, families=families)
     stats = recon_stats(ae, torch.cat([tr["x_all"], te["x_all"]]))
     return scores, stats

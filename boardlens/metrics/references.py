@@ -43,10 +43,11 @@ def _identity(f: torch.Tensor) -> torch.Tensor:
     return f
 
 
-def score_features(train: dict, test: dict) -> dict[str, FamilyScore]:
+def score_features(train: dict, test: dict, families: dict | None = None) -> dict[str, FamilyScore]:
     """Scores of precomputed features: train/test {'x': (N, F) features, 'labels': {fam: (N, B)}}."""
     fmax = max_activations(_identity, train["x"])
-    return score_families(_identity, train["x"], train["labels"], test["x"], test["labels"], fmax)
+    return score_families(_identity, train["x"], train["labels"], test["x"], test["labels"], fmax,
+                          families=families)
 
 
 class BSPProbe(torch.nn.Module):
@@ -88,7 +89,7 @@ def fit_bsp_probe(x: torch.Tensor, labels: torch.Tensor, iters: int = 100,
     return probe.requires_grad_(False)
 
 
-def probe_reference(t: dict) -> Reference:
+def probe_reference(t: dict, families: dict | None = None) -> Reference:
     """The linear-probe ceiling: probes fit on the train split, scored like SAE latents.
 
     t: split tensors as `EvalSet.tensors()` or `EvalSet.recompute()` give them.
@@ -99,7 +100,7 @@ def probe_reference(t: dict) -> Reference:
     with torch.no_grad():
         train = {"x": probe(t["train"]["x"]), "labels": t["train"]["labels"]}
         test = {"x": probe(t["test"]["x"]), "labels": t["test"]["labels"]}
-    return Reference("linear_probe", score_features(train, test), None,
+    return Reference("linear_probe", score_features(train, test, families), None,
                      f"{labels.shape[1]} logistic probes (one per BSP), L-BFGS on "
                      f"{t['train']['x'].shape[0]} train positions")
 
@@ -114,8 +115,8 @@ def random_sae(d_in: int, d_sae: int, seed: int = 0) -> AutoEncoder:
         torch.random.set_rng_state(state)
 
 
-def sae_reference(name: str, ae, tensors: dict, detail: str) -> Reference:
-    scores, stats = evaluate_tensors(ae, tensors)
+def sae_reference(name: str, ae, tensors: dict, detail: str, families: dict | None = None) -> Reference:
+    scores, stats = evaluate_tensors(ae, tensors, families)
     return Reference(name, scores, stats, detail)
 
 
@@ -188,7 +189,7 @@ class ReferenceSuite:
     def fixed(self) -> list[tuple[str, Callable[[], Reference]]]:
         """(name, compute) of linear_probe, then mlp_neurons and random_init_sae where their
         inputs exist; each is computed on call, so a caller can survive one that fails."""
-        out = [("linear_probe", lambda: probe_reference(self.evalset.tensors()))]
+        out = [("linear_probe", lambda: probe_reference(self.evalset.tensors(), self.evalset.families))]
         if self.model is not None:
             out.append(("mlp_neurons", self._mlp))
         if self.floor and self.load_control is not None:
@@ -197,7 +198,7 @@ class ReferenceSuite:
 
     def _mlp(self) -> Reference:
         t = self.evalset.recompute(mlp_neurons(self.model, self.layer))
-        return Reference("mlp_neurons", score_features(t["train"], t["test"]), None,
+        return Reference("mlp_neurons", score_features(t["train"], t["test"], self.evalset.families), None,
                          f"{t['train']['x'].shape[1]} post-GELU MLP neurons of block {self.layer}")
 
     def _random_init(self) -> Reference:
@@ -211,7 +212,8 @@ class ReferenceSuite:
                 cache[key] = self.evalset.recompute(residual(control, key[1]))
             ae = load_sae(path)[0]
             ref = sae_reference("random_init_sae", ae, cache[key],
-                                f"{path.stem} trained on {key[0]} block {key[1]} ({meta.get('tokens', '?')} tokens)")
+                                f"{path.stem} trained on {key[0]} block {key[1]} ({meta.get('tokens', '?')} tokens)",
+                                self.evalset.families)
             if best is None or _avg_rec(ref) > _avg_rec(best):
                 best = ref
         return best
@@ -220,7 +222,7 @@ class ReferenceSuite:
         if (d_in, d_sae) not in self._random:
             self._random[(d_in, d_sae)] = sae_reference(
                 f"random_sae-{d_sae}", random_sae(d_in, d_sae), self.evalset.tensors(),
-                f"untrained ReLU SAE, {d_sae} latents, seed 0")
+                f"untrained ReLU SAE, {d_sae} latents, seed 0", self.evalset.families)
         return self._random[(d_in, d_sae)]
 
 

@@ -30,14 +30,6 @@ DENSE_FRACTION = 0.05  # above this share of nonzero codes, dense products beat 
 Encoder = Callable[[torch.Tensor], torch.Tensor]  # x (n, d) -> f (n, F)
 
 
-class FamilyScore(NamedTuple):
-    coverage: float  # max over thresholds of the mean best-latent F1
-    coverage_threshold: float  # the threshold that achieved it
-    reconstruction: float  # board reconstruction F1 at the best threshold
-    reconstruction_threshold: float
-    num_bsps: int
-
-
 def _chunks(n: int, size: int):
     for s in range(0, n, size):
         yield slice(s, min(n, s + size))
@@ -144,19 +136,62 @@ def high_precision(on: torch.Tensor, active: torch.Tensor, precision: float = 0.
     return (prec >= precision) & (on >= min_count)
 
 
+class RecCounts(NamedTuple):
+    """Reconstruction counts of one split, summed over positions."""
+
+    counts: torch.Tensor  # (K, B, 3) TP, FP, FN per threshold and BSP
+    tp_and_fp: torch.Tensor  # (K, S) per threshold and square: positions where it has both a TP and an FP
+    last: torch.Tensor  # (B, 3) TP, FP, FN of the highest-active-labelled variant
+
+
+def highest_labelled(hpc: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """(K+1, F): for a latent that exceeds exactly k thresholds, the highest threshold i < k at
+    which it is an HPC of some BSP in `cols` (one family), or -1."""
+    K, F = hpc.shape[:2]
+    labelled = hpc[:, :, cols].any(-1)  # (K, F)
+    idx = torch.where(labelled, torch.arange(K)[:, None], torch.full((K, F), -1))
+    return torch.cat([torch.full((1, F), -1), idx.cummax(0).values])  # row k: max over i < k
+
+
+def _tally(out: torch.Tensor, pred: torch.Tensor, lab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Add TP, FP, FN per BSP of pred/lab (n, B) bool to out (B, 3); returns (tp, fp) (n, B)."""
+    tp, fp = pred & lab, pred & ~lab
+    out[:, 0] += tp.sum(0)
+    out[:, 1] += fp.sum(0)
+    out[:, 2] += (lab & ~pred).sum(0)
+    return tp, fp
+
+
 @torch.no_grad()
 def reconstruction(encode: Encoder, x: torch.Tensor, labels: torch.Tensor, fmax: torch.Tensor,
-                   hpc: torch.Tensor, thresholds=THRESHOLDS, chunk: int = 4096) -> torch.Tensor:
-    """Test split x (N, d), labels (N, B) bool, hpc (K, F, B) -> TP, FP, FN per BSP (K, B, 3)."""
-    K = len(thresholds)
-    counts = torch.zeros(K, labels.shape[1], 3)
+                   hpc: torch.Tensor, square_of: torch.Tensor | None = None,
+                   family_cols: list[torch.Tensor] | None = None, thresholds=THRESHOLDS,
+                   chunk: int = 4096) -> RecCounts:
+    """Split x (N, d), labels (N, B) bool, hpc (K, F, B) -> RecCounts.
+
+    square_of (B,): each BSP's square (default: its own), for the per-square variant;
+    family_cols: each family's BSP columns, for the highest-active-labelled variant (default:
+    one family; None entries skip the variant).
+    """
+    K, B = len(thresholds), labels.shape[1]
+    square_of = torch.arange(B) if square_of is None else square_of
+    sq = torch.zeros(B, int(square_of.max()) + 1 if B else 0)
+    sq[torch.arange(B), square_of] = 1.0  # (B, S) BSP -> its square
+    family_cols = [torch.arange(B)] if family_cols is None else family_cols
+    best = [highest_labelled(hpc, c) for c in family_cols]
+    out = RecCounts(torch.zeros(K, B, 3), torch.zeros(K, sq.shape[1]), torch.zeros(B, 3))
     cut = _cuts(fmax, thresholds)
+    labelled = torch.stack([b[-1] >= 0 for b in best]).any(0) if best else torch.zeros(hpc.shape[1], dtype=torch.bool)
     for sl in _chunks(x.shape[0], chunk):
         n = sl.stop - sl.start
         f, lab = encode(x[sl]), labels[sl]
         dense = _dense(f)
         if dense:
             kd = _bucket_index(f, cut)
+            # Entries for the variant below: only latents that have an HPC at some threshold.
+            rows, sub = kd[:, labelled].nonzero(as_tuple=True)
+            cols = labelled.nonzero().squeeze(1)[sub]
+            k = kd[rows, cols].long()
         else:
             rows, cols, k = _buckets(f, cut)
         for i in range(K):
@@ -165,34 +200,111 @@ def reconstruction(encode: Encoder, x: torch.Tensor, labels: torch.Tensor, fmax:
             else:
                 keep = k > i
                 pred = _spmm(rows[keep], cols[keep], (n, hpc.shape[1]), hpc[i].float()) > 0
-            counts[i, :, 0] += (pred & lab).sum(0)
-            counts[i, :, 1] += (pred & ~lab).sum(0)
-            counts[i, :, 2] += (~pred & lab).sum(0)
-    return counts
+            tp, fp = _tally(out.counts[i], pred, lab)
+            out.tp_and_fp[i] += (((tp.float() @ sq) > 0) & ((fp.float() @ sq) > 0)).sum(0)
+        _tally(out.last, _last_prediction(rows, cols, k, hpc, family_cols, best, n), lab)
+    return out
+
+
+def _last_prediction(rows, cols, k, hpc, family_cols, best, n: int) -> torch.Tensor:
+    """The t = 1.0 slot as upstream fills it: each active latent contributes its HPC BSPs (of
+    each family) at the highest threshold it exceeds among those where it has any there."""
+    pred = torch.zeros(n, hpc.shape[2], dtype=torch.bool)
+    for fam_cols, fam_best in zip(family_cols, best, strict=True):
+        chosen = fam_best[k, cols]  # (nnz,) threshold index or -1
+        acc = torch.zeros(n, fam_cols.numel())
+        for i in chosen.unique().tolist():
+            if i >= 0:
+                sel = chosen == i
+                acc += _spmm(rows[sel], cols[sel], (n, hpc.shape[1]), hpc[i][:, fam_cols].float())
+        pred[:, fam_cols] = acc > 0
+    return pred
+
+
+def _f1(c: torch.Tensor) -> torch.Tensor:
+    """(..., 3) TP, FP, FN -> F1 (...)."""
+    return f1(c[..., 0], c[..., 1], c[..., 2])
+
+
+class FamilyScore(NamedTuple):
+    """One family's scores. Reconstruction variants (all F1 on the test split):
+
+    reconstruction        per class (TP/FP/FN over positions x BSPs), threshold picked on the
+                          test split, as upstream reports it
+    per_square            a square holding both a TP and an FP counts as FP, not TP (upstream
+                          adjusts only squares with exactly one FP; any number here), threshold
+                          picked on the test split by this F1
+    heldout               per class at the threshold that is best on the train split (no test
+                          data chooses it)
+    last                  upstream's t = 1.0 slot: each active latent predicts its HPC BSPs at
+                          the highest threshold it exceeds among those where it has any
+    hpc_pairs / hpc_latents / bsps_with_hpc   at the reconstruction threshold: (latent, BSP)
+                          high-precision pairs, latents with at least one, BSPs with at least one
+    """
+
+    coverage: float  # max over thresholds of the mean best-latent F1 (train split, in-sample)
+    coverage_threshold: float
+    reconstruction: float
+    reconstruction_threshold: float
+    num_bsps: int
+    reconstruction_per_square: float = 0.0
+    reconstruction_per_square_threshold: float = 0.0
+    reconstruction_heldout: float = 0.0
+    reconstruction_heldout_threshold: float = 0.0
+    reconstruction_last: float = 0.0
+    hpc_pairs: int = 0
+    hpc_latents: int = 0
+    bsps_with_hpc: int = 0
+
+
+def layout(families: dict, widths: list[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(square of each BSP column (B,), each family's columns) for families concatenated in
+    order; a family's BSP index is cell * kept classes + class (Family.one_hot)."""
+    squares, cols, start, sq0 = [], [], 0, 0
+    for fam, w in zip(families.values(), widths, strict=True):
+        per_cell = len(fam.kept_classes) if fam is not None else 1
+        squares.append(sq0 + torch.arange(w) // per_cell)
+        cols.append(torch.arange(start, start + w))
+        start, sq0 = start + w, sq0 + w // per_cell
+    return torch.cat(squares), cols
 
 
 def score_families(encode: Encoder, x_train: torch.Tensor, labels_train: dict[str, torch.Tensor],
                    x_test: torch.Tensor, labels_test: dict[str, torch.Tensor],
-                   fmax: torch.Tensor, thresholds=THRESHOLDS) -> dict[str, FamilyScore]:
-    """Coverage and reconstruction for each family; labels are {family: (N, B) bool}.
+                   fmax: torch.Tensor, thresholds=THRESHOLDS, families: dict | None = None) -> dict[str, FamilyScore]:
+    """Coverage and every reconstruction variant for each family; labels are {family: (N, B)
+    bool}, families {name: Family} (for squares; default: each BSP its own square).
 
     All families' BSPs are concatenated so each threshold costs one product per split.
     """
     names = list(labels_train)
     widths = [labels_train[n].shape[1] for n in names]
-    on, active = count_on(encode, x_train, torch.cat([labels_train[n] for n in names], 1), fmax,
-                          thresholds)
+    square_of, fam_cols = layout({n: (families or {}).get(n) for n in names}, widths)
+    on, active = count_on(encode, x_train, torch.cat([labels_train[n] for n in names], 1), fmax, thresholds)
     hpc = high_precision(on, active)
-    rec_counts = reconstruction(encode, x_test, torch.cat([labels_test[n] for n in names], 1),
-                                fmax, hpc, thresholds)
-    out, start = {}, 0
-    for name, w in zip(names, widths, strict=True):
-        cols = slice(start, start + w)
-        start += w
-        total = labels_train[name].float().sum(0)
-        cov, ti = coverage(on[:, :, cols], active, total)
-        c = rec_counts[:, cols].sum(1)  # (K, 3)
-        rec = f1(c[:, 0], c[:, 1], c[:, 2])
-        ri = int(rec.argmax())
-        out[name] = FamilyScore(cov, thresholds[ti], float(rec[ri]), thresholds[ri], w)
+    test = reconstruction(encode, x_test, torch.cat([labels_test[n] for n in names], 1), fmax, hpc,
+                          square_of, fam_cols, thresholds)
+    train = reconstruction(encode, x_train, torch.cat([labels_train[n] for n in names], 1), fmax, hpc,
+                           square_of, [], thresholds)
+    out = {}
+    for name, cols in zip(names, fam_cols, strict=True):
+        cov, ti = coverage(on[:, :, cols], active, labels_train[name].float().sum(0))
+        out[name] = _family_score(cov, thresholds[ti], test, train, hpc, cols, square_of, thresholds)
     return out
+
+
+def _family_score(cov, cov_t, test: RecCounts, train: RecCounts, hpc, cols, square_of, thresholds) -> FamilyScore:
+    c = test.counts[:, cols].sum(1)  # (K, 3)
+    rec = _f1(c)
+    ri = int(rec.argmax())
+    squares = square_of[cols].unique()
+    adj = c.clone()
+    adj[:, 0] -= test.tp_and_fp[:, squares].sum(1)  # such a square's TP becomes no TP (its FP stays)
+    per_sq = _f1(adj)
+    si = int(per_sq.argmax())
+    hi = int(_f1(train.counts[:, cols].sum(1)).argmax())
+    pairs = hpc[ri][:, cols]  # (F, B_family)
+    return FamilyScore(cov, cov_t, float(rec[ri]), thresholds[ri], cols.numel(),
+                       float(per_sq[si]), thresholds[si], float(rec[hi]), thresholds[hi],
+                       float(_f1(test.last[cols].sum(0))), int(pairs.sum()), int(pairs.any(1).sum()),
+                       int(pairs.any(0).sum()))
