@@ -16,6 +16,14 @@ take dense products instead, one per threshold: above DENSE_FRACTION nonzeros th
   when on/active >= 0.95 and on >= 10; on the test split each position's predicted board is
   the union of the BSPs of its active HPC latents; F1 from TP/FP/FN summed over positions x
   BSPs. The best threshold is picked on the test split, as upstream does (reported with it).
+  Variants (FamilyScore): per square, held-out threshold, upstream's t = 1.0 slot, HPC counts.
+
+Where this departs from upstream (adamkarvonen/SAE_BoardGameEval), on purpose:
+- upstream picks the reported threshold by the per-square F1 (t = 1.0 slot excluded) and then
+  reports the per-class F1 there; here each variant picks its own best threshold by its own F1;
+- upstream's per-square rule adjusts squares with exactly one FP; here any number of FPs;
+- upstream's Othello coverage keeps the masked (empty) class in its denominator (coverage at
+  most 2/3); here masked classes are out of every denominator.
 """
 
 from __future__ import annotations

@@ -107,11 +107,16 @@ def has_queen(board: chess.Board, moves=None) -> np.ndarray:
 
 
 def can_capture_queen(board: chess.Board, moves=None) -> np.ndarray:
+    """A legal move captures any enemy queen (upstream checks only the first queen it finds:
+    after a promotion to a second queen, we count either)."""
     queens = board.pieces_mask(chess.QUEEN, not board.turn)
     return _scalar(bool(queens) and any(chess.BB_SQUARES[m.to_square] & queens for m in _moves(board, moves)))
 
 
 def has_bishop_pair(board: chess.Board, moves=None) -> np.ndarray:
+    """Two or more bishops of the side to move, as upstream: not checked to stand on squares
+    of opposite colours (the plain reading of "bishop pair"), so two promoted same-colour
+    bishops count."""
     return _scalar(chess.popcount(board.pieces_mask(chess.BISHOP, board.turn)) >= 2)
 
 
@@ -162,6 +167,8 @@ def _has_pinned(board: chess.Board, color: chess.Color) -> bool:
 
 
 def pin(board: chess.Board, moves=None) -> np.ndarray:
+    """Any absolute pin (to the king) of either colour, as upstream; relative pins (to the
+    queen) do not count."""
     return _scalar(_has_pinned(board, chess.WHITE) or _has_pinned(board, chess.BLACK))
 
 
@@ -170,6 +177,10 @@ def has_legal_en_passant(board: chess.Board, moves=None) -> np.ndarray:
 
 
 def ambiguous_moves(board: chess.Board, moves=None) -> np.ndarray:
+    """Two pieces of one type of the side to move can move to the same square. As upstream,
+    this counts two pawns that can capture onto one square (c4 and e4 onto d5), though SAN
+    names a pawn capture by its file anyway and never needs to disambiguate it; one pawn's
+    four promotions to one square do not count."""
     seen: dict[tuple[int | None, int], int] = {}
     for m in _moves(board, moves):
         key = (board.piece_type_at(m.from_square), m.to_square)
