@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from boardlens.labels import Family
-from boardlens.metrics.supervised import FamilyScore, max_activations, score_families
+from boardlens.metrics.codes import Codes
+from boardlens.metrics.supervised import FamilyScore, score_families
 from boardlens.metrics.unsupervised import ReconStats, recon_stats
 
 
@@ -34,6 +35,12 @@ class _Split:
         self.x_all: list[torch.Tensor] = []
         self.tokens: list[torch.Tensor] = []  # per game (length,) int64
         self.positions: list[torch.Tensor] = []  # per game: its labelled positions (n,) int64
+
+    def labelled_rows(self) -> torch.Tensor:
+        """(M,) row in the concatenated x_all of each labelled row, in x's order."""
+        starts = torch.tensor([0] + [t.numel() for t in self.tokens]).cumsum(0)[:-1].tolist()
+        return torch.cat([p + s for p, s in zip(self.positions, starts, strict=True)]) if self.positions \
+            else torch.empty(0, dtype=torch.long)
 
 
 class EvalSet:
@@ -102,6 +109,7 @@ class EvalSet:
                     "x": torch.cat(sp.x_labelled) if sp.x_labelled else torch.empty(0),
                     "x_all": torch.cat(sp.x_all) if sp.x_all else torch.empty(0),
                     "labels": {k: torch.cat(v) for k, v in sp.labels.items()},
+                    "labelled_rows": sp.labelled_rows(),
                 }
             self._frozen = out
         return self._frozen
@@ -128,7 +136,7 @@ class EvalSet:
                         xs[i] = f[j, sp.positions[i]]
             out[s] = {"x": torch.cat(xs) if xs else torch.empty(0),
                       "x_all": torch.cat(alls) if alls else torch.empty(0),
-                      "labels": self.tensors()[s]["labels"]}
+                      "labels": self.tensors()[s]["labels"], "labelled_rows": sp.labelled_rows()}
         return out
 
 
@@ -139,10 +147,14 @@ def evaluate_sae(ae, evalset: EvalSet) -> tuple[dict[str, FamilyScore], ReconSta
 
 def evaluate_tensors(ae, t: dict, families: dict | None = None) -> tuple[dict[str, FamilyScore], ReconStats]:
     """`evaluate_sae` on split tensors as `EvalSet.tensors()` / `recompute()` give them;
-    families {name: Family} give the squares of the per-square variant."""
+    families {name: Family} give the squares of the per-square variant. Each split is
+    encoded once: every pass reads its codes."""
     tr, te = t["train"], t["test"]
     ae = ae.float().eval()
-    fmax = max_activations(ae.encode, tr["x_all"])
-    scores = score_families(ae.encode, tr["x"], tr["labels"], te["x"], te["labels"], fmax, families=families)
-    stats = recon_stats(ae, torch.cat([tr["x_all"], te["x_all"]]))
+    codes_all = {s: Codes(ae.encode, t[s]["x_all"]) for s in ("train", "test")}
+    labelled = {s: codes_all[s].subset(t[s]["labelled_rows"]) if "labelled_rows" in t[s]
+                else Codes(ae.encode, t[s]["x"]) for s in ("train", "test")}
+    fmax = codes_all["train"].fmax()
+    scores = score_families(labelled["train"], tr["labels"], labelled["test"], te["labels"], fmax, families=families)
+    stats = recon_stats(ae, torch.cat([tr["x_all"], te["x_all"]]), codes=[codes_all["train"], codes_all["test"]])
     return scores, stats

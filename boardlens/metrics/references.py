@@ -25,8 +25,9 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from boardlens.metrics.codes import Codes
 from boardlens.metrics.evalset import EvalSet, evaluate_tensors
-from boardlens.metrics.supervised import FamilyScore, max_activations, score_families
+from boardlens.metrics.supervised import FamilyScore, score_families
 from boardlens.metrics.unsupervised import ReconStats
 from boardlens.sae.archs.relu import AutoEncoder
 from boardlens.sae.io import load_sae
@@ -45,9 +46,8 @@ def _identity(f: torch.Tensor) -> torch.Tensor:
 
 def score_features(train: dict, test: dict, families: dict | None = None) -> dict[str, FamilyScore]:
     """Scores of precomputed features: train/test {'x': (N, F) features, 'labels': {fam: (N, B)}}."""
-    fmax = max_activations(_identity, train["x"])
-    return score_families(_identity, train["x"], train["labels"], test["x"], test["labels"], fmax,
-                          families=families)
+    tr, te = Codes(_identity, train["x"]), Codes(_identity, test["x"])
+    return score_families(tr, train["labels"], te, test["labels"], tr.fmax(), families=families)
 
 
 class BSPProbe(torch.nn.Module):

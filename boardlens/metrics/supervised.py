@@ -5,10 +5,11 @@ t = 0.0, 0.1, ..., 1.0). A latent is active at t when its activation is strictly
 than t * (its max activation over the train split); dead latents (max 0) are never active,
 and latent ids are the SAE's own (no re-indexing by alive latents).
 
-Counts are accumulated chunk by chunk from the sparse nonzero codes (one sparse product per
-chunk for all thresholds at once), so no (K, F, N, B) product is ever built. Codes that are
-not sparse (a random SAE fires half its latents; probe and MLP-neuron references are dense)
-take dense products instead, one per threshold: above DENSE_FRACTION nonzeros they are faster.
+Each split is encoded once (`boardlens.metrics.codes.Codes`); counts are accumulated chunk by
+chunk from the sparse nonzero codes (one sparse product per chunk for all thresholds at once),
+so no (K, F, N, B) product is ever built. Codes that are not sparse (a random SAE fires half
+its latents; probe and MLP-neuron references are dense) take dense products instead, one per
+threshold: above codes.DENSE_FRACTION nonzeros they are faster.
 
 - coverage = max_t mean_b max_f F1[t, f, b] (in-sample, on the train split, as upstream);
   a BSP that never holds contributes F1 = 0.
@@ -28,46 +29,24 @@ Where this departs from upstream (adamkarvonen/SAE_BoardGameEval), on purpose:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 
+from boardlens.metrics.codes import Codes, Encoder, Entries
+
 THRESHOLDS = tuple(i / 10 for i in range(11))
-DENSE_FRACTION = 0.05  # above this share of nonzero codes, dense products beat sparse ones
-Encoder = Callable[[torch.Tensor], torch.Tensor]  # x (n, d) -> f (n, F)
 
 
-def _chunks(n: int, size: int):
-    for s in range(0, n, size):
-        yield slice(s, min(n, s + size))
-
-
-@torch.no_grad()
 def max_activations(encode: Encoder, x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
     """Per-latent max activation over x (N, d) -> (F,)."""
-    out = None
-    for sl in _chunks(x.shape[0], chunk):
-        m = encode(x[sl]).amax(dim=0)
-        out = m if out is None else torch.maximum(out, m)
-    return out.clamp_min(0)
+    return Codes(encode, x, chunk).fmax()
 
 
-def _buckets(f: torch.Tensor, cut: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Nonzero codes of f (n, F) with how many thresholds each exceeds.
-
-    Returns rows (nnz,), latents (nnz,), k (nnz,) where the entry is active at threshold i
-    iff k > i. Only the nnz positive entries are touched after one pass over f: SAE codes
-    are sparse (L0 of tens out of thousands), so every later product costs ~nnz * B.
-    """
-    rows, cols = (f > 0).nonzero(as_tuple=True)
-    v = f[rows, cols]
-    k = (v[None, :] > cut[:, cols]).sum(0)  # (nnz,) in 0..K
-    return rows, cols, k
-
-
-def _dense(f: torch.Tensor) -> bool:
-    return bool((f > 0).float().mean() > DENSE_FRACTION)
+def _buckets(e: Entries, cut: torch.Tensor) -> torch.Tensor:
+    """(nnz,) how many thresholds each nonzero code exceeds: active at threshold i iff k > i.
+    Only the nnz entries are touched, so every later product costs ~nnz * B."""
+    return (e.vals[None, :] > cut[:, e.cols]).sum(0)
 
 
 def _bucket_index(f: torch.Tensor, cut: torch.Tensor) -> torch.Tensor:
@@ -86,8 +65,8 @@ def _spmm(rows: torch.Tensor, cols: torch.Tensor, shape: tuple[int, int], rhs: t
 
 
 @torch.no_grad()
-def count_on(encode: Encoder, x: torch.Tensor, labels: torch.Tensor, fmax: torch.Tensor,
-             thresholds=THRESHOLDS, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+def count_on(codes: Codes, labels: torch.Tensor, fmax: torch.Tensor,
+             thresholds=THRESHOLDS) -> tuple[torch.Tensor, torch.Tensor]:
     """Train-split counts: labels (N, B) bool -> (on (K, F, B), active (K, F)).
 
     Counts are first made per exact bucket (entries exceeding exactly j thresholds), then
@@ -97,18 +76,17 @@ def count_on(encode: Encoder, x: torch.Tensor, labels: torch.Tensor, fmax: torch
     per_bucket = torch.zeros((K + 1) * F, labels.shape[1])
     active_b = torch.zeros((K + 1) * F)
     cut = _cuts(fmax, thresholds)
-    for sl in _chunks(x.shape[0], chunk):
-        f, lab = encode(x[sl]), labels[sl].float()
-        if _dense(f):
-            k = _bucket_index(f, cut)  # (n, F)
+    for sl, piece in codes.pieces():
+        lab = labels[sl].float()
+        if not isinstance(piece, Entries):
+            k = _bucket_index(piece, cut)  # (n, F)
             for j in range(1, K + 1):
                 hit = (k == j).float()
                 per_bucket[j * F : (j + 1) * F] += hit.T @ lab
                 active_b[j * F : (j + 1) * F] += hit.sum(0)
             continue
-        rows, cols, k = _buckets(f, cut)
-        flat = k * F + cols  # row of (bucket, latent)
-        per_bucket += _spmm(flat, rows, (per_bucket.shape[0], sl.stop - sl.start), lab)
+        flat = _buckets(piece, cut) * F + piece.cols  # row of (bucket, latent)
+        per_bucket += _spmm(flat, piece.rows, (per_bucket.shape[0], piece.n), lab)
         active_b += torch.bincount(flat, minlength=active_b.numel()).float()
     # on[i] = sum over buckets j > i; drop bucket 0 (exceeds no threshold).
     on = per_bucket.view(K + 1, F, -1).flip(0).cumsum(0).flip(0)[1:]
@@ -170,16 +148,45 @@ def _tally(out: torch.Tensor, pred: torch.Tensor, lab: torch.Tensor) -> tuple[to
     return tp, fp
 
 
+class _Tables(NamedTuple):
+    """HPC rows gathered for embedding_bag: `index[j, f]` is latent f's row in `table` for
+    slot j, -1 when it has no HPC there; table (rows, B') float."""
+
+    index: torch.Tensor
+    table: torch.Tensor
+
+
+def _tables(hpc_slots: list[torch.Tensor]) -> _Tables:
+    """hpc_slots: per slot a (F, B') bool -> one table of the latents that have an HPC in it."""
+    index = torch.full((len(hpc_slots), hpc_slots[0].shape[0] if hpc_slots else 0), -1, dtype=torch.long)
+    rows, start = [], 0
+    for j, h in enumerate(hpc_slots):
+        has = h.any(1).nonzero().squeeze(1)
+        index[j, has] = torch.arange(start, start + has.numel())
+        rows.append(h[has].float())
+        start += has.numel()
+    width = hpc_slots[0].shape[1] if hpc_slots else 0
+    return _Tables(index, torch.cat(rows) if rows else torch.zeros(0, width))
+
+
+def _or_rows(rows: torch.Tensor, idx: torch.Tensor, n: int, table: torch.Tensor) -> torch.Tensor:
+    """(n, B') bool: per row, the OR of table[idx] over its entries (rows sorted ascending)."""
+    if idx.numel() == 0:
+        return torch.zeros(n, table.shape[1], dtype=torch.bool)
+    offsets = torch.searchsorted(rows, torch.arange(n))
+    return torch.nn.functional.embedding_bag(idx, table, offsets, mode="sum") > 0
+
+
 @torch.no_grad()
-def reconstruction(encode: Encoder, x: torch.Tensor, labels: torch.Tensor, fmax: torch.Tensor,
-                   hpc: torch.Tensor, square_of: torch.Tensor | None = None,
-                   family_cols: list[torch.Tensor] | None = None, thresholds=THRESHOLDS,
-                   chunk: int = 4096) -> RecCounts:
-    """Split x (N, d), labels (N, B) bool, hpc (K, F, B) -> RecCounts.
+def reconstruction(codes: Codes, labels: torch.Tensor, fmax: torch.Tensor, hpc: torch.Tensor,
+                   square_of: torch.Tensor | None = None, family_cols: list[torch.Tensor] | None = None,
+                   thresholds=THRESHOLDS) -> RecCounts:
+    """A split's codes, labels (N, B) bool, hpc (K, F, B) -> RecCounts.
 
     square_of (B,): each BSP's square (default: its own), for the per-square variant;
     family_cols: each family's BSP columns, for the highest-active-labelled variant (default:
-    one family; None entries skip the variant).
+    one family; [] skips it). Only entries of latents with an HPC are read: a trained SAE's
+    HPC latents are a fraction of its dictionary, an untrained one has almost none.
     """
     K, B = len(thresholds), labels.shape[1]
     square_of = torch.arange(B) if square_of is None else square_of
@@ -187,46 +194,45 @@ def reconstruction(encode: Encoder, x: torch.Tensor, labels: torch.Tensor, fmax:
     sq[torch.arange(B), square_of] = 1.0  # (B, S) BSP -> its square
     family_cols = [torch.arange(B)] if family_cols is None else family_cols
     best = [highest_labelled(hpc, c) for c in family_cols]
+    last = [_tables([hpc[i][:, c] for i in range(K)]) for c in family_cols]
+    per_t = _tables([hpc[i] for i in range(K)])
     out = RecCounts(torch.zeros(K, B, 3), torch.zeros(K, sq.shape[1]), torch.zeros(B, 3))
     cut = _cuts(fmax, thresholds)
-    labelled = torch.stack([b[-1] >= 0 for b in best]).any(0) if best else torch.zeros(hpc.shape[1], dtype=torch.bool)
-    for sl in _chunks(x.shape[0], chunk):
-        n = sl.stop - sl.start
-        f, lab = encode(x[sl]), labels[sl]
-        dense = _dense(f)
-        if dense:
-            kd = _bucket_index(f, cut)
-            # Entries for the variant below: only latents that have an HPC at some threshold.
+    labelled = hpc.any(0).any(1)  # (F,) latents with an HPC anywhere
+    for sl, piece in codes.pieces():
+        n, lab = sl.stop - sl.start, labels[sl]
+        if isinstance(piece, Entries):
+            keep = labelled[piece.cols]
+            rows, cols, k = piece.rows[keep], piece.cols[keep], _buckets(piece, cut)[keep]
+        else:
+            kd = _bucket_index(piece, cut)
             rows, sub = kd[:, labelled].nonzero(as_tuple=True)
             cols = labelled.nonzero().squeeze(1)[sub]
             k = kd[rows, cols].long()
-        else:
-            rows, cols, k = _buckets(f, cut)
+        lab_f = lab.float()
+        lab_sum = lab_f.sum(0)
         for i in range(K):
-            if dense:
-                pred = ((kd > i).float() @ hpc[i].float()) > 0  # (n, B)
-            else:
-                keep = k > i
-                pred = _spmm(rows[keep], cols[keep], (n, hpc.shape[1]), hpc[i].float()) > 0
-            tp, fp = _tally(out.counts[i], pred, lab)
-            out.tp_and_fp[i] += (((tp.float() @ sq) > 0) & ((fp.float() @ sq) > 0)).sum(0)
-        _tally(out.last, _last_prediction(rows, cols, k, hpc, family_cols, best, n), lab)
+            at = per_t.index[i, cols]
+            use = (k > i) & (at >= 0)
+            if not bool(use.any()):  # nothing predicted: every label is a FN
+                out.counts[i, :, 2] += lab_sum
+                continue
+            pred = _or_rows(rows[use], at[use], n, per_t.table).float()
+            tp = pred * lab_f
+            n_pred, n_tp = pred.sum(0), tp.sum(0)
+            out.counts[i] += torch.stack([n_tp, n_pred - n_tp, lab_sum - n_tp], 1)
+            sq_pred, sq_tp = pred @ sq, tp @ sq  # (n, S) predicted and right BSPs per square
+            out.tp_and_fp[i] += ((sq_tp > 0) & (sq_pred > sq_tp)).sum(0)
+        pred = torch.zeros(n, B, dtype=torch.bool)
+        for fam_cols, fam_best, tables in zip(family_cols, best, last, strict=True):
+            # upstream's t = 1.0 slot: each active latent predicts its HPC BSPs of the family at
+            # the highest threshold it exceeds among those where it has any
+            chosen = fam_best[k, cols]
+            at = tables.index[chosen.clamp_min(0), cols]
+            use = (chosen >= 0) & (at >= 0)
+            pred[:, fam_cols] = _or_rows(rows[use], at[use], n, tables.table)
+        _tally(out.last, pred, lab)
     return out
-
-
-def _last_prediction(rows, cols, k, hpc, family_cols, best, n: int) -> torch.Tensor:
-    """The t = 1.0 slot as upstream fills it: each active latent contributes its HPC BSPs (of
-    each family) at the highest threshold it exceeds among those where it has any there."""
-    pred = torch.zeros(n, hpc.shape[2], dtype=torch.bool)
-    for fam_cols, fam_best in zip(family_cols, best, strict=True):
-        chosen = fam_best[k, cols]  # (nnz,) threshold index or -1
-        acc = torch.zeros(n, fam_cols.numel())
-        for i in chosen.unique().tolist():
-            if i >= 0:
-                sel = chosen == i
-                acc += _spmm(rows[sel], cols[sel], (n, hpc.shape[1]), hpc[i][:, fam_cols].float())
-        pred[:, fam_cols] = acc > 0
-    return pred
 
 
 def _f1(c: torch.Tensor) -> torch.Tensor:
@@ -277,9 +283,9 @@ def layout(families: dict, widths: list[int]) -> tuple[torch.Tensor, list[torch.
     return torch.cat(squares), cols
 
 
-def score_families(encode: Encoder, x_train: torch.Tensor, labels_train: dict[str, torch.Tensor],
-                   x_test: torch.Tensor, labels_test: dict[str, torch.Tensor],
-                   fmax: torch.Tensor, thresholds=THRESHOLDS, families: dict | None = None) -> dict[str, FamilyScore]:
+def score_families(train: Codes, labels_train: dict[str, torch.Tensor], test: Codes,
+                   labels_test: dict[str, torch.Tensor], fmax: torch.Tensor, thresholds=THRESHOLDS,
+                   families: dict | None = None) -> dict[str, FamilyScore]:
     """Coverage and every reconstruction variant for each family; labels are {family: (N, B)
     bool}, families {name: Family} (for squares; default: each BSP its own square).
 
@@ -288,16 +294,16 @@ def score_families(encode: Encoder, x_train: torch.Tensor, labels_train: dict[st
     names = list(labels_train)
     widths = [labels_train[n].shape[1] for n in names]
     square_of, fam_cols = layout({n: (families or {}).get(n) for n in names}, widths)
-    on, active = count_on(encode, x_train, torch.cat([labels_train[n] for n in names], 1), fmax, thresholds)
+    lab_train = torch.cat([labels_train[n] for n in names], 1)
+    on, active = count_on(train, lab_train, fmax, thresholds)
     hpc = high_precision(on, active)
-    test = reconstruction(encode, x_test, torch.cat([labels_test[n] for n in names], 1), fmax, hpc,
-                          square_of, fam_cols, thresholds)
-    train = reconstruction(encode, x_train, torch.cat([labels_train[n] for n in names], 1), fmax, hpc,
-                           square_of, [], thresholds)
+    rec_test = reconstruction(test, torch.cat([labels_test[n] for n in names], 1), fmax, hpc, square_of,
+                              fam_cols, thresholds)
+    rec_train = reconstruction(train, lab_train, fmax, hpc, square_of, [], thresholds)
     out = {}
     for name, cols in zip(names, fam_cols, strict=True):
         cov, ti = coverage(on[:, :, cols], active, labels_train[name].float().sum(0))
-        out[name] = _family_score(cov, thresholds[ti], test, train, hpc, cols, square_of, thresholds)
+        out[name] = _family_score(cov, thresholds[ti], rec_test, rec_train, hpc, cols, square_of, thresholds)
     return out
 
 

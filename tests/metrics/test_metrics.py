@@ -6,6 +6,7 @@ import torch
 from boardlens.games.othello.engine import play_random
 from boardlens.games.othello.labels import label_games
 from boardlens.games.othello.lm_data import tokens_of
+from boardlens.metrics import codes as C
 from boardlens.metrics import supervised as S
 from boardlens.metrics.evalset import EvalSet, evaluate_sae, is_test_game
 from boardlens.metrics.unsupervised import recon_stats
@@ -36,7 +37,7 @@ def test_counts_match_the_definition_dense_and_sparse():
             ae.encoder.bias[:3] = -1
         f = ae.encode(x).detach()
         fmax = S.max_activations(ae.encode, x)
-        on, active = S.count_on(ae.encode, x, labels, fmax, chunk=128)
+        on, active = S.count_on(C.Codes(ae.encode, x, chunk=128), labels, fmax)
         bon, bactive = brute_counts(f, labels, fmax)
         assert torch.allclose(on, bon) and torch.allclose(active, bactive)
         assert active[:, :3].sum() == 0
@@ -51,9 +52,11 @@ def test_dense_and_sparse_counting_paths_agree(monkeypatch):
     fmax = S.max_activations(ae.encode, x)
     results = []
     for frac in (2.0, -1.0):  # never dense, always dense
-        monkeypatch.setattr(S, "DENSE_FRACTION", frac)
-        on, active = S.count_on(ae.encode, x, labels, fmax, chunk=128)
-        rec = S.reconstruction(ae.encode, x, labels, fmax, S.high_precision(on, active, 0.4, 3), chunk=128)
+        monkeypatch.setattr(C, "DENSE_FRACTION", frac)
+        codes = C.Codes(ae.encode, x, chunk=128)
+        assert codes.dense == (frac < 0)
+        on, active = S.count_on(codes, labels, fmax)
+        rec = S.reconstruction(codes, labels, fmax, S.high_precision(on, active, 0.4, 3))
         results.append((on, active, rec))
     for a, b in zip(*results, strict=True):
         for u, v in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,), strict=True):
@@ -72,11 +75,12 @@ def test_planted_feature_gives_perfect_coverage_and_reconstruction():
         return torch.relu(v)
 
     fmax = S.max_activations(encode, x)
-    scores = S.score_families(encode, x, {"fam": labels}, x, {"fam": labels}, fmax)
+    codes = C.Codes(encode, x)
+    scores = S.score_families(codes, {"fam": labels}, codes, {"fam": labels}, fmax)
     assert scores["fam"].coverage == 1.0 and scores["fam"].reconstruction == 1.0
     # Shuffled labels: far from perfect.
     perm = labels[torch.randperm(400, generator=g)]
-    worse = S.score_families(encode, x, {"fam": perm}, x, {"fam": perm}, fmax)
+    worse = S.score_families(codes, {"fam": perm}, codes, {"fam": perm}, fmax)
     assert worse["fam"].coverage < 0.8 and worse["fam"].reconstruction < 0.8
 
 
@@ -131,3 +135,30 @@ def test_evalset_and_evaluate_sae_on_real_games():
     assert set(scores) == {"mine_theirs_empty", "legal_moves"}
     for s in scores.values():
         assert 0 <= s.coverage <= 1 and 0 <= s.reconstruction <= 1
+
+
+def test_codes_encoded_once_give_what_encoding_every_pass_gives(monkeypatch):
+    """Stored sparse codes, a labelled subset of them (chess labels 20 of 256 positions) and the
+    sparse decode of the unsupervised stats agree with the dense path, which re-encodes."""
+    from boardlens.labels import Family
+    from boardlens.metrics.evalset import evaluate_tensors
+
+    g = torch.Generator().manual_seed(5)
+    fam = Family("fam", (2, 3), 3, masked_classes=(0,))
+    t = {}
+    for s, n in (("train", 900), ("test", 700)):
+        x_all = torch.randn(n, 8, generator=g)
+        rows = torch.randperm(n, generator=g)[: n // 3].sort().values
+        t[s] = {"x_all": x_all, "x": x_all[rows], "labelled_rows": rows,
+                "labels": {"fam": fam.one_hot((x_all[rows, :6].reshape(-1, 2, 3) > 0).long() * 2 - 0)}}
+    ae = AutoEncoder(8, 64)
+    with torch.no_grad():
+        ae.encoder.bias -= 1.0  # sparse codes: stored once
+        ae.encoder.weight[:8] = torch.eye(8) * 3  # latents that track the labels' signs
+    results = []
+    for frac in (C.DENSE_FRACTION, -1.0):
+        monkeypatch.setattr(C, "DENSE_FRACTION", frac)
+        results.append(evaluate_tensors(ae, t, {"fam": fam}))
+    (s0, st0), (s1, st1) = results
+    assert s0 == s1 and s0["fam"].reconstruction > 0
+    assert all(abs(a - b) < 1e-5 for a, b in zip(st0, st1, strict=True)), (st0, st1)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from boardlens.metrics import codes as C
 from boardlens.metrics import supervised as S
 from boardlens.registry import GAMES
 
@@ -81,7 +82,7 @@ def _direct(f_tr, lab_tr, f_te, lab_te, fam_cols, square_of):
 @pytest.mark.parametrize("game", ["othello", "chess"])
 @pytest.mark.parametrize("dense_fraction", [2.0, -1.0])  # the sparse path, then the dense one
 def test_every_variant_matches_its_definition(game, dense_fraction, monkeypatch):
-    monkeypatch.setattr(S, "DENSE_FRACTION", dense_fraction)
+    monkeypatch.setattr(C, "DENSE_FRACTION", dense_fraction)
     games = 16 if game == "othello" else 40
     tr, te = _labels(game, games, 0), _labels(game, games, 1)
     names = list(tr)
@@ -95,8 +96,9 @@ def test_every_variant_matches_its_definition(game, dense_fraction, monkeypatch)
     def encode(v):
         return v
 
-    got = S.score_families(encode, x[:split], tr, x[split:], te, S.max_activations(encode, x[:split]),
-                           families=fams)
+    train, test = C.Codes(encode, x[:split], chunk=500), C.Codes(encode, x[split:], chunk=500)
+    assert train.dense == (dense_fraction < 0)
+    got = S.score_families(train, tr, test, te, train.fmax(), families=fams)
     want = _direct(f_tr, lab_tr, f_te, lab_te, fam_cols, square_of)
     seen = {"hpc": 0, "square": 0, "last": 0}
     for name, cols in zip(names, fam_cols, strict=True):
