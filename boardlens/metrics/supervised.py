@@ -43,10 +43,28 @@ def max_activations(encode: Encoder, x: torch.Tensor, chunk: int = 4096) -> torc
     return Codes(encode, x, chunk).fmax()
 
 
-def _buckets(e: Entries, cut: torch.Tensor) -> torch.Tensor:
+def _buckets(e: Entries, cut: torch.Tensor, fmax: torch.Tensor, thresholds) -> torch.Tensor:
     """(nnz,) how many thresholds each nonzero code exceeds: active at threshold i iff k > i.
-    Only the nnz entries are touched, so every later product costs ~nnz * B."""
-    return (e.vals[None, :] > cut[:, e.cols]).sum(0)
+
+    cut (K, F) = thresholds x fmax (+inf for dead latents). A guess by searchsorted on
+    vals / fmax is fixed up against the definition (vals > cut) with two (nnz,) gathers per
+    pass, not K: rounding can put the ratio and the product on different sides of a cut, so
+    the guess may be off by a step."""
+    K = cut.shape[0]
+    if e.vals.numel() == 0:
+        return torch.zeros(0, dtype=torch.long)
+    scale = fmax[e.cols]
+    ratio = torch.where(scale > 0, e.vals / scale.clamp_min(1e-30), torch.zeros_like(e.vals))
+    k = torch.searchsorted(torch.tensor(thresholds, dtype=ratio.dtype), ratio, side="left")
+    flat = cut.T.contiguous().flatten()  # flat[col * K + i] = cut[i, col]
+    base = e.cols * K
+    for _ in range(K):  # a pass moves each wrong k one step towards its value
+        up = (k < K) & (e.vals > flat[base + k.clamp(max=K - 1)])
+        down = (k > 0) & ~(e.vals > flat[base + (k - 1).clamp(min=0)])
+        if not bool(up.any()) and not bool(down.any()):
+            break
+        k = k + up.long() - down.long()
+    return k
 
 
 def _bucket_index(f: torch.Tensor, cut: torch.Tensor) -> torch.Tensor:
@@ -85,7 +103,7 @@ def count_on(codes: Codes, labels: torch.Tensor, fmax: torch.Tensor,
                 per_bucket[j * F : (j + 1) * F] += hit.T @ lab
                 active_b[j * F : (j + 1) * F] += hit.sum(0)
             continue
-        flat = _buckets(piece, cut) * F + piece.cols  # row of (bucket, latent)
+        flat = _buckets(piece, cut, fmax, thresholds) * F + piece.cols  # row of (bucket, latent)
         per_bucket += _spmm(flat, piece.rows, (per_bucket.shape[0], piece.n), lab)
         active_b += torch.bincount(flat, minlength=active_b.numel()).float()
     # on[i] = sum over buckets j > i; drop bucket 0 (exceeds no threshold).
@@ -203,7 +221,8 @@ def reconstruction(codes: Codes, labels: torch.Tensor, fmax: torch.Tensor, hpc: 
         n, lab = sl.stop - sl.start, labels[sl]
         if isinstance(piece, Entries):
             keep = labelled[piece.cols]
-            rows, cols, k = piece.rows[keep], piece.cols[keep], _buckets(piece, cut)[keep]
+            e = Entries(piece.rows[keep], piece.cols[keep], piece.vals[keep], n)
+            rows, cols, k = e.rows, e.cols, _buckets(e, cut, fmax, thresholds)
         else:
             kd = _bucket_index(piece, cut)
             rows, sub = kd[:, labelled].nonzero(as_tuple=True)
