@@ -145,6 +145,29 @@ def up(config_file, saes, saes_old, **options):
     sys.exit(up_mod.run(config_file=config_file, saes=saes + saes_old, **options))
 
 
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--model", required=True, help="The game LM the SAEs read (its game and default layer apply).")
+@click.option("--games", default=1000, show_default=True, help="Fresh games per split (train and test).")
+@click.option("--layer", type=int, default=None, help="Block whose output the SAEs read [default: the model's].")
+@click.option("--seed", default=12_345, show_default=True, help="Seed of the games.")
+@click.option("--json", "json_out", default="scores.json", show_default=True, help="Where the records go.")
+@click.option("--references/--no-references", default=True, show_default=True,
+              help="Also score the floors and ceilings (probe, MLP neurons, random SAE, random-init SAE).")
+@click.option("--threads", default=0, show_default=True, help="torch threads (0 = torch's default).")
+def score(paths, model, games, layer, seed, json_out, references, threads) -> None:
+    """Score saved SAEs (ours, dictionary_learning, SAELens, a run folder) offline, as the live
+    evaluator does, on fresh games of the model's game."""
+    from boardlens.services.common import set_threads
+    from boardlens.services.score import run
+
+    set_threads(threads)
+    try:
+        run(list(paths), model, games, layer, seed, json_out, references)
+    except ValueError as e:  # a wrong width, layer or game, an unreadable file: one line
+        raise click.ClickException(str(e)) from e
+
+
 @main.group()
 def lm() -> None:
     """Game language models: train the bundled ones."""

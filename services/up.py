@@ -152,7 +152,11 @@ def final_table(run_dir: Path) -> str:
     path = run_dir / "final_metrics.json"
     if not path.exists():
         return f"(no evaluation finished: {path} is missing)"
-    final = json.loads(path.read_text())
+    return format_table(json.loads(path.read_text()))
+
+
+def format_table(final: dict) -> str:
+    """The tables of a `{"saes": {name: record}, "references": {name: record}}` document."""
     latest, refs = final.get("saes", {}), final.get("references", {})
     if not latest:
         return "(no SAE was evaluated)"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -149,3 +150,46 @@ def import_sae(folder: str | Path) -> tuple[torch.nn.Module, dict]:
     if (folder / "sae_weights.safetensors").exists():
         return import_saelens(folder)
     raise ValueError(f"{folder}: neither a dictionary_learning (ae.pt) nor a SAELens (sae_weights.safetensors) SAE")
+
+
+class FoundSAE(NamedTuple):
+    name: str  # file stem or folder name
+    ae: torch.nn.Module
+    layer: int | None  # the block its activations came from, when its files say
+    game: str | None  # ours only: the game of the stream it was trained on
+    step: int | None
+
+
+def _layer_of(meta: dict) -> int | None:
+    """Layer from any layout's metadata: ours (layer), dictionary_learning (trainer.layer),
+    SAELens (hook_layer, or blocks.N. in hook_name)."""
+    for value in (meta.get("layer"), meta.get("trainer", {}).get("layer"), meta.get("hook_layer")):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    hook = str(meta.get("hook_name", ""))
+    if hook.startswith("blocks.") and hook.split(".")[1].isdigit():
+        return int(hook.split(".")[1])
+    return None
+
+
+def find_saes(path: str | Path) -> list[FoundSAE]:
+    """Every SAE at `path`: one of ours (`X.safetensors` beside `X.json`), a folder of them (a
+    checkpoint step, a floor/), a run folder (its checkpoints/latest), a dictionary_learning
+    folder (ae.pt) or a SAELens folder (sae_weights.safetensors). ValueError when none."""
+    from boardlens.sae.io import load_sae
+
+    path = Path(path)
+    if path.is_dir() and (path / "checkpoints" / "latest").exists():
+        path = (path / "checkpoints" / "latest").resolve()
+    if path.is_dir() and ((path / "ae.pt").exists() or (path / "sae_weights.safetensors").exists()):
+        ae, meta = import_sae(path)
+        return [FoundSAE(path.name, ae, _layer_of(meta), None, None)]
+    files = [path] if path.is_file() else sorted(p for p in path.glob("*.safetensors") if p.with_suffix(".json").exists())
+    if not files:
+        raise ValueError(f"{path}: no SAE here (ours: X.safetensors + X.json; a dictionary_learning or SAELens "
+                         "folder; a run folder with checkpoints/latest)")
+    out = []
+    for f in files:
+        ae, meta = load_sae(f)
+        out.append(FoundSAE(meta.get("name", f.stem), ae, _layer_of(meta), meta.get("game") or None, meta.get("step")))
+    return out
