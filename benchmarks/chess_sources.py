@@ -136,7 +136,10 @@ def main() -> None:
     if sf_spec is not None:
         r_sf_w = stream_games_per_s("stockfish", args.workers, max(2, batches // 4), batch_games)
     lm = lm_tokens_per_s(args.model, threads=1, reps=lm_reps)
+    show(args, sf_spec, r_random, r_sf, r_sf_base, r_sf_w, r_pgn, r_label, r_stream_1, r_stream_w, lm)
 
+
+def show(args, sf_spec, r_random, r_sf, r_sf_base, r_sf_w, r_pgn, r_label, r_stream_1, r_stream_w, lm) -> None:
     print(f"{'what':<52}{'rate':>14}")
     for what, value in [
         ("random games/s (1 process, generation only)", r_random),

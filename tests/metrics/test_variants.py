@@ -36,6 +36,35 @@ def _features(labels: torch.Tensor, seed: int) -> torch.Tensor:
     return torch.cat([copies, noise], 1)
 
 
+def _f1_at(acts, lab, hpc, i, cols, square_of=None) -> float:
+    """F1 of the union-of-HPC prediction at threshold i; square_of: the per-square rule."""
+    pred = (acts[i].float() @ hpc[i][:, cols].float()) > 0
+    y = lab[:, cols]
+    tp, fp, fn = (pred & y), (pred & ~y), (~pred & y)
+    n_tp = tp.sum().item()
+    if square_of is not None:  # a square with a TP and an FP: its TP does not count
+        sq = square_of[cols]
+        for s in sq.unique():
+            m = sq == s
+            n_tp -= (tp[:, m].any(1) & fp[:, m].any(1)).sum().item()
+    d = 2 * n_tp + fp.sum().item() + fn.sum().item()
+    return 2 * n_tp / d if d else 0.0
+
+
+def _f1_last(lab, hpc, exceeded, cols) -> float:
+    """Each active latent predicts its HPC BSPs at the highest threshold it exceeds where it has any."""
+    labelled = hpc[:, :, cols].any(-1)  # (K, F)
+    pred = torch.zeros(lab.shape[0], len(cols), dtype=torch.bool)
+    for n in range(lab.shape[0]):
+        for j in range(exceeded.shape[1]):
+            ok = [i for i in range(int(exceeded[n, j])) if labelled[i, j]]
+            if ok:
+                pred[n] |= hpc[max(ok), j, cols]
+    y = lab[:, cols]
+    d = 2 * (pred & y).sum() + (pred & ~y).sum() + (~pred & y).sum()
+    return float(2 * (pred & y).sum() / d) if d else 0.0
+
+
 def _direct(f_tr, lab_tr, f_te, lab_te, fam_cols, square_of):
     """Per family: {variant: F1} straight from the definitions (dense, one threshold at a time)."""
     fmax = f_tr.amax(0).clamp_min(0)
@@ -48,34 +77,13 @@ def _direct(f_tr, lab_tr, f_te, lab_te, fam_cols, square_of):
     exceeded = torch.stack(act_te).sum(0)  # (N, F) thresholds each code exceeds
     out = {}
     for cols in fam_cols:
-        def f1_at(acts, lab, i, square=False):
-            pred = (acts[i].float() @ hpc[i][:, cols].float()) > 0
-            y = lab[:, cols]
-            tp, fp, fn = (pred & y), (pred & ~y), (~pred & y)
-            n_tp = tp.sum().item()
-            if square:  # a square with a TP and an FP: its TP does not count
-                sq = square_of[cols]
-                for s in sq.unique():
-                    m = sq == s
-                    n_tp -= (tp[:, m].any(1) & fp[:, m].any(1)).sum().item()
-            d = 2 * n_tp + fp.sum().item() + fn.sum().item()
-            return 2 * n_tp / d if d else 0.0
-
-        per_class = [f1_at(act_te, lab_te, i) for i in range(len(T))]
-        per_square = [f1_at(act_te, lab_te, i, True) for i in range(len(T))]
-        train = [f1_at(act_tr, lab_tr, i) for i in range(len(T))]
-        labelled = hpc[:, :, cols].any(-1)  # (K, F)
-        pred = torch.zeros(f_te.shape[0], len(cols), dtype=torch.bool)
-        for n in range(f_te.shape[0]):
-            for j in range(f_te.shape[1]):
-                ok = [i for i in range(int(exceeded[n, j])) if labelled[i, j]]
-                if ok:
-                    pred[n] |= hpc[max(ok), j, cols]
-        y = lab_te[:, cols]
-        d = 2 * (pred & y).sum() + (pred & ~y).sum() + (~pred & y).sum()
-        out[int(cols[0])] = {"reconstruction": max(per_class), "per_square": max(per_square),
-                             "heldout": per_class[int(np.argmax(train))],
-                             "last": float(2 * (pred & y).sum() / d) if d else 0.0}
+        per_class = [_f1_at(act_te, lab_te, hpc, i, cols) for i in range(len(T))]
+        train = [_f1_at(act_tr, lab_tr, hpc, i, cols) for i in range(len(T))]
+        out[int(cols[0])] = {
+            "reconstruction": max(per_class),
+            "per_square": max(_f1_at(act_te, lab_te, hpc, i, cols, square_of) for i in range(len(T))),
+            "heldout": per_class[int(np.argmax(train))],
+            "last": _f1_last(lab_te, hpc, exceeded, cols)}
     return out
 
 
