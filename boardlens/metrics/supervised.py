@@ -33,14 +33,9 @@ from typing import NamedTuple
 
 import torch
 
-from boardlens.metrics.codes import Codes, Encoder, Entries
+from boardlens.metrics.codes import Codes, Entries
 
 THRESHOLDS = tuple(i / 10 for i in range(11))
-
-
-def max_activations(encode: Encoder, x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-    """Per-latent max activation over x (N, d) -> (F,)."""
-    return Codes(encode, x, chunk).fmax()
 
 
 def _buckets(e: Entries, cut: torch.Tensor, fmax: torch.Tensor, thresholds) -> torch.Tensor:

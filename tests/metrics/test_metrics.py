@@ -36,7 +36,7 @@ def test_counts_match_the_definition_dense_and_sparse():
             ae.encoder.weight[:3] = 0  # dead latents: never active
             ae.encoder.bias[:3] = -1
         f = ae.encode(x).detach()
-        fmax = S.max_activations(ae.encode, x)
+        fmax = C.Codes(ae.encode, x).fmax()
         on, active = S.count_on(C.Codes(ae.encode, x, chunk=128), labels, fmax)
         bon, bactive = brute_counts(f, labels, fmax)
         assert torch.allclose(on, bon) and torch.allclose(active, bactive)
@@ -49,7 +49,7 @@ def test_dense_and_sparse_counting_paths_agree(monkeypatch):
     x = torch.randn(600, 8, generator=g)
     labels = torch.rand(600, 10, generator=g) < 0.3
     ae = AutoEncoder(8, 48)
-    fmax = S.max_activations(ae.encode, x)
+    fmax = C.Codes(ae.encode, x).fmax()
     results = []
     for frac in (2.0, -1.0):  # never dense, always dense
         monkeypatch.setattr(C, "DENSE_FRACTION", frac)
@@ -74,7 +74,7 @@ def test_planted_feature_gives_perfect_coverage_and_reconstruction():
     def encode(v):
         return torch.relu(v)
 
-    fmax = S.max_activations(encode, x)
+    fmax = C.Codes(encode, x).fmax()
     codes = C.Codes(encode, x)
     scores = S.score_families(codes, {"fam": labels}, codes, {"fam": labels}, fmax)
     assert scores["fam"].coverage == 1.0 and scores["fam"].reconstruction == 1.0
