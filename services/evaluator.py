@@ -5,8 +5,9 @@
 It builds its evaluation set from the producer's lossy endpoint (it never slows the
 producer; batches it misses are simply other games), splitting games by a hash of their id,
 then closes that subscription. It keeps only the newest snapshot of each SAE (older queued
-ones are skipped, never evaluated late) and evaluates it: coverage and board reconstruction
-per family, L0, variance explained and friends. Once the eval set is complete it also scores
+ones are skipped, never evaluated late) and evaluates it through `boardlens.metrics.scorer`:
+coverage and every board-reconstruction variant per family, L0, variance explained and
+friends, and, given the producer's model (--model), loss recovered and KL. Once the eval set is complete it also scores
 the references (`boardlens.metrics.references`: linear-probe ceiling, MLP neurons, random
 SAE, SAE on the random-init model) on the same games with the same code. Results go to
 gauges and one JSON line per evaluation or reference in `<run>/metrics.jsonl`; on the
