@@ -198,7 +198,7 @@ def reconstruction(codes: Codes, labels: torch.Tensor, fmax: torch.Tensor, hpc: 
 
     square_of (B,): each BSP's square (default: its own), for the per-square variant;
     family_cols: each family's BSP columns, for the highest-active-labelled variant (default:
-    one family; [] skips it). Only entries of latents with an HPC are read: a trained SAE's
+    one family; [] skips it and the per-square counts: the split only picks thresholds). Only entries of latents with an HPC are read: a trained SAE's
     HPC latents are a fraction of its dictionary, an untrained one has almost none.
     """
     K, B = len(thresholds), labels.shape[1]
@@ -235,8 +235,11 @@ def reconstruction(codes: Codes, labels: torch.Tensor, fmax: torch.Tensor, hpc: 
             tp = pred * lab_f
             n_pred, n_tp = pred.sum(0), tp.sum(0)
             out.counts[i] += torch.stack([n_tp, n_pred - n_tp, lab_sum - n_tp], 1)
-            sq_pred, sq_tp = pred @ sq, tp @ sq  # (n, S) predicted and right BSPs per square
-            out.tp_and_fp[i] += ((sq_tp > 0) & (sq_pred > sq_tp)).sum(0)
+            if family_cols:  # the per-square variant (not needed on the split that only picks thresholds)
+                sq_pred, sq_tp = pred @ sq, tp @ sq  # (n, S) predicted and right BSPs per square
+                out.tp_and_fp[i] += ((sq_tp > 0) & (sq_pred > sq_tp)).sum(0)
+        if not family_cols:
+            continue
         pred = torch.zeros(n, B, dtype=torch.bool)
         for fam_cols, fam_best, tables in zip(family_cols, best, last, strict=True):
             # upstream's t = 1.0 slot: each active latent predicts its HPC BSPs of the family at
