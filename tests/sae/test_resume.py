@@ -116,3 +116,16 @@ def test_lr_schedule_warmup_and_decay():
     assert [lr_factor(s, 4, 20) for s in (0, 2, 4, 10)] == [0.0, 0.5, 1.0, 1.0]
     assert [lr_factor(s, 4, 20, decay_start=10) for s in (9, 10, 15, 19)] == [1.0, 1.0, 0.5, 0.1]
     assert [lr_factor(s, 4, 20, resample_every=8) for s in (7, 8, 10)] == [1.0, 0.0, 0.5]
+
+
+def test_a_checkpoint_of_0_1_0_resumes():
+    """0.1.0 wrote penalty 0 and resample_every 0 into every kind's hyperparameters; a kind
+    without those options still resumes from it, and any other difference is still refused."""
+    tr = _make("topk")
+    state = tr.state_dict()
+    old = {**state, "hyperparams": {**state["hyperparams"], "penalty": 0.0, "resample_every": 0}}
+    again = _make("topk")
+    again.load_state_dict(old)
+    assert again.step == tr.step
+    with pytest.raises(ValueError, match="other settings"):
+        _make("topk").load_state_dict({**state, "hyperparams": {**state["hyperparams"], "penalty": 0.1}})
