@@ -334,7 +334,9 @@ class Publisher:
             except SendTimeout:
                 continue
         self.poll_subscriptions()
-        expected = set(self._names)
+        # A fast subscriber may confirm and leave before these events are read: its
+        # confirmation counts (it can only follow this send), though its name is gone.
+        expected = set(self._names) | {n for (e, s, n) in self._acks if (e, s) == (epoch, seq)}
         report.anonymous = max(0, self._subs[True] - sum(self._names.values()))
         pending = set(expected) if report.sent else set()
         while pending and self._lossless is not None:
