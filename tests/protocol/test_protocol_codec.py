@@ -380,3 +380,17 @@ def test_installed_only_under_the_project_namespace(tmp_path):
     code = ("import importlib.util as u, boardlens.protocol, boardlens.services; "
             "assert u.find_spec('protocol') is None and u.find_spec('services') is None")
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, timeout=60)
+
+
+def test_every_package_folder_is_installed():
+    """pyproject lists the packages explicitly (protocol/ and services/ map under boardlens.):
+    a new subpackage missing there would be absent from wheels and images."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = set()
+    for top, name in (("boardlens", "boardlens"), ("protocol", "boardlens.protocol"), ("services", "boardlens.services")):
+        for init in (ROOT / top).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / top).parts
+            found.add(".".join((name, *rel)))
+    assert found == listed, (sorted(found - listed), sorted(listed - found))
