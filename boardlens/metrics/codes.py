@@ -99,7 +99,9 @@ class Codes:
         for sl, e in self.stored:
             new = lookup[e.rows + sl.start]
             keep = new >= 0
-            rows.append(new[keep]), cols.append(e.cols[keep]), vals.append(e.vals[keep])
+            rows.append(new[keep])
+            cols.append(e.cols[keep])
+            vals.append(e.vals[keep])
         r, c, v = torch.cat(rows), torch.cat(cols), torch.cat(vals)
         order = torch.argsort(r, stable=True)
         r, c, v = r[order], c[order], v[order]

@@ -152,13 +152,13 @@ def highest_labelled(hpc: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.full((1, F), -1), idx.cummax(0).values])  # row k: max over i < k
 
 
-def _tally(out: torch.Tensor, pred: torch.Tensor, lab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Add TP, FP, FN per BSP of pred/lab (n, B) bool to out (B, 3); returns (tp, fp) (n, B)."""
-    tp, fp = pred & lab, pred & ~lab
-    out[:, 0] += tp.sum(0)
-    out[:, 1] += fp.sum(0)
-    out[:, 2] += (lab & ~pred).sum(0)
-    return tp, fp
+def _tally(out: torch.Tensor, pred: torch.Tensor, lab: torch.Tensor, lab_sum: torch.Tensor) -> torch.Tensor:
+    """Add TP, FP, FN per BSP of pred, lab (n, B) 0/1 floats to out (B, 3); lab_sum = lab.sum(0).
+    Returns the true positives (n, B)."""
+    tp = pred * lab
+    n_pred, n_tp = pred.sum(0), tp.sum(0)
+    out += torch.stack([n_tp, n_pred - n_tp, lab_sum - n_tp], 1)
+    return tp
 
 
 class _Tables(NamedTuple):
@@ -213,7 +213,7 @@ def reconstruction(codes: Codes, labels: torch.Tensor, fmax: torch.Tensor, hpc: 
     cut = _cuts(fmax, thresholds)
     labelled = hpc.any(0).any(1)  # (F,) latents with an HPC anywhere
     for sl, piece in codes.pieces():
-        n, lab = sl.stop - sl.start, labels[sl]
+        n = sl.stop - sl.start
         if isinstance(piece, Entries):
             keep = labelled[piece.cols]
             e = Entries(piece.rows[keep], piece.cols[keep], piece.vals[keep], n)
@@ -223,7 +223,7 @@ def reconstruction(codes: Codes, labels: torch.Tensor, fmax: torch.Tensor, hpc: 
             rows, sub = kd[:, labelled].nonzero(as_tuple=True)
             cols = labelled.nonzero().squeeze(1)[sub]
             k = kd[rows, cols].long()
-        lab_f = lab.float()
+        lab_f = labels[sl].float()
         lab_sum = lab_f.sum(0)
         for i in range(K):
             at = per_t.index[i, cols]
@@ -232,9 +232,7 @@ def reconstruction(codes: Codes, labels: torch.Tensor, fmax: torch.Tensor, hpc: 
                 out.counts[i, :, 2] += lab_sum
                 continue
             pred = _or_rows(rows[use], at[use], n, per_t.table).float()
-            tp = pred * lab_f
-            n_pred, n_tp = pred.sum(0), tp.sum(0)
-            out.counts[i] += torch.stack([n_tp, n_pred - n_tp, lab_sum - n_tp], 1)
+            tp = _tally(out.counts[i], pred, lab_f, lab_sum)
             if family_cols:  # the per-square variant (not needed on the split that only picks thresholds)
                 sq_pred, sq_tp = pred @ sq, tp @ sq  # (n, S) predicted and right BSPs per square
                 out.tp_and_fp[i] += ((sq_tp > 0) & (sq_pred > sq_tp)).sum(0)
@@ -248,7 +246,7 @@ def reconstruction(codes: Codes, labels: torch.Tensor, fmax: torch.Tensor, hpc: 
             at = tables.index[chosen.clamp_min(0), cols]
             use = (chosen >= 0) & (at >= 0)
             pred[:, fam_cols] = _or_rows(rows[use], at[use], n, tables.table)
-        _tally(out.last, pred, lab)
+        _tally(out.last, pred.float(), lab_f, lab_sum)
     return out
 
 
