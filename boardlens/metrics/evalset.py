@@ -145,16 +145,39 @@ def evaluate_sae(ae, evalset: EvalSet) -> tuple[dict[str, FamilyScore], ReconSta
     return evaluate_tensors(ae, evalset.tensors(), evalset.families)
 
 
+STATS_ROWS = 65_536  # per split: the unsupervised stats read at most this many positions
+
+
+def stats_sample(n: int, limit: int = STATS_ROWS) -> torch.Tensor:
+    """Rows of a split's n positions that the unsupervised stats read: all of them up to
+    `limit` (an Othello split of 1000 games has 59k), else `limit` evenly spaced ones (a chess
+    split of 1000 games has ~255k character positions, of which only ~8% are labelled; the
+    stats' standard errors are already tiny at 65k)."""
+    if n <= limit:
+        return torch.arange(n)
+    return torch.linspace(0, n - 1, limit, dtype=torch.float64).round().long().unique()
+
+
 def evaluate_tensors(ae, t: dict, families: dict | None = None) -> tuple[dict[str, FamilyScore], ReconStats]:
     """`evaluate_sae` on split tensors as `EvalSet.tensors()` / `recompute()` give them;
-    families {name: Family} give the squares of the per-square variant. Each split is
-    encoded once: every pass reads its codes."""
+    families {name: Family} give the squares of the per-square variant. Each split's needed
+    rows (labelled ones and the stats sample) are encoded once: every pass reads those codes."""
     tr, te = t["train"], t["test"]
     ae = ae.float().eval()
-    codes_all = {s: Codes(ae.encode, t[s]["x_all"]) for s in ("train", "test")}
-    labelled = {s: codes_all[s].subset(t[s]["labelled_rows"]) if "labelled_rows" in t[s]
-                else Codes(ae.encode, t[s]["x"]) for s in ("train", "test")}
-    fmax = codes_all["train"].fmax()
+    labelled, for_stats, x_stats = {}, [], []
+    for s in ("train", "test"):
+        x_all = t[s]["x_all"]
+        sample = stats_sample(x_all.shape[0])
+        if "labelled_rows" not in t[s]:
+            labelled[s] = Codes(ae.encode, t[s]["x"])
+            for_stats.append(Codes(ae.encode, x_all[sample]))
+        else:
+            needed = torch.unique(torch.cat([t[s]["labelled_rows"], sample]))  # sorted
+            codes = Codes(ae.encode, x_all[needed])
+            labelled[s] = codes.subset(torch.searchsorted(needed, t[s]["labelled_rows"]))
+            for_stats.append(codes.subset(torch.searchsorted(needed, sample)))
+        x_stats.append(x_all[sample])
+    fmax = labelled["train"].fmax()
     scores = score_families(labelled["train"], tr["labels"], labelled["test"], te["labels"], fmax, families=families)
-    stats = recon_stats(ae, torch.cat([tr["x_all"], te["x_all"]]), codes=[codes_all["train"], codes_all["test"]])
+    stats = recon_stats(ae, torch.cat(x_stats), codes=for_stats)
     return scores, stats

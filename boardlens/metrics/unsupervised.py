@@ -27,8 +27,7 @@ def _reconstruct(ae, piece, decoder) -> tuple[torch.Tensor, torch.Tensor, float]
         offsets = torch.searchsorted(piece.rows, torch.arange(piece.n))
         x_hat = torch.nn.functional.embedding_bag(piece.cols, table, offsets, mode="sum",
                                                   per_sample_weights=piece.vals) + bias
-        fired = torch.zeros(ae.d_sae, dtype=torch.bool)
-        fired[piece.cols] = True
+        fired = torch.zeros(ae.d_sae, dtype=torch.bool).index_fill_(0, piece.cols, True)
         return x_hat, fired, float(piece.cols.numel())
     x_hat = ae.decode(piece)
     active = piece > 0
@@ -44,6 +43,8 @@ def recon_stats(ae, x: torch.Tensor, chunk: int = 8192, codes: list | None = Non
     fired = torch.zeros(ae.d_sae, dtype=torch.bool)
     resid_sum = torch.zeros(d, dtype=torch.float64)
     resid_sq = torch.zeros(d, dtype=torch.float64)
+    x_sum = torch.zeros(d, dtype=torch.float64)
+    x_sq = torch.zeros(d, dtype=torch.float64)
     blocks = codes if codes is not None else [Codes(ae.encode, x, chunk)]
     decoder = (ae.decode(torch.zeros(1, ae.d_sae))[0], ae.decoder_weight.T.contiguous())
     start = 0
@@ -51,17 +52,20 @@ def recon_stats(ae, x: torch.Tensor, chunk: int = 8192, codes: list | None = Non
         for sl, piece in block.pieces():
             xb = x[start + sl.start : start + sl.stop].float()
             x_hat, on, count = _reconstruct(ae, piece, decoder)
-            r = (xb - x_hat).double()
-            resid_sum += r.sum(0)
-            resid_sq += r.pow(2).sum(0)
+            x_sum += xb.sum(0, dtype=torch.float64)
+            x_sq += xb.pow(2).sum(0, dtype=torch.float64)
+            r = xb - x_hat
+            r2 = r.pow(2)
+            resid_sum += r.sum(0, dtype=torch.float64)
+            resid_sq += r2.sum(0, dtype=torch.float64)
             fired |= on
             l0 += count
-            sq += r.pow(2).sum().item()
-            cos += torch.nn.functional.cosine_similarity(xb, x_hat, dim=-1).sum().item()
-            ratio += (x_hat.norm(dim=-1) / xb.norm(dim=-1).clamp_min(1e-12)).sum().item()
+            sq += r2.sum(dtype=torch.float64).item()
+            nx, nh = xb.norm(dim=-1), x_hat.norm(dim=-1)
+            cos += ((xb * x_hat).sum(-1) / (nx.clamp_min(1e-8) * nh.clamp_min(1e-8))).sum().item()  # as F.cosine_similarity
+            ratio += (nh / nx.clamp_min(1e-12)).sum().item()
         start += block.n
-    xd = x.double()
-    total_var = xd.var(dim=0, unbiased=False).sum()
+    total_var = (x_sq / n - (x_sum / n).pow(2)).sum()
     resid_var = (resid_sq / n - (resid_sum / n).pow(2)).sum()
     fve = float(1 - resid_var / total_var.clamp_min(1e-12))
     return ReconStats(l0 / n, fve, sq / (n * d), cos / n, ratio / n, fired.float().mean().item())

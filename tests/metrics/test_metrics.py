@@ -155,6 +155,7 @@ def test_codes_encoded_once_give_what_encoding_every_pass_gives(monkeypatch):
     with torch.no_grad():
         ae.encoder.bias -= 1.0  # sparse codes: stored once
         ae.encoder.weight[:8] = torch.eye(8) * 3  # latents that track the labels' signs
+    monkeypatch.setattr(C, "ENCODE_ROWS", 128)  # one stored piece of several encoded blocks
     results = []
     for frac in (C.DENSE_FRACTION, -1.0):
         monkeypatch.setattr(C, "DENSE_FRACTION", frac)

@@ -1,11 +1,12 @@
 """Every reconstruction variant against a direct dense implementation of its definition, on
-both games' real label layouts, through the sparse and the dense counting paths."""
+both games' real label layouts, through the sparse and the dense codes and both ways of building predictions."""
 
 import numpy as np
 import pytest
 import torch
 
 from boardlens.metrics import codes as C
+from boardlens.metrics import reconstruction as R
 from boardlens.metrics import supervised as S
 from boardlens.registry import GAMES
 
@@ -88,9 +89,12 @@ def _direct(f_tr, lab_tr, f_te, lab_te, fam_cols, square_of):
 
 
 @pytest.mark.parametrize("game", ["othello", "chess"])
-@pytest.mark.parametrize("dense_fraction", [2.0, -1.0])  # the sparse path, then the dense one
-def test_every_variant_matches_its_definition(game, dense_fraction, monkeypatch):
+@pytest.mark.parametrize("dense_fraction", [2.0, -1.0])  # stored sparse codes, then dense ones re-encoded
+@pytest.mark.parametrize("pairs", [1e9, -1.0])  # predictions as (threshold, row, BSP) pairs, then dense boards
+def test_every_variant_matches_its_definition(game, dense_fraction, pairs, monkeypatch):
     monkeypatch.setattr(C, "DENSE_FRACTION", dense_fraction)
+    monkeypatch.setattr(R, "SPARSE_MAX_DENSITY", pairs)
+    monkeypatch.setattr(C, "ENCODE_ROWS", 200)  # stored pieces of 500 rows come from 3 encoded blocks
     games = 16 if game == "othello" else 40
     tr, te = _labels(game, games, 0), _labels(game, games, 1)
     names = list(tr)
