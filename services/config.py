@@ -229,10 +229,10 @@ class EvaluatorConfig(ServiceOptions):
     """Trainer's snapshot endpoint."""
     run_dir: str = "runs/default"
     """Run folder: metrics.jsonl and final_metrics.json are written here."""
-    train_games: int = 200
-    """Games in the train split (statistics, coverage)."""
-    test_games: int = 200
-    """Games in the test split (board reconstruction)."""
+    train_games: int = 1000
+    """Games in the train split (statistics, coverage); the paper's 1000."""
+    test_games: int = 1000
+    """Games in the test split (board reconstruction, loss recovered); the paper's 1000."""
     references: bool = True
     """Score the floor and ceiling references (linear probe, MLP neurons, random SAE, SAE on the
     random-init model) once per eval set, beside the SAEs."""

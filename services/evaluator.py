@@ -1,6 +1,6 @@
 """Evaluator: live supervised + unsupervised metrics of every SAE snapshot.
 
-    boardlens evaluate --train-games 200 --test-games 200
+    boardlens evaluate --train-games 1000 --test-games 1000
 
 It builds its evaluation set from the producer's lossy endpoint (it never slows the
 producer; batches it misses are simply other games), splitting games by a hash of their id,
