@@ -27,8 +27,10 @@ $(VENV)/.installed: pyproject.toml
 # Debian packages: prometheus + promtool (dashboard and rules tests), stockfish (chess source).
 deps:
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null && \
-	  { command -v stockfish >/dev/null || test -x /usr/games/stockfish; } || \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus stockfish >/dev/null; }
+	  { command -v stockfish >/dev/null || test -x /usr/games/stockfish; } && \
+	  command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus stockfish \
+	      chromium chromium-driver >/dev/null; }
 
 demo: venv
 	$(BIN)/boardlens up --game $(GAME) --tokens $(TOKENS)

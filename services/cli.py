@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from pathlib import Path
 from typing import get_type_hints
 
 import click
@@ -165,6 +166,25 @@ def score(paths, model, games, layer, seed, json_out, references, threads) -> No
     try:
         run(list(paths), model, games, layer, seed, json_out, references)
     except ValueError as e:  # a wrong width, layer or game, an unreadable file: one line
+        raise click.ClickException(str(e)) from e
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--out", default=None, help="Report folder [default: <first path>/report, or ./report for a file].")
+@click.option("--title", default=None, help="Page title [default: from the sources' names].")
+def report(paths, out, title) -> None:
+    """HTML report (PNG figures, per-family tables) of run folders or `boardlens score` JSON files:
+    each SAE over training, the Pareto frontiers against the references, every variant."""
+    try:
+        from boardlens.report import ReportError, build_report
+    except ImportError as e:  # matplotlib is the `report` extra
+        raise click.ClickException(f"{e.name or e} is missing: pip install 'boardlens[report]'") from e
+    first = Path(paths[0])
+    out = out or str(first / "report" if first.is_dir() else Path("report"))
+    try:
+        click.echo(build_report(list(paths), out, title))
+    except ReportError as e:
         raise click.ClickException(str(e)) from e
 
 
