@@ -87,7 +87,7 @@ def curves(source: Source, group: str) -> Figure:
                 ax.plot(*zip(*pts, strict=True), color=color, linestyle=style, marker=".", markersize=4)
         handles.append(Line2D([], [], color=color, linestyle=style, label=f"{h.name} ({h.kind})"))
     xlabel = "SAE training tokens" if all(h.tokens_per_step for h in source.saes.values()) else "SAE step"
-    for ax, (title, value, log) in zip(axes, _panels(group), strict=True):
+    for ax, (title, _, log) in zip(axes, _panels(group), strict=True):
         ax.set_title(title, fontsize=10)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
