@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import FixedLocator, NullFormatter
 
 from boardlens.report.runs import SaeHistory, Source
 
@@ -80,13 +81,13 @@ def curves(source: Source, group: str) -> Figure:
         style = LINESTYLES[seen.get(h.kind, 0) % len(LINESTYLES)]
         seen[h.kind] = seen.get(h.kind, 0) + 1
         color = kind_color(h.kind, kinds)
-        xs = [h.tokens(r) if h.tokens_per_step else r["step"] for r in h.records]
+        xs = [h.tokens(r) / 1e6 if h.tokens_per_step else r["step"] for r in h.records]
         for ax, (_, value, _) in zip(axes, _panels(group), strict=True):
             pts = [(x, value(r)) for x, r in zip(xs, h.records, strict=True) if value(r) is not None]
             if pts:
                 ax.plot(*zip(*pts, strict=True), color=color, linestyle=style, marker=".", markersize=4)
         handles.append(Line2D([], [], color=color, linestyle=style, label=f"{h.name} ({h.kind})"))
-    xlabel = "SAE training tokens" if all(h.tokens_per_step for h in source.saes.values()) else "SAE step"
+    xlabel = "SAE training tokens (millions)" if all(h.tokens_per_step for h in source.saes.values()) else "SAE step"
     for ax, (title, _, log) in zip(axes, _panels(group), strict=True):
         ax.set_title(title, fontsize=10)
         ax.set_xlabel(xlabel)
@@ -114,6 +115,15 @@ def _reference_lines(ax, references: dict[str, dict], value: Callable[[dict], fl
     return out
 
 
+def _l0_ticks(ax) -> None:
+    """Label L0 at 1-2-5 steps: matplotlib's labelled minor ticks overlap on short log ranges."""
+    lo, hi = ax.get_xlim()
+    ticks = [m * 10**e for e in range(-1, 6) for m in (1, 2, 5) if lo <= m * 10**e <= hi]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.set_xticklabels([f"{t:g}" for t in ticks])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def pareto(sources: list[Source], group: str) -> Figure:
     """L0 against coverage, reconstruction and loss recovered; references as lines."""
     fig = Figure(figsize=(15, 5.2), layout="constrained")
@@ -135,6 +145,7 @@ def pareto(sources: list[Source], group: str) -> Figure:
         if lines:  # each panel names its own reference values
             ax.legend(handles=lines, fontsize=7, loc="best", framealpha=0.85)
         ax.set_xscale("log")
+        _l0_ticks(ax)
         ax.set_xlabel("L0 (active latents per position, log scale)")
         ax.set_title(f"L0 vs {title}" + (f" ({group})" if "loss" not in title else ""), fontsize=10)
         ax.grid(alpha=0.3, which="both")
