@@ -143,7 +143,8 @@ def pareto(sources: list[Source], group: str) -> Figure:
                                edgecolors="black", linewidths=0.4, zorder=3)
         lines = _reference_lines(ax, refs, value)
         if lines:  # each panel names its own reference values
-            ax.legend(handles=lines, fontsize=7, loc="best", framealpha=0.85)
+            ax.legend(handles=lines, fontsize=7, loc="best", framealpha=0.85, title_fontsize=7,
+                      title=f"references on {sources[0].name}'s eval set" if len(sources) > 1 else None)
         ax.set_xscale("log")
         _l0_ticks(ax)
         ax.set_xlabel("L0 (active latents per position, log scale)")
