@@ -124,6 +124,7 @@ def load_source(path: str | Path) -> Source:
         raise ReportError(f"{metrics}: no SAE evaluations yet")
     for h in src.saes.values():
         h.records.sort(key=lambda r: r["step"])
+    src.saes = dict(sorted(src.saes.items(), key=lambda kv: (kv[1].kind, kv[0])))  # grouped by kind
     some = next(iter(metas.values()), {})
     src.meta = {k: some[k] for k in ("game", "model", "layer") if k in some}
     return src
