@@ -173,10 +173,10 @@ def evaluate_tensors(ae, t: dict, families: dict | None = None) -> tuple[dict[st
             for_stats.append(Codes(ae.encode, x_all[sample]))
         else:
             needed = torch.unique(torch.cat([t[s]["labelled_rows"], sample]))  # sorted
-            codes = Codes(ae.encode, x_all[needed])
+            codes = Codes(ae.encode, x_all if needed.numel() == x_all.shape[0] else x_all[needed])
             labelled[s] = codes.subset(torch.searchsorted(needed, t[s]["labelled_rows"]))
             for_stats.append(codes.subset(torch.searchsorted(needed, sample)))
-        x_stats.append(x_all[sample])
+        x_stats.append(x_all if sample.numel() == x_all.shape[0] else x_all[sample])
     fmax = labelled["train"].fmax()
     scores = score_families(labelled["train"], tr["labels"], labelled["test"], te["labels"], fmax, families=families)
     stats = recon_stats(ae, torch.cat(x_stats), codes=for_stats)
