@@ -8,8 +8,8 @@ are never active, and latent ids are the SAE's own (no re-indexing by alive late
 Each split is encoded once (`boardlens.metrics.codes.Codes`); counts are accumulated chunk by
 chunk from the sparse nonzero codes (one segment sum per chunk for all thresholds at once),
 so no (K, F, N, B) product is ever built. Codes that are not sparse (a random SAE fires half
-its latents; probe and MLP-neuron references are dense) take dense products instead, one per
-threshold: above codes.DENSE_FRACTION nonzeros they are faster.
+its latents; probe and MLP-neuron references are dense) are not stored: each pass encodes them
+again piece by piece and reads that piece's nonzeros the same way.
 
 - coverage = max_t mean_b max_f F1[t, f, b] (in-sample, on the train split, as upstream);
   a BSP that never holds contributes F1 = 0.
@@ -35,9 +35,9 @@ from typing import NamedTuple
 
 import torch
 
-from boardlens.metrics.codes import Codes, Entries
+from boardlens.metrics.codes import Codes, Entries, entries_of
 from boardlens.metrics.reconstruction import RecCounts, reconstruction
-from boardlens.metrics.thresholds import THRESHOLDS, bucket_index, buckets, cuts
+from boardlens.metrics.thresholds import THRESHOLDS, buckets, cuts
 
 __all__ = ["THRESHOLDS", "FamilyScore", "RecCounts", "best_latent_f1", "count_on", "coverage", "high_precision",
            "reconstruction", "score_families"]
@@ -57,13 +57,8 @@ def count_on(codes: Codes, labels: torch.Tensor, fmax: torch.Tensor,
     cut = cuts(fmax, thresholds)
     for sl, piece in codes.pieces():
         lab = labels[sl].float()
-        if not isinstance(piece, Entries):
-            k = bucket_index(piece, cut)  # (n, F)
-            for j in range(1, K + 1):
-                hit = (k == j).float()
-                per_bucket[j * F : (j + 1) * F] += hit.T @ lab
-                active_b[j * F : (j + 1) * F] += hit.sum(0)
-            continue
+        if not isinstance(piece, Entries):  # dense codes, one piece at a time: the same segment sums
+            piece = entries_of(piece)  # (at 20% nonzeros ~2.5x the K dense products; even at 50%)
         flat = (buckets(piece, cut, fmax, thresholds) * F + piece.cols).int()  # row of (bucket, latent)
         # per (bucket, latent): the sum of the label rows of its entries, as one embedding_bag
         # over entries sorted by that key (a 0/1 sparse product, ~2x torch.sparse.mm here;

@@ -41,14 +41,6 @@ def buckets(e: Entries, cut: torch.Tensor, fmax: torch.Tensor, thresholds) -> to
     return k
 
 
-def bucket_index(f: torch.Tensor, cut: torch.Tensor) -> torch.Tensor:
-    """Dense twin of `buckets`: (n, F) number of thresholds each code exceeds (0 if f <= 0)."""
-    k = torch.zeros(f.shape, dtype=torch.int8)
-    for c in cut:  # (F,) per threshold: K passes over (n, F), no (K, n, F) tensor
-        k += f > c
-    return k
-
-
 def cuts(fmax: torch.Tensor, thresholds) -> torch.Tensor:
     """(K, F) activation cut-offs; dead latents get +inf so they are never active."""
     cut = torch.tensor(thresholds)[:, None] * fmax[None, :]
