@@ -179,11 +179,11 @@ class _Plan:
         K, F, B = hpc.shape
         self.K, self.F, self.B, self.thresholds, self.fmax = K, F, B, thresholds, fmax
         self.family_cols, self.square_of = family_cols, square_of
-        self.cut = cuts(fmax, thresholds)
+        cut = cuts(fmax, thresholds)
         self.has = hpc.any(2)  # (K, F)
         labelled = self.has.any(0)
         lowest = torch.where(labelled, self.has.float().argmax(0), torch.zeros(F, dtype=torch.long))
-        self.floor = torch.where(labelled, self.cut.gather(0, lowest[None])[0], torch.full_like(fmax, float("inf")))
+        self.floor = torch.where(labelled, cut.gather(0, lowest[None])[0], torch.full_like(fmax, float("inf")))
         # the t = 1.0 slot: per family, the threshold whose HPC BSPs an entry of bucket k predicts
         self.best = [highest_labelled(hpc, c) for c in family_cols]
         self.per_t = _lists([(hpc, torch.arange(B))], F)  # slots: thresholds
@@ -268,7 +268,7 @@ def reconstruction(codes: Codes, labels: torch.Tensor, fmax: torch.Tensor, hpc: 
     out = RecCounts(torch.zeros(K, B, 3), torch.zeros(K, plan.squares), torch.zeros(B, 3))
     for sl, piece in codes.pieces():
         e = plan.entries(piece, sl.stop - sl.start)
-        k = buckets(e, plan.cut, fmax, thresholds)
+        k = buckets(e, fmax, thresholds)
         lab = labels[sl]
         lab_sum = lab.sum(0)
         # one (entry, threshold) item per threshold i < k where the latent has an HPC

@@ -37,7 +37,7 @@ import torch
 
 from boardlens.metrics.codes import Codes, Entries, entries_of
 from boardlens.metrics.reconstruction import RecCounts, reconstruction
-from boardlens.metrics.thresholds import THRESHOLDS, buckets, cuts
+from boardlens.metrics.thresholds import THRESHOLDS, buckets
 
 __all__ = ["THRESHOLDS", "FamilyScore", "RecCounts", "best_latent_f1", "count_on", "coverage", "high_precision",
            "reconstruction", "score_families"]
@@ -54,12 +54,11 @@ def count_on(codes: Codes, labels: torch.Tensor, fmax: torch.Tensor,
     K, F = len(thresholds), fmax.shape[0]
     per_bucket = torch.zeros((K + 1) * F, labels.shape[1])
     active_b = torch.zeros((K + 1) * F)
-    cut = cuts(fmax, thresholds)
     for sl, piece in codes.pieces():
         lab = labels[sl].float()
         if not isinstance(piece, Entries):  # dense codes, one piece at a time: the same segment sums
             piece = entries_of(piece)  # (at 20% nonzeros ~2.5x the K dense products; even at 50%)
-        flat = (buckets(piece, cut, fmax, thresholds) * F + piece.cols).int()  # row of (bucket, latent)
+        flat = (buckets(piece, fmax, thresholds) * F + piece.cols).int()  # row of (bucket, latent)
         # per (bucket, latent): the sum of the label rows of its entries, as one embedding_bag
         # over entries sorted by that key (a 0/1 sparse product, ~2x torch.sparse.mm here;
         # int32 keys sort 2x faster than int64)

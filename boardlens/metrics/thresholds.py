@@ -15,15 +15,14 @@ from boardlens.metrics.codes import Entries
 THRESHOLDS = tuple(i / 10 for i in range(11))
 
 
-def buckets(e: Entries, cut: torch.Tensor, fmax: torch.Tensor, thresholds) -> torch.Tensor:
+def buckets(e: Entries, fmax: torch.Tensor, thresholds) -> torch.Tensor:
     """(nnz,) how many thresholds each nonzero code exceeds: active at threshold i iff k > i.
 
-    cut (K, F) = thresholds x fmax (+inf for dead latents). The guess ceil(vals / fmax * (K - 1))
-    (exact for evenly spaced thresholds but for rounding) is fixed up against the definition,
-    vals > cut, with the cut recomputed per entry as the same float32 product t * fmax; each
-    pass moves a wrong k one step, so any thresholds come out right. Gathers use index_select
-    (~2x advanced indexing on this CPU)."""
-    K = cut.shape[0]
+    The guess ceil(vals / fmax * (K - 1)) (exact for evenly spaced thresholds but for rounding)
+    is fixed up against the definition, vals > t * fmax (the same float32 product as `cuts`;
+    dead latents exceed nothing); each pass moves a wrong k one step, so any thresholds come
+    out right. Gathers use index_select (~2x advanced indexing on this CPU)."""
+    K = len(thresholds)
     if e.vals.numel() == 0:
         return torch.zeros(0, dtype=torch.long)
     scale = fmax.index_select(0, e.cols)

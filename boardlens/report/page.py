@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import time
 from html import escape
+from typing import NamedTuple
 
 from boardlens.report.runs import SaeHistory, Source
 
@@ -39,24 +40,41 @@ def _tokens(h: SaeHistory) -> str:
     return "&ndash;" if t is None else f"{t / 1e6:.2f}M"
 
 
+class _Line(NamedTuple):
+    """One table line: an SAE's newest evaluation or a reference's record."""
+
+    label: str  # SAE name or [reference]
+    kind: str  # trainer kind, or "reference"
+    source: str
+    record: dict
+    history: SaeHistory | None  # None for a reference
+
+
+def _lines(sources: list[Source]) -> list[_Line]:
+    """Every SAE of every source, then the first source's references (the Pareto lines' too)."""
+    out = [_Line(h.name, h.kind, s.name, h.final, h) for s in sources for h in s.saes.values()]
+    out += [_Line(f"[{name}]", "reference", sources[0].name, r, None) for name, r in sorted(sources[0].references.items())]
+    return out
+
+
+def _line_row(line: _Line, cells: list[str], label: str | None = None) -> str:
+    label = escape(label or line.label)
+    if line.history is None:
+        return _row([label, *cells], "reference", title=line.record.get("detail", ""))
+    return _row([label, *cells])
+
+
 def _final_table(sources: list[Source], groups: list[str]) -> str:
     several = len(sources) > 1
     head = ["SAE", "kind", *(["source"] if several else []), "step", "tokens", "L0", "FVE", "loss rec", "KL"]
     head += [f"{g} {m}" for g in groups for m in ("cov", "rec")]
     rows = []
-    for s in sources:
-        for h in s.saes.values():
-            r, loss = h.final, h.final.get("loss") or {}
-            cells = [escape(h.name), escape(h.kind), *([escape(s.name)] if several else []), fmt(r.get("step")),
-                     _tokens(h), fmt(r.get("l0"), 1), fmt(r.get("var_explained")), fmt(loss.get("recovered")),
-                     fmt(loss.get("kl"))]
-            cells += [fmt((r["averages"].get(g) or {}).get(m)) for g in groups for m in ("coverage", "reconstruction")]
-            rows.append(_row(cells))
-    for name, r in sorted(sources[0].references.items()):
-        cells = [f"[{escape(name)}]", "reference", *([escape(sources[0].name)] if several else []), "&ndash;",
-                 "&ndash;", fmt(r.get("l0"), 1), fmt(r.get("var_explained")), "&ndash;", "&ndash;"]
+    for line in _lines(sources):
+        r, loss, h = line.record, line.record.get("loss") or {}, line.history
+        cells = [escape(line.kind), *([escape(line.source)] if several else []),
+                 fmt(r.get("step")) if h else "&ndash;", _tokens(h) if h else "&ndash;", fmt(r.get("l0"), 1), fmt(r.get("var_explained")), fmt(loss.get("recovered")), fmt(loss.get("kl"))]
         cells += [fmt((r["averages"].get(g) or {}).get(m)) for g in groups for m in ("coverage", "reconstruction")]
-        rows.append(_row(cells, "reference", title=r.get("detail", "")))
+        rows.append(_line_row(line, cells))
     return _table(head, rows)
 
 
@@ -80,21 +98,13 @@ FAMILY_COLUMNS = (("coverage", "coverage", 3), ("at t", "coverage_threshold", 1)
 
 def _family_tables(sources: list[Source]) -> str:
     families = list(next(iter(sources[0].saes.values())).final["families"])
+    lines = _lines(sources)
     several = len(sources) > 1
     out = []
     for fam in families:
-        rows = []
-        for s in sources:
-            for h in s.saes.values():
-                f = h.final["families"].get(fam)
-                if f is not None:
-                    label = f"{s.name}/{h.name}" if several else h.name
-                    rows.append(_row([escape(label)] + [fmt(f.get(k), d) for _, k, d in FAMILY_COLUMNS]))
-        for name, r in sorted(sources[0].references.items()):
-            f = r["families"].get(fam)
-            if f is not None:
-                rows.append(_row([f"[{escape(name)}]"] + [fmt(f.get(k), d) for _, k, d in FAMILY_COLUMNS],
-                                 "reference", title=r.get("detail", "")))
+        rows = [_line_row(line, [fmt(line.record["families"][fam].get(k), d) for _, k, d in FAMILY_COLUMNS],
+                          f"{line.source}/{line.label}" if several and line.history else None)
+                for line in lines if fam in line.record["families"]]
         out.append(f"<h3>{escape(fam)}</h3>" + _table(["SAE / [reference]"] + [c for c, _, _ in FAMILY_COLUMNS], rows))
     return "".join(out)
 
