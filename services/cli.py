@@ -222,6 +222,8 @@ def lm() -> None:
               help="Keep the model at every evaluation in <run-dir>/snapshots/ (learning curves).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from <run-dir>/train_state.pt.")
+@click.option("--init-from", default="", help="Start from a saved model's weights, step and games seen "
+              "(same game and shape; fresh AdamW, LR re-warmed); give another --seed for new games.")
 def lm_train(resume: bool, run_dir: str | None, out: str | None, checkpoint_every: int | None,
              ckpt_every: int | None, **options) -> None:
     """Train a game LM on freshly generated games (progress bar, checkpoints, resume)."""

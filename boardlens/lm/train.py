@@ -114,6 +114,10 @@ class LMTrainConfig:
     """torch.compile the model (a few percent more tokens/s on this CPU; ~1 min to compile)."""
     snapshots: bool = True
     """Also keep the model at every evaluation in <out>/snapshots/step-N (for learning curves)."""
+    init_from: str = ""
+    """Start from this saved model's weights (a bundled-model folder of the same game and shape),
+    its step and games seen; AdamW starts fresh and the LR re-warms. Give a --seed other than the
+    model's so the games are new ones. Ignored when --resume finds a training state."""
 
     def __post_init__(self) -> None:
         game = GAMES[self.game]  # an unknown game fails here, naming the known ones
@@ -216,6 +220,20 @@ class _Run:
               + ("" if self.rewarm_from is None else f"; compact state: fresh AdamW, LR re-warmed over "
                  f"{self.cfg.warmup_steps} steps"), flush=True)
 
+    def init_from(self, folder: str) -> None:
+        """Start from a saved model (see LMTrainConfig.init_from)."""
+        from boardlens.lm.checkpoint import load_model
+
+        model, meta = load_model(folder)
+        if meta.get("game") != self.cfg.game or model.config.to_dict() != self.model.config.to_dict():
+            raise CheckpointError(f"{folder}: a {meta.get('game')} model {model.config.to_dict()} cannot start a "
+                                  f"{self.cfg.game} run of {self.model.config.to_dict()}")
+        self.model.load_state_dict(model.state_dict())
+        self.step, self.seen = int(meta.get("train_steps", 0)), int(meta.get("games_seen", 0))
+        self.rewarm_from = self.step
+        print(f"starting from {folder} at step {self.step} ({self.seen:,} games seen); fresh AdamW, LR "
+              f"re-warmed over {self.cfg.warmup_steps} steps", flush=True)
+
     def train_step(self) -> float:
         lr = lr_at(self.cfg, self.step)
         if self.rewarm_from is not None:
@@ -261,6 +279,8 @@ def train(cfg: LMTrainConfig, resume: bool = False) -> dict:
     run = _Run(cfg)
     if resume and run.state_path.exists():
         run.restore()
+    elif cfg.init_from:
+        run.init_from(cfg.init_from)
     stop = threading.Event()
     old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
     log = open(run.out / "lm_metrics.jsonl", "a")

@@ -120,3 +120,25 @@ def test_a_compact_state_is_small_and_resumes_with_a_fresh_optimizer(tmp_path, c
     assert train(dataclasses.replace(cfg, steps=14), resume=True)["step"] == 14
     out = capsys.readouterr().out
     assert "resumed at step 10" in out and "compact state: fresh AdamW" in out
+
+
+def test_a_run_can_start_from_a_saved_model_and_refuses_another_shape(tmp_path, capsys):
+    from boardlens.lm.checkpoint import CheckpointError
+    from boardlens.lm.train import train
+
+    cfg = LMTrainConfig(run_dir=str(tmp_path / "a"), n_layer=1, n_embd=32, n_head=2, sae_layer=0, steps=10,
+                        batch_games=8, warmup_steps=4, eval_every=10, eval_games=8, probe_games=0,
+                        snapshots=False, threads=1)
+    train(cfg)
+    first, _ = load_model(tmp_path / "a" / "model")
+    more = dataclasses.replace(cfg, run_dir=str(tmp_path / "b"), steps=12, seed=1, init_from=str(tmp_path / "a" / "model"))
+    capsys.readouterr()
+    got = train(more)
+    assert (got["step"], got["games_seen"]) == (12, 96)
+    assert "starting from" in capsys.readouterr().out
+    second, meta = load_model(tmp_path / "b" / "model")
+    assert meta["train_steps"] == 12 and meta["games_seen"] == 96
+    moved = max((a - b).abs().max().item() for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True))
+    assert 0 < moved < 0.01  # continued from the weights (two re-warmed steps), not re-initialised
+    with pytest.raises(CheckpointError, match="cannot start"):
+        train(dataclasses.replace(more, run_dir=str(tmp_path / "c"), n_embd=64))
