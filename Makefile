@@ -13,24 +13,28 @@ GAME ?= othello
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# constraints.txt pins the runtime dependencies (the image installs the same versions).
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -c constraints.txt "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	# The reference library our SAE interop is tested against (its nnsight import is for its
 	# LM buffer only, so no dependencies are installed).
 	$(BIN)/pip install -q --no-deps dictionary-learning==0.1.0 einops tqdm
 	touch $@
 
-# System packages the dashboard test needs (a real Prometheus server and promtool).
-# Debian packages: prometheus + promtool (dashboard and rules tests), stockfish (chess source).
+# System packages the deploy tests need: prometheus + promtool (dashboard and rules tests),
+# stockfish (chess source), chromium + chromedriver (report pages); and, from npm, Grafana's
+# published dashboard types with the TypeScript compiler (the dashboard schema test).
 deps:
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null && \
 	  { command -v stockfish >/dev/null || test -x /usr/games/stockfish; } && \
-	  command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v npm >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus stockfish \
-	      chromium chromium-driver >/dev/null; }
+	      chromium chromium-driver npm >/dev/null; }
+	@test -d tests/deploy/grafana-schema/node_modules/@grafana/schema || \
+	  npm ci --silent --no-audit --no-fund --prefix tests/deploy/grafana-schema
 
 demo: venv
 	$(BIN)/boardlens up --game $(GAME) --tokens $(TOKENS)

@@ -18,6 +18,7 @@ from boardlens.parse import field_docs, optional_base
 from boardlens.registry import GAMES
 from boardlens.services.config import (
     DEFAULT_GAME,
+    RUNS_DIR,
     EvaluatorConfig,
     ProducerConfig,
     TrainerConfig,
@@ -96,7 +97,7 @@ def train(config_file, **options):
     from boardlens.services.common import StartupError
 
     try:
-        trainer.run(_resolve(TrainerConfig, config_file, options))
+        sys.exit(trainer.run(_resolve(TrainerConfig, config_file, options)))
     except StartupError as e:
         raise click.ClickException(str(e)) from e
 
@@ -119,7 +120,7 @@ def evaluate(config_file, **options):
 @_config_file
 @click.option("--tokens", type=int, default=2_000_000, show_default=True,
               help="Tokens to stream before stopping (0 = until Ctrl-C).")
-@click.option("--run-dir", default=None, help="Run folder [default: runs/<timestamp>].")
+@click.option("--run-dir", default=None, help="Run folder [default: $BOARDLENS_RUNS or runs/, then <timestamp>].")
 @click.option("--game", type=click.Choice(GAMES.names()), default=DEFAULT_GAME, show_default=True,
               help="Picks the bundled model (models/<game>-gpt) when --model is not given.")
 @click.option("--model", default=None, help="Model folder or checkpoint; its vocabulary decides the game.")
@@ -195,7 +196,7 @@ def lm() -> None:
 
 @lm.command("train")
 @click.option("--game", default=DEFAULT_GAME, show_default=True, type=click.Choice(GAMES.names()))
-@click.option("--run-dir", default=None, help="Run folder [default: runs/lm-<game>].")
+@click.option("--run-dir", default=None, help="Run folder [default: $BOARDLENS_RUNS or runs/, then lm-<game>].")
 @click.option("--out", default=None, hidden=True, help="Old name of --run-dir.")
 @click.option("--steps", default=6000, show_default=True, help="Optimiser steps.")
 @click.option("--batch-games", default=128, show_default=True, help="Games per step.")
@@ -232,7 +233,7 @@ def lm_train(resume: bool, run_dir: str | None, out: str | None, checkpoint_ever
     from boardlens.lm.train import train as train_lm
 
     try:
-        cfg = LMTrainConfig(run_dir=run_dir or out or f"runs/lm-{options['game']}",
+        cfg = LMTrainConfig(run_dir=run_dir or out or f"{RUNS_DIR}/lm-{options['game']}",
                             checkpoint_every=checkpoint_every or ckpt_every or 250, **options)
     except ValueError as e:
         raise click.UsageError(str(e)) from e
@@ -423,7 +424,7 @@ def sae_export(checkpoint: str, fmt: str, out: str) -> None:
 @click.option("--saes", "saes", multiple=True, help="Trainer spec, repeatable [default: up's standard + p_anneal].")
 @click.option("--sae", "saes_old", multiple=True, hidden=True, help="Old name of --saes.")
 @click.option("--d-sae", type=int, default=None, help="Dictionary size [default: 4096].")
-@click.option("--run-dir", default=None, help="Run folder of the training [default: runs/floor-<model name>].")
+@click.option("--run-dir", default=None, help="Run folder of the training [default: $BOARDLENS_RUNS or runs/, then floor-<model name>].")
 def sae_floor(model, control, tokens: int, saes, saes_old, d_sae, run_dir) -> None:
     """Train SAEs on the model's random-init control (`boardlens up` on it) into <model>/floor/.
 
@@ -444,7 +445,7 @@ def sae_floor(model, control, tokens: int, saes, saes_old, d_sae, run_dir) -> No
     model_dir = Path(model or DEFAULT_MODEL)
     control_dir = Path(control or f"{model_dir}-random")
     _, meta = _load_lm(str(control_dir))
-    run = Path(run_dir or f"runs/floor-{model_dir.name}")
+    run = Path(run_dir or f"{RUNS_DIR}/floor-{model_dir.name}")
     code = up.run(tokens=tokens, run_dir=str(run), model=str(control_dir), saes=saes + saes_old, d_sae=d_sae, quiet=True)
     if code:
         raise click.ClickException(f"the training on {control_dir} failed; see {run}/logs")

@@ -20,7 +20,11 @@ import yaml
 from boardlens.parse import coerce
 from boardlens.registry import GAMES
 
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+MODELS_DIR = Path(os.environ.get("BOARDLENS_MODELS") or Path(__file__).resolve().parent.parent / "models")
+"""The bundled models: <repository>/models, or $BOARDLENS_MODELS (the image: /app/models)."""
+RUNS_DIR = os.environ.get("BOARDLENS_RUNS") or "runs"
+"""Where run folders go by default: ./runs, or $BOARDLENS_RUNS (the image: a folder in /tmp,
+writable on a read-only root)."""
 DEFAULT_GAME = "othello"
 
 
@@ -149,7 +153,7 @@ class TrainerConfig(ServiceOptions):
     """Producer's lossless endpoint."""
     snapshot_bind: str = "tcp://127.0.0.1:5557"
     """Where SAE snapshots are published for evaluators."""
-    run_dir: str = "runs/default"
+    run_dir: str = f"{RUNS_DIR}/default"
     """Run folder: checkpoints/, train.jsonl, config.json."""
     saes: tuple[str, ...] = ("standard:penalty=0.05", "p_anneal:penalty=0.05")
     """Trainer specs `kind[:key=value,...]` (kinds: standard, p_anneal, gated, gated_anneal, topk,
@@ -227,7 +231,7 @@ class EvaluatorConfig(ServiceOptions):
     """Producer's lossy endpoint (the evaluator never slows the producer)."""
     snapshots: str = "tcp://127.0.0.1:5557"
     """Trainer's snapshot endpoint."""
-    run_dir: str = "runs/default"
+    run_dir: str = f"{RUNS_DIR}/default"
     """Run folder: metrics.jsonl and final_metrics.json are written here."""
     train_games: int = 1000
     """Games in the train split (statistics, coverage); the paper's 1000."""

@@ -6,6 +6,10 @@ calls `progress()` whenever it does useful work; /healthz answers 200 only while
 progress is younger than `stall_after_s` (or the service says it is idle on purpose, e.g.
 waiting for subscribers) and no registered problem check reports one (e.g. the producer
 blocked too long by a subscriber that does not read), else 503 with the reason.
+
+/metrics is prometheus_client's own WSGI exposition: it negotiates the format (OpenMetrics
+when the scraper asks for it, as Prometheus does, else the text format), gzips when the
+scraper accepts it, and honours `name[]` filters. /healthz is served beside it.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import importlib.metadata
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import (
     CollectorRegistry,
@@ -24,7 +28,7 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
 )
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
 
 from boardlens.services.metrics import BUILD_INFO, CATALOGUE, COUNTER, GAUGE, Metric
 from boardlens.services.status import StatusFile
@@ -41,7 +45,7 @@ class Telemetry:
         self._last_progress = time.monotonic()
         self._state = "starting"
         self.problems: list = []  # callables -> a reason the service is unhealthy, or None
-        self._server: ThreadingHTTPServer | None = None
+        self._server: ThreadingWSGIServer | None = None
         self.status: StatusFile | None = None  # the status record, rewritten as the service progresses
         self.metric(BUILD_INFO).labels(service, _version()).set(1)
         if port:
@@ -82,27 +86,21 @@ class Telemetry:
         return self._server.server_address[1] if self._server else 0
 
     def _serve(self, host: str, port: int) -> None:
-        tel = self
+        metrics = make_wsgi_app(self.registry)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-                if self.path.startswith("/metrics"):
-                    body, ctype, code = generate_latest(tel.registry), CONTENT_TYPE_LATEST, 200
-                elif self.path.startswith("/healthz"):
-                    ok, info = tel.health()
-                    body, ctype, code = json.dumps(info).encode(), "application/json", 200 if ok else 503
-                else:
-                    body, ctype, code = b"not found\n", "text/plain", 404
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+        def app(environ, start_response):
+            path = environ.get("PATH_INFO", "")
+            if path.startswith("/metrics"):
+                return metrics(environ, start_response)
+            if path.startswith("/healthz"):
+                ok, info = self.health()
+                body, status = json.dumps(info).encode(), "200 OK" if ok else "503 Service Unavailable"
+                start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+                return [body]
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"not found: /metrics or /healthz\n"]
 
-            def log_message(self, *args) -> None:  # scrapes are not worth a log line
-                pass
-
-        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_QuietHandler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, name=f"{self.service}-metrics", daemon=True).start()
 
@@ -113,6 +111,11 @@ class Telemetry:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, *args) -> None:  # scrapes are not worth a log line
+        pass
 
 
 def _version() -> str:

@@ -17,6 +17,11 @@ that were in flight on the socket when it stopped (the producer streams on; noth
 replayed), and the train.jsonl lines written after the last checkpoint are written again.
 On SIGTERM it stops at the next step boundary, checkpoints and exits; after `stop_grace_s`
 it exits anyway (the previous checkpoint is intact).
+
+Exit status: 0 once the run is complete (its steps, or the end of the stream); EXIT_STOPPED
+(143, as a process killed by SIGTERM) when a signal stopped it first, so a supervisor (a
+Kubernetes Job, systemd's Restart=on-failure) restarts it to resume instead of counting an
+evicted run as done; EXIT_GRACE_EXCEEDED (3) when the checkpoint did not finish in time.
 """
 
 from __future__ import annotations
@@ -72,6 +77,7 @@ from boardlens.services.telemetry import Telemetry
 
 _LOSS_TERMS = ("loss", "recon", "sparsity", "aux")
 EXIT_GRACE_EXCEEDED = 3
+EXIT_STOPPED = 143  # 128 + SIGTERM
 
 
 class TrainerMetrics:
@@ -391,7 +397,7 @@ class _Inbox:
 
 
 def run(cfg: TrainerConfig) -> int:
-    """Train until `steps`, end of stream or SIGTERM; returns the steps done."""
+    """Train until `steps`, end of stream or SIGTERM; returns the exit status (module docstring)."""
     log_config("trainer", cfg)
     set_threads(cfg.threads)
     tune_malloc()  # keep freed message buffers: measured -70..150 us CPU per 1 MiB message
@@ -422,7 +428,9 @@ def run(cfg: TrainerConfig) -> int:
                 tel.progress()
             elif sweep is None:
                 tel.idle("waiting for the producer")
-        return finish(inbox.sweep, snap, stop)
+        finish(inbox.sweep, snap, stop)
+        complete = inbox.ended or (inbox.sweep is not None and inbox.sweep.done)
+        return 0 if complete else EXIT_STOPPED
     finally:
         sub.close()
         snap.close(drain_s=1.0 if stop.is_set() else 30.0)  # stopping: stay inside the grace period

@@ -27,6 +27,7 @@ from boardlens.atomic import write_text
 from boardlens.progress import Progress
 from boardlens.services.config import (
     DEFAULT_GAME,
+    RUNS_DIR,
     EvaluatorConfig,
     ProducerConfig,
     TrainerConfig,
@@ -182,8 +183,13 @@ def format_table(final: dict) -> str:
 
 
 def run(config_file=None, tokens=2_000_000, run_dir=None, quiet=False, base_port=0, **flags) -> int:
-    run_path = Path(run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
-    run_path.mkdir(parents=True, exist_ok=True)
+    run_path = Path(run_dir or f"{RUNS_DIR}/{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        run_path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"error: cannot create the run folder {run_path}: {e.strerror or e} "
+              f"(give --run-dir, or set BOARDLENS_RUNS to a writable folder)", file=sys.stderr)
+        return 2
     try:
         cfgs = build_configs(config_file, str(run_path), tokens, base_port, **flags)
     except ValueError as e:

@@ -13,8 +13,13 @@ run, so the conventions below are load-bearing:
 - counters are read with rate(...[$__rate_interval]); evaluations and snapshots are sparse
   (one every few hundred steps), so their rates and the evaluation-duration quantiles use a
   fixed 5m window instead, else most windows would hold no event;
-- a counter with a `reason` label has no series until the first rejection, so those queries
-  end in `or on() ...vector(0)` and show 0 instead of "No data";
+- counters with a `reason` label exist at 0 for every reason from the start: their panels draw
+  the total and, only while non-zero, one line per reason (not a dozen flat lines);
+- job names differ between deployments (local static config and the kube-prometheus-stack
+  PodMonitor: boardlens-<service>; annotation-based pod discovery: kubernetes-pods, with the
+  pod labels copied as app_kubernetes_io_*): panels find a service's series through
+  boardlens_build_info's `service` label, and Prometheus' own `up` (which has no BoardLens
+  labels) through either naming (UP);
 - floor/ceiling references (boardlens_evaluator_reference_*) are legended "[reference] ..." and
   drawn dashed (an override on that legend pattern) beside the SAEs' solid lines.
 """
@@ -35,7 +40,8 @@ OUT = Path(__file__).with_name("boardlens.json")
 DS = {"type": "prometheus", "uid": "${datasource}"}
 RATE = "$__rate_interval"
 SAE = 'sae=~"$sae"'
-JOBS = 'job=~"boardlens.*"'
+UP = '(up{job=~"boardlens.*"} or up{app_kubernetes_io_part_of="boardlens"})'
+"""Prometheus' `up` of every BoardLens target, under either job naming."""
 
 
 class Panel(NamedTuple):
@@ -78,11 +84,15 @@ def p50_p95(histogram: Metric, window: str = RATE) -> tuple[tuple[str, str], ...
     return ((quantile(0.5, histogram, window), "p50"), (quantile(0.95, histogram, window), "p95"))
 
 
-def by_reason_or_zero(metric: Metric, what: str) -> tuple[str, str]:
-    """Rate by reason; a single 0 series labelled reason="none" while nothing was rejected."""
-    expr = (f"{rate(metric, 'reason')} or on() "
-            f'label_replace(vector(0), "reason", "none", "", "")')
-    return expr, f"{what} {{{{reason}}}}"
+def by_reason(metric: Metric, what: str) -> tuple[tuple[str, str], ...]:
+    """The total rate, and the rate of each reason only while it is non-zero."""
+    return ((rate(metric), f"{what} (all reasons)"), (f"{rate(metric, 'reason')} > 0", f"{what} {{{{reason}}}}"))
+
+
+def per_service(expr: str) -> str:
+    """Sum by service of a per-target series (e.g. process_*), whatever the job names: joined
+    to boardlens_build_info, which carries the service."""
+    return f"sum by (service) ({expr} * on (job, instance) group_left (service) {gauge(M.BUILD_INFO)})"
 
 
 def per_minute(metric: Metric, by: str = "", match: str = "") -> str:
@@ -97,7 +107,7 @@ def per_sae(metric: Metric, legend: str = "{{sae}}", match: str = "") -> tuple[s
 ROWS: list[tuple[str, list[Panel]]] = [
     ("Overview", [
         Panel("Services: scraped (Prometheus up) and running (build info)", (
-            (f"max by (job) (up{{{JOBS}}})", "{{job}} scraped"),  # Prometheus' own up
+            (f"max by (job, instance) {UP}", "{{job}} {{instance}} scraped"),  # Prometheus' own up
             (f"count by (service, version) ({gauge(M.BUILD_INFO)})", "{{service}} {{version}}"),
         ), "short"),
         Panel("Tokens / s: produced and trained", (
@@ -106,10 +116,10 @@ ROWS: list[tuple[str, list[Panel]]] = [
         ), "short"),
         Panel("Trainer steps / s per SAE", ((rate(M.TRAINER_STEPS, "sae", match=SAE), "{{sae}}"),), "short"),
         Panel("CPU cores used per service", (
-            (rate(M.CATALOGUE["process_cpu_seconds_total"], "job", match=JOBS), "{{job}}"),
+            (per_service(f"rate({sel(M.CATALOGUE['process_cpu_seconds_total'])}[{RATE}])"), "{{service}}"),
         ), "short"),
         Panel("Resident memory per service", (
-            (f"sum by (job) ({gauge(M.CATALOGUE['process_resident_memory_bytes'], JOBS)})", "{{job}}"),
+            (per_service(gauge(M.CATALOGUE["process_resident_memory_bytes"])), "{{service}}"),
         ), "bytes"),
     ]),
     ("Producer", [
@@ -173,7 +183,7 @@ ROWS: list[tuple[str, list[Panel]]] = [
         Panel("Trainer messages / s: received, lost, rejected", (
             (rate(M.TRAINER_DATA.received), "received"),
             (rate(M.TRAINER_DATA.lost), "lost batches"),
-            by_reason_or_zero(M.TRAINER_DATA.rejected, "rejected"),
+            *by_reason(M.TRAINER_DATA.rejected, "rejected"),
         ), "short"),
         Panel("Steps skipped (non-finite loss or gradient) / min", (
             (per_minute(M.TRAINER_STEPS_SKIPPED, "sae", SAE), "{{sae}}"),
@@ -218,8 +228,8 @@ ROWS: list[tuple[str, list[Panel]]] = [
             (rate(M.EVALUATOR_DATA.lost), "data lost (lossy, expected)"),
             (rate(M.EVALUATOR_SNAPSHOTS.received), "snapshot messages"),
             (rate(M.EVALUATOR_SNAPSHOTS.lost), "snapshot messages lost"),
-            by_reason_or_zero(M.EVALUATOR_DATA.rejected, "data rejected"),
-            by_reason_or_zero(M.EVALUATOR_SNAPSHOTS.rejected, "snapshots rejected"),
+            *by_reason(M.EVALUATOR_DATA.rejected, "data rejected"),
+            *by_reason(M.EVALUATOR_SNAPSHOTS.rejected, "snapshots rejected"),
         ), "short"),
     ]),
 ]
@@ -261,10 +271,10 @@ def _templating() -> dict:
     sae_query = f"label_values({M.TRAINER_LOSS.name}, sae)"
     return {"list": [
         {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
-         "current": {}, "hide": 0, "includeAll": False, "multi": False, "options": [], "refresh": 1,
+         "hide": 0, "includeAll": False, "multi": False, "options": [], "refresh": 1,
          "regex": ""},
         {"name": "sae", "label": "SAE", "type": "query", "datasource": DS,
-         "definition": sae_query, "query": {"query": sae_query, "refId": "PrometheusVariableQueryEditor"},
+         "query": {"query": sae_query, "refId": "PrometheusVariableQueryEditor"},
          "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
          "hide": 0, "includeAll": True, "allValue": ".*", "multi": True, "options": [],
          "refresh": 2, "regex": "", "sort": 1},

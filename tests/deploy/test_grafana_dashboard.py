@@ -53,8 +53,7 @@ def test_dashboard_shape(dash):
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
     sae = variables["sae"]
-    assert sae["definition"] == f"label_values({M.TRAINER_LOSS.name}, sae)"
-    assert sae["query"]["query"] == sae["definition"]
+    assert sae["query"]["query"] == f"label_values({M.TRAINER_LOSS.name}, sae)"
     assert sae["multi"] and sae["includeAll"] and sae["allValue"] == ".*"
     assert sae["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,11 +38,12 @@ class Rendered:
     def __init__(self, overlay: str, tmp: Path) -> None:
         self.docs = render(overlay)
         self.by = {(d["kind"], d["metadata"]["name"]): d for d in self.docs}
-        (cm,) = [d for d in self.docs if d["kind"] == "ConfigMap"]
+        (cm,) = [d for d in self.docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("boardlens-config")]
         self.config_map = cm
         self.config_file = tmp / f"{overlay}-config.yaml"
         self.config_file.write_text(cm["data"]["config.yaml"])
-        self.deployments = {d["metadata"]["name"]: d for d in self.docs if d["kind"] == "Deployment"}
+        # The workloads: producer and evaluator Deployments, the trainer a Job.
+        self.deployments = {d["metadata"]["name"]: d for d in self.docs if d["kind"] in ("Deployment", "Job")}
         self.services = {d["metadata"]["name"]: d for d in self.docs if d["kind"] == "Service"}
 
     def container(self, deployment: str) -> dict:
@@ -57,18 +59,26 @@ class Rendered:
         return resolve(cls, str(self.config_file), environ=env)
 
 
-@pytest.fixture(scope="module", params=["cpu", "gpu", "chess"])
+OVERLAYS = ["cpu", "gpu", "chess", "kube-prometheus-stack"]
+MONITORING = [("PodMonitor", "boardlens"), ("PrometheusRule", "boardlens"), ("ConfigMap", "boardlens-dashboard")]
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
 def overlay(request, tmp_path_factory):
     return request.param, Rendered(request.param, tmp_path_factory.mktemp("k8s"))
 
 
 def test_objects(overlay):
-    _, r = overlay
-    kinds = sorted((d["kind"], d["metadata"]["name"].rsplit("-", 1)[0] if d["kind"] == "ConfigMap"
-                    else d["metadata"]["name"]) for d in r.docs)
+    name, r = overlay
+    kinds = sorted((d["kind"], d["metadata"]["name"].rsplit("-", 1)[0] if d["metadata"]["name"].startswith(
+        "boardlens-config") else d["metadata"]["name"]) for d in r.docs)
+    services = ("producer", "trainer", "evaluator")
     assert kinds == sorted([
         ("ConfigMap", "boardlens-config"), ("PersistentVolumeClaim", "boardlens-runs"),
-        *[(k, f"boardlens-{s}") for k in ("Deployment", "Service") for s in ("producer", "trainer", "evaluator")],
+        ("PersistentVolumeClaim", "boardlens-eval"), ("PodDisruptionBudget", "boardlens-producer"),
+        ("Deployment", "boardlens-producer"), ("Deployment", "boardlens-evaluator"), ("Job", "boardlens-trainer"),
+        *[(k, f"boardlens-{s}") for k in ("Service", "NetworkPolicy") for s in services],
+        *(MONITORING if name == "kube-prometheus-stack" else []),
     ])
     assert all("namespace" not in d["metadata"] for d in r.docs)
     assert yaml.safe_load(r.config_map["data"]["config.yaml"]).keys() == {"producer", "trainer", "evaluator"}
@@ -94,8 +104,11 @@ def test_deployments(overlay):
         ann = dep["spec"]["template"]["metadata"]["annotations"]
         assert ann["prometheus.io/scrape"] == "true" and ann["prometheus.io/port"] == str(cfg.metrics_port)
         assert ann["prometheus.io/path"] == "/metrics"
-        for probe in ("livenessProbe", "readinessProbe"):
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
             assert c[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}, (name, probe)
+            assert "initialDelaySeconds" not in c[probe], (name, probe)  # the startupProbe waits
+        startup = c["startupProbe"]
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= 300, name  # model load, compile
         for kind in ("requests", "limits"):
             assert {"cpu", "memory"} <= c["resources"][kind].keys(), (name, kind)
         assert spec["securityContext"]["runAsNonRoot"] is True
@@ -103,8 +116,9 @@ def test_deployments(overlay):
         # every run_dir is on a writable volume
         if hasattr(cfg, "run_dir"):
             assert any(cfg.run_dir.startswith(p) for p in mounts.values()), (name, cfg.run_dir)
-    for single in ("boardlens-producer", "boardlens-trainer"):
-        assert r.deployments[single]["spec"]["replicas"] == 1
+    for single in ("boardlens-producer", "boardlens-evaluator"):
+        dep = r.deployments[single]["spec"]
+        assert dep["replicas"] == 1 and dep["strategy"]["type"] == "Recreate"  # RWO volume / one stream
 
 
 def test_trainer_keeps_its_run_and_time_to_checkpoint(overlay):
@@ -119,6 +133,101 @@ def test_trainer_keeps_its_run_and_time_to_checkpoint(overlay):
     run_dir = r.config("boardlens-trainer").run_dir
     (path,) = [p for p in mounts if run_dir.startswith(p + "/")]
     assert claim[mounts[path]] in {n for k, n in r.by if k == "PersistentVolumeClaim"}
+
+
+def test_trainer_is_a_job_that_resumes_until_done(overlay):
+    _, r = overlay
+    job = r.deployments["boardlens-trainer"]
+    assert job["kind"] == "Job" and job["spec"]["completions"] == job["spec"]["parallelism"] == 1
+    # restarted in place (same PVC) after a crash or an eviction: exit 143 before the end
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "OnFailure" and job["spec"]["backoffLimit"] >= 5
+    from boardlens.services.trainer import EXIT_STOPPED
+
+    assert EXIT_STOPPED != 0
+
+
+def test_evaluator_history_is_on_its_own_volume(overlay):
+    _, r = overlay
+    spec = r.deployments["boardlens-evaluator"]["spec"]["template"]["spec"]
+    mounts = {m["mountPath"]: m["name"] for m in r.container("boardlens-evaluator")["volumeMounts"]}
+    (path,) = [p for p in mounts if r.config("boardlens-evaluator").run_dir.startswith(p)]
+    (vol,) = [v for v in spec["volumes"] if v["name"] == mounts[path]]
+    assert vol["persistentVolumeClaim"]["claimName"] == "boardlens-eval"
+
+
+def _pods(r: Rendered, selector: dict) -> set[str]:
+    """Workloads whose pods a label selector (matchLabels) picks."""
+    return {n for n, d in r.deployments.items()
+            if selector["matchLabels"].items() <= d["spec"]["template"]["metadata"]["labels"].items()}
+
+
+def test_disruption_budget_covers_the_producer_only(overlay):
+    _, r = overlay
+    pdb = r.by[("PodDisruptionBudget", "boardlens-producer")]["spec"]
+    assert pdb["minAvailable"] == 1 and _pods(r, pdb["selector"]) == {"boardlens-producer"}
+
+
+def test_network_policies_admit_only_the_streams_consumers_and_monitoring(overlay):
+    """Each listening port of each pod: who may connect (component names, or 'monitoring')."""
+    _, r = overlay
+    allowed: dict[tuple[str, str], set[str]] = {}
+    for (kind, _), pol in r.by.items():
+        if kind != "NetworkPolicy":
+            continue
+        (target,) = _pods(r, pol["spec"]["podSelector"])
+        assert pol["spec"]["policyTypes"] == ["Ingress"]
+        for rule in pol["spec"]["ingress"]:
+            sources = set()
+            for peer in rule["from"]:
+                if "namespaceSelector" in peer:
+                    sources.add(peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"])
+                else:
+                    (src,) = _pods(r, peer["podSelector"])
+                    sources.add(src)
+            for port in rule["ports"]:
+                allowed.setdefault((target, port["port"]), set()).update(sources)
+    assert allowed == {
+        ("boardlens-producer", "zmq-lossless"): {"boardlens-trainer"},
+        ("boardlens-producer", "zmq-lossy"): {"boardlens-evaluator"},
+        ("boardlens-producer", "metrics"): {"monitoring"},
+        ("boardlens-trainer", "zmq-snapshots"): {"boardlens-evaluator"},
+        ("boardlens-trainer", "metrics"): {"monitoring"},
+        ("boardlens-evaluator", "metrics"): {"monitoring"},
+    }
+    # every named port is a container port of its pod (a typo would admit nothing)
+    for target, port in allowed:
+        assert port in {p["name"] for p in r.container(target)["ports"]}, (target, port)
+    # ... and every container port is covered by a rule
+    assert {(d, p["name"]) for d in r.deployments for p in r.container(d)["ports"]} == set(allowed)
+
+
+def test_kube_prometheus_stack_component(tmp_path):
+    """PodMonitor on every service's metrics port (job = boardlens-<component>), the rules file
+    as a PrometheusRule, the dashboard as a sidecar ConfigMap; all generated files current."""
+    import importlib.util
+    import json
+
+    r = Rendered("kube-prometheus-stack", tmp_path)
+    pm = r.by[("PodMonitor", "boardlens")]
+    assert pm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert _pods(r, pm["spec"]["selector"]) == set(r.deployments)
+    (ep,) = pm["spec"]["podMetricsEndpoints"]
+    assert ep["port"] == "metrics" and ep["path"] == "/metrics"
+    (relabel,) = ep["relabelings"]
+    assert relabel["targetLabel"] == "job" and relabel["replacement"] == "boardlens-$1"
+    assert relabel["sourceLabels"] == ["__meta_kubernetes_pod_label_app_kubernetes_io_component"]
+    root = K8S.parents[1]
+    rule = r.by[("PrometheusRule", "boardlens")]
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert rule["spec"]["groups"] == yaml.safe_load((root / "deploy" / "prometheus" / "rules.yml").read_text())["groups"]
+    dash = r.by[("ConfigMap", "boardlens-dashboard")]
+    assert dash["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dash["data"]["boardlens.json"]) == json.loads((root / "deploy" / "grafana" / "boardlens.json").read_text())
+    gen = K8S / "components" / "kube-prometheus-stack" / "generate.py"
+    spec = importlib.util.spec_from_file_location("boardlens_kps_generate", gen)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--check"]) == 0, f"stale generated files: python {gen}"
 
 
 def _host_port(endpoint: str) -> tuple[str, int]:
@@ -143,8 +252,8 @@ def test_endpoints_meet(overlay):
         (sp,) = [p for p in svc["ports"] if p["port"] == port]
         target = {p["name"]: p["containerPort"] for p in r.container(deployment)["ports"]}[sp["targetPort"]]
         assert target == _host_port(bind)[1], (connect, bind)
-        selector = r.deployments[deployment]["spec"]["selector"]["matchLabels"]
-        assert svc["selector"].items() <= selector.items()
+        pod_labels = r.deployments[deployment]["spec"]["template"]["metadata"]["labels"]
+        assert svc["selector"].items() <= pod_labels.items()
     for svc in r.services.values():  # metrics reachable through each Service
         assert any(p["name"] == "metrics" for p in svc["spec"]["ports"])
 
@@ -174,3 +283,30 @@ def test_chess_overlay_streams_the_chess_model_from_stockfish(tmp_path):
     # The CPU limit covers the torch threads plus one core per labelling worker.
     limit = float(r.container("boardlens-producer")["resources"]["limits"]["cpu"])
     assert limit >= prod.threads + prod.label_workers
+
+
+KUBERNETES_VALIDATE = Path(sys.executable).parent / "kubernetes-validate"
+CRDS = {"PodMonitor", "PrometheusRule"}  # prometheus-operator kinds: no schema in kubernetes-validate
+
+
+@pytest.mark.skipif(not KUBERNETES_VALIDATE.exists(), reason="kubernetes-validate missing (the dev extra has it)")
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_every_overlay_passes_strict_schema_validation(name, tmp_path):
+    """Every rendered object against the Kubernetes OpenAPI schemas, unknown fields refused."""
+    rendered = tmp_path / f"{name}.yaml"
+    rendered.write_text(yaml.safe_dump_all(render(name)))
+    r = subprocess.run([str(KUBERNETES_VALIDATE), "--strict", str(rendered)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for line in (r.stdout + r.stderr).splitlines():
+        assert line.startswith("INFO") or any(f"kind {k} " in line for k in CRDS), line
+    assert r.stdout.count("INFO") == len([d for d in render(name) if d["kind"] not in CRDS])
+
+
+@pytest.mark.skipif(not KUBERNETES_VALIDATE.exists(), reason="kubernetes-validate missing (the dev extra has it)")
+def test_strict_validation_refuses_an_unknown_field(tmp_path):
+    (dep,) = [d for d in render("cpu") if d["kind"] == "Deployment" and d["metadata"]["name"] == "boardlens-producer"]
+    dep["spec"]["template"]["spec"]["containers"][0]["startupprobe"] = {}  # misspelt
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(dep))
+    r = subprocess.run([str(KUBERNETES_VALIDATE), "--strict", str(bad)], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "startupprobe" in r.stdout + r.stderr

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from boardlens.services.trainer import EXIT_STOPPED
 from boardlens.services.up import free_ports, spawn, stop_processes  # noqa: F401 (free_ports: re-exported for the tests)
 
 
@@ -26,7 +27,7 @@ def services(procs: dict[str, subprocess.Popen], logs: dict):
     finally:
         stop_processes(procs, timeout_s=30)
         for name, p in procs.items():
-            if p.returncode != 0:
+            if p.returncode not in (0, EXIT_STOPPED):  # a trainer stopped before its end: 143
                 print(f"--- {name} exited {p.returncode}:\n{open(logs[name]).read()[-3000:]}")
 
 

@@ -98,3 +98,41 @@ def test_telemetry_refuses_a_metric_outside_the_catalogue():
 ])
 def test_promql_metric_names(expr, names):
     assert M.promql_metric_names(expr) == names
+
+
+def test_metrics_endpoint_negotiates_the_format_and_compresses():
+    """prometheus_client's exposition: OpenMetrics when asked (Prometheus asks), gzip when
+    accepted, the text format otherwise; /healthz beside it, anything else 404."""
+    import gzip
+    import json
+    import urllib.error
+    import urllib.request
+
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+    from tests.services.helpers import free_ports as ports
+
+    (port,) = ports(1)
+    tel = Telemetry("trainer", port=port)
+    TrainerMetrics(tel)
+    url = f"http://127.0.0.1:{port}"
+
+    def get(path, **headers):
+        with urllib.request.urlopen(urllib.request.Request(url + path, headers=headers), timeout=5) as r:
+            return r.headers, r.read()
+
+    try:
+        h, text = get("/metrics")
+        assert h["Content-Type"].startswith("text/plain; version=0.0.4") and b"boardlens_build_info" in text
+        h, om = get("/metrics", Accept="application/openmetrics-text; version=1.0.0; charset=utf-8")
+        assert h["Content-Type"].startswith("application/openmetrics-text") and om.endswith(b"# EOF\n")
+        assert any(f.name == "boardlens_build_info" for f in text_string_to_metric_families(om.decode()))
+        h, packed = get("/metrics", **{"Accept-Encoding": "gzip"})
+        assert h["Content-Encoding"] == "gzip" and gzip.decompress(packed).startswith(b"# HELP")
+        h, body = get("/healthz")
+        assert h["Content-Type"] == "application/json" and json.loads(body)["service"] == "trainer"
+        with pytest.raises(urllib.error.HTTPError) as e:
+            get("/other")
+        assert e.value.code == 404
+    finally:
+        tel.close()
