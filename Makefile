@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,interop]'
 	# The reference library our SAE interop is tested against (its nnsight import is for its
 	# LM buffer only, so no dependencies are installed).
 	$(BIN)/pip install -q --no-deps dictionary-learning==0.1.0 einops tqdm

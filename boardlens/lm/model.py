@@ -21,6 +21,13 @@ import torch.nn.functional as F
 _BOUNDS = {"vocab_size": 1 << 20, "block_size": 1 << 16, "n_layer": 512, "n_head": 1024, "n_embd": 1 << 16,
            "d_mlp": 1 << 18}
 _MAX_PARAMS = 20e9  # 80 GB of float32
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+}
+NORMS = ("layernorm", "rmsnorm", "none")
 
 
 @dataclass(frozen=True)
@@ -40,9 +47,20 @@ class GPTConfig:
     bias: bool = False
     """Linear and LayerNorm biases (ChessGPT and OthelloGPT: none; HF GPT-2 exports: zeros)."""
     activation: str = "gelu"
-    """MLP activation: 'gelu' (exact, nanoGPT) or 'gelu_tanh' (HF GPT-2's 'gelu_new')."""
+    """MLP activation: 'gelu' (exact, nanoGPT), 'gelu_tanh' (HF GPT-2's 'gelu_new'), 'relu' or
+    'silu'."""
     head_bias: bool = False
     """A bias on the unembedding (TransformerLens models have b_U)."""
+    norm: str = "layernorm"
+    """Normalisation before attention, MLP and unembedding: 'layernorm', 'rmsnorm' (weight, no
+    centring or bias) or 'none' (TransformerLens normalization_type None)."""
+    ln_eps: float = 1e-5
+    """Epsilon of the normalisations (HF layer_norm_epsilon, TransformerLens eps)."""
+    attn_scale: float = 0.0
+    """Attention logits are divided by this; 0 = sqrt(d_head) (HF scale_attn_weights=False and
+    TransformerLens use_attn_scale=False are 1.0)."""
+    attn_scale_by_layer: bool = False
+    """Also divide block i's attention logits by i + 1 (HF scale_attn_by_inverse_layer_idx)."""
 
     def __post_init__(self) -> None:
         # Bounded before anything is allocated: a typo in a config (n_layer 10**6) must be an
@@ -56,8 +74,16 @@ class GPTConfig:
             raise ValueError(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
         if self.n_params() > _MAX_PARAMS:
             raise ValueError(f"GPTConfig would hold {self.n_params():.3g} parameters (limit {_MAX_PARAMS:.0e})")
-        if self.activation not in ("gelu", "gelu_tanh"):
-            raise ValueError(f"activation must be 'gelu' or 'gelu_tanh', got {self.activation!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        for name in ("ln_eps", "attn_scale"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1e6:
+                raise ValueError(f"GPTConfig.{name} must be a number in [0, 1e6), got {value!r}")
+        if self.norm != "none" and self.ln_eps <= 0:
+            raise ValueError(f"ln_eps must be > 0, got {self.ln_eps!r}")
 
     @property
     def mlp_width(self) -> int:
@@ -74,21 +100,35 @@ class GPTConfig:
 
 
 class LayerNorm(nn.Module):
-    """LayerNorm with an optional bias (torch's own cannot drop only the bias before 2.1)."""
+    """The block's normalisation: LayerNorm with an optional bias (torch's own cannot drop only
+    the bias before 2.1), RMSNorm (a weight, no bias), or none (no parameters)."""
 
-    def __init__(self, n: int, bias: bool) -> None:
+    def __init__(self, n: int, bias: bool, kind: str = "layernorm", eps: float = 1e-5) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(n))
-        self.bias = nn.Parameter(torch.zeros(n)) if bias else None
+        self.kind, self.eps = kind, eps
+        self.weight = nn.Parameter(torch.ones(n)) if kind != "none" else None
+        self.bias = nn.Parameter(torch.zeros(n)) if bias and kind == "layernorm" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+        if self.kind == "layernorm":
+            return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+        if self.kind == "rmsnorm":
+            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+        return x
+
+
+def _norm(cfg: GPTConfig) -> LayerNorm:
+    return LayerNorm(cfg.n_embd, cfg.bias, cfg.norm, cfg.ln_eps)
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, cfg: GPTConfig) -> None:
+    def __init__(self, cfg: GPTConfig, layer: int = 0) -> None:
         super().__init__()
         self.n_head = cfg.n_head
+        divisor = cfg.attn_scale or math.sqrt(cfg.n_embd // cfg.n_head)
+        if cfg.attn_scale_by_layer:
+            divisor *= layer + 1
+        self.scale = 1.0 / divisor  # multiplies q.k
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
 
@@ -96,7 +136,7 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)  # each (B, T, C)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)  # (B, nh, T, hs)
         return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
 
 
@@ -105,18 +145,18 @@ class MLP(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(cfg.n_embd, cfg.mlp_width, bias=cfg.bias)
         self.c_proj = nn.Linear(cfg.mlp_width, cfg.n_embd, bias=cfg.bias)
-        self.approximate = "tanh" if cfg.activation == "gelu_tanh" else "none"
+        self.act = ACTIVATIONS[cfg.activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(F.gelu(self.c_fc(x), approximate=self.approximate))
+        return self.c_proj(self.act(self.c_fc(x)))
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: GPTConfig) -> None:
+    def __init__(self, cfg: GPTConfig, layer: int = 0) -> None:
         super().__init__()
-        self.ln_1 = LayerNorm(cfg.n_embd, cfg.bias)
-        self.attn = CausalSelfAttention(cfg)
-        self.ln_2 = LayerNorm(cfg.n_embd, cfg.bias)
+        self.ln_1 = _norm(cfg)
+        self.attn = CausalSelfAttention(cfg, layer)
+        self.ln_2 = _norm(cfg)
         self.mlp = MLP(cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -135,8 +175,8 @@ class GPT(nn.Module):
             dict(
                 wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
                 wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
-                h=nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)]),
-                ln_f=LayerNorm(cfg.n_embd, cfg.bias),
+                h=nn.ModuleList([Block(cfg, i) for i in range(cfg.n_layer)]),
+                ln_f=_norm(cfg),
             )
         )
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=cfg.head_bias)

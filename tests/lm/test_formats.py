@@ -135,6 +135,10 @@ def test_transformer_lens_state_dict(tmp_path, with_ln):
     path = tmp_path / "synthetic_model.pth"
     ours = write_tl(path, with_ln)
     x = torch.randint(0, 61, (2, 59))
+    if not with_ln:  # LNPre, RMSPre and no normalisation look alike: the config must say
+        with pytest.raises(CheckpointError, match="no normalisation weights.*synthetic_model.json"):
+            load_transformer_lens(path)
+        path.with_suffix(".json").write_text(json.dumps({"n_layers": 2, "d_model": 16, "normalization_type": "LNPre"}))
     assert same_logits(load_transformer_lens(path), ours, x)
     sd = torch.load(path, weights_only=True)
     del sd["blocks.1.mlp.W_in"]
@@ -152,7 +156,7 @@ def test_load_any_dispatches_every_format(tmp_path):
     assert load_any(tmp_path / "hf")[1] == {"game": "chess", "sae_layer": 1, "format": "hf-gpt2"}
     write_nanogpt(tmp_path / "c.pt")
     assert load_any(tmp_path / "c.pt")[1]["format"] == "nanogpt"
-    ours = write_tl(tmp_path / "o.pth", with_ln=False)
+    ours = write_tl(tmp_path / "o.pth", with_ln=True)
     model, meta = load_any(tmp_path / "o.pth")
     assert meta == {"game": "othello", "sae_layer": 1, "format": "transformer-lens"}
     assert same_logits(model, ours, torch.randint(0, 61, (1, 59)))
