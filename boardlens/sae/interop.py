@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from boardlens.atomic import write_atomic, write_json
-from boardlens.registry import ARCHS, TRAINERS
+from boardlens.registry import ARCHS, GAMES, TRAINERS
 from boardlens.sae.io import ae_from_tensors, sae_tensors
 
 FORMATS = ("dictionary_learning", "saelens")
@@ -99,12 +99,17 @@ def export_saelens(ae: torch.nn.Module, folder: str | Path, meta: dict | None = 
     write_atomic(folder / "sae_weights.safetensors", lambda p: save_file(w, str(p)))
     layer = h.get("layer")
     hook = f"blocks.{layer}.hook_resid_post" if layer is not None else ""
+    # What SAELens needs to run the SAE on the right model and inputs: our game LMs have no
+    # BOS token (SAELens would prepend one), a fixed context, and names that are not
+    # TransformerLens's (its "othello-gpt" is another model): "boardlens/<our model name>".
+    model_name = f"boardlens/{h['model']}" if h.get("model") else ""
+    context = h.get("context_size") or (GAMES[h["game"]].lm_data().context if h.get("game") in GAMES else None)
+    where = {"hook_name": hook, "model_name": model_name, "context_size": context, "prepend_bos": False}
     write_json(folder / "cfg.json", {
         "architecture": ae.saelens_arch, "d_in": ae.d_in, "d_sae": ae.d_sae, **cfg_extra, "dtype": "float32",
         "device": "cpu", "apply_b_dec_to_input": True, "normalize_activations": "none",
-        "hook_name": hook, "hook_layer": layer, "model_name": h.get("model", ""),
-        "context_size": h.get("context_size"),
-        "metadata": {"hook_name": hook, "model_name": h.get("model", ""), "exported_by": "boardlens", **meta_extra,
+        "hook_layer": layer, **where,  # top level too: SAELens before 6 reads them there
+        "metadata": {**where, "exported_by": "boardlens", **meta_extra,
                      "trainer": {k: h[k] for k in ("kind", "penalty", "lr", "step") if k in h}},
     })
     return folder

@@ -141,3 +141,40 @@ def test_cli_exports_a_trainer_checkpoint(tmp_path):
     assert r.returncode == 0, r.stderr
     back, cfg = import_sae(tmp_path / "out")
     assert torch.equal(back.encoder.weight, ae.encoder.weight) and cfg["metadata"]["trainer"]["step"] == 7
+
+
+SAELENS_ARCHS = [a for a in ARCH_LIST if getattr(ARCHS[a], "saelens_arch", "")]
+
+
+@pytest.mark.parametrize("arch", SAELENS_ARCHS)
+def test_the_real_saelens_loads_our_export_and_its_resave_comes_back(tmp_path, arch):
+    """SAE.load_from_disk of our export encodes and decodes as we do, runs on the right model
+    (no BOS, our context, a name that is not TransformerLens's), and what SAELens re-saves
+    imports back exactly (a BatchTopK's k, which SAELens drops, is asked for, not guessed)."""
+    sae_lens = pytest.importorskip("sae_lens", reason="the interop extra (sae-lens) is not installed")
+    ae = _ae(arch)
+    export_sae(ae, "saelens", tmp_path / "ours", {"kind": "standard", "layer": 5, "model": "othello-gpt", "game": "othello"})
+    sae = sae_lens.SAE.load_from_disk(str(tmp_path / "ours"), device="cpu")
+    x = 2 * torch.randn(64, 24)
+    with torch.no_grad():
+        f = ae.encode(x)
+        assert (sae.encode(x) - f).abs().max().item() <= 1e-5
+        assert (sae.decode(f) - ae.decode(f)).abs().max().item() <= 1e-5
+    meta = sae.cfg.metadata
+    assert meta.prepend_bos is False and meta.context_size == 59 and meta.hook_name == "blocks.5.hook_resid_post"
+    assert meta.model_name == "boardlens/othello-gpt"  # TransformerLens's "othello-gpt" is another model
+    sae.save_model(str(tmp_path / "resaved"))
+    resaved = json.loads((tmp_path / "resaved" / "cfg.json").read_text())["metadata"]
+    assert (resaved["prepend_bos"], resaved["context_size"], resaved["model_name"]) == (False, 59, "boardlens/othello-gpt")
+    if arch == "batch_topk":
+        with pytest.raises(ValueError, match="k is not recorded"):
+            import_sae(tmp_path / "resaved")
+        cfg_path = tmp_path / "resaved" / "cfg.json"
+        cfg = json.loads(cfg_path.read_text())
+        cfg["metadata"]["batch_topk_k"] = 6
+        cfg_path.write_text(json.dumps(cfg))
+    back, _ = import_sae(tmp_path / "resaved")
+    assert back.arch == arch
+    with torch.no_grad():
+        assert (back.encode(x) - f).abs().max().item() <= 1e-5
+        assert (back.decode(f) - ae.decode(f)).abs().max().item() <= 1e-5

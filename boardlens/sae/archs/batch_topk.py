@@ -4,7 +4,8 @@ Training keeps the N*k largest latents of the whole batch (`batch_top_k`); infer
 learned global threshold, f = ReLU(.) * 1[ReLU(.) > threshold], so a row's code does not
 depend on the rest of its batch (before the threshold is tracked it is -1: plain ReLU).
 SAELens has no BatchTopK: it exports as "jumprelu" with threshold (F,) = max(theta, 0), i.e.
-f = ReLU(pre) * 1[pre > threshold], the same function; k travels in the metadata.
+f = ReLU(pre) * 1[pre > threshold], the same function; k travels in the metadata (and an
+import without it is refused rather than guessed: SAELens drops it on a re-save).
 """
 
 from __future__ import annotations
@@ -39,7 +40,11 @@ class BatchTopKAutoEncoder(TopKAutoEncoder):
         if not bool((th == th[0]).all()):
             raise ValueError("per-latent JumpReLU thresholds differ; only one shared threshold (a BatchTopK "
                              "SAE) is supported")
-        k = cfg.get("metadata", {}).get("batch_topk_k", 1)
+        k = (cfg.get("metadata") or {}).get("batch_topk_k")
+        if k is None:  # SAELens keeps only its own metadata fields when it re-saves an SAE
+            raise ValueError("a JumpReLU SAE with one shared threshold (a BatchTopK SAE), but its k is not recorded "
+                             "(SAELens drops metadata.batch_topk_k when it re-saves): add \"batch_topk_k\": K to "
+                             "cfg.json's metadata, or re-export it from BoardLens")
         return {"encoder.bias": w["b_enc"], "b_dec": w["b_dec"], "k": torch.tensor(int(k), dtype=torch.int32),
                 "threshold": th[0].clone()}
 
