@@ -150,3 +150,22 @@ def test_a_source_the_models_game_lacks_is_refused_at_start(model, error):
     """The game the model declares checks the source (a config alone cannot know the game)."""
     r = _cli("produce", "--model", model, "--source", "lichess", "--metrics-port", "0")
     assert r.returncode != 0 and error in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_default_run_folders_follow_boardlens_runs_and_an_unwritable_one_is_one_line(tmp_path):
+    """The image's root is read-only: run folders default to $BOARDLENS_RUNS, and `up`
+    without --run-dir where nothing can be written says so in one line."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "BOARDLENS_RUNS": str(blocker / "runs")}
+    r = subprocess.run([sys.executable, "-m", "boardlens.services.cli", "up", "--tokens", "1000"], capture_output=True,
+                       text=True, timeout=100, env=env)
+    out = r.stdout + r.stderr
+    assert r.returncode == 2 and "Traceback" not in out, out
+    (line,) = [x for x in out.splitlines() if x.startswith("error:")]
+    assert "cannot create the run folder" in line and str(blocker / "runs") in line and "BOARDLENS_RUNS" in line
+    probe = ("from boardlens.services.config import TrainerConfig, EvaluatorConfig; "
+             "print(TrainerConfig().run_dir, EvaluatorConfig().run_dir)")
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
+                       env={**env, "BOARDLENS_RUNS": str(tmp_path / "r")})
+    assert r.stdout.split() == [str(tmp_path / "r" / "default")] * 2, r.stderr
