@@ -60,8 +60,8 @@ def free_ports(n: int) -> list[int]:
 
 UP_SAES = ("standard:penalty=0.05,normalize=true", "p_anneal:penalty=0.05,normalize=true")
 """`up`'s sweep without a config file or --saes. Normalised: on the bundled Othello model (1M
-tokens) average board reconstruction 0.219 / 0.188 against 0.147 / 0.193 unnormalised (the
-residual's norm is ~20, which slows a short run)."""
+tokens) average board reconstruction 0.219 / 0.188 against 0.147 / 0.193 unnormalised (a
+trained model's residual is far from unit norm: starting losses ~50x larger slow a short run)."""
 
 
 def build_configs(config_file: str | None, run_dir: str, tokens: int, base_port: int,

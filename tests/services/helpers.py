@@ -8,6 +8,7 @@ import time
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
+from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -83,3 +84,9 @@ def synthetic_batch(epoch: str, seq: int, d: int = 32, acts=None):
         labels={"mine_theirs_empty": torch.randint(0, 3, (B, T, 8, 8), dtype=torch.int8),
                 "legal_moves": torch.randint(0, 2, (B, T, 8, 8), dtype=torch.int8)},
         epoch=epoch, seq=seq, game="othello", model="test", layer=0)
+
+
+def model_dims(folder) -> tuple[int, int]:
+    """(residual width, default SAE layer) of a bundled model folder, from its config.json."""
+    cfg = json.loads((Path(folder) / "config.json").read_text())
+    return cfg["gpt"]["n_embd"], cfg["sae_layer"]

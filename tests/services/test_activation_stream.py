@@ -1,5 +1,6 @@
 """The stream as a plain iterator, fed to dictionary_learning's own training loop (trainSAE)."""
 
+import json
 import os
 import sys
 import types
@@ -11,6 +12,8 @@ from boardlens.services.activations import ActivationStream
 from tests.services.helpers import free_ports, services, start
 
 MODEL = os.path.join(os.path.dirname(__file__), "..", "..", "models", "othello-gpt")
+_CFG = json.load(open(os.path.join(MODEL, "config.json")))
+D, LAYER = _CFG["gpt"]["n_embd"], _CFG["sae_layer"]  # the stream: the model's default SAE layer
 pytestmark = pytest.mark.timeout(300)
 
 
@@ -37,13 +40,13 @@ def test_dictionary_learning_trains_on_our_stream(tmp_path, dictionary_learning)
                     yield x
 
             trainSAE(data=tap(), trainer_configs=[dict(
-                trainer=StandardTrainer, steps=10_000, activation_dim=192, dict_size=512, layer=4, lm_name="othello",
+                trainer=StandardTrainer, steps=10_000, activation_dim=D, dict_size=512, layer=LAYER, lm_name="othello",
                 lr=1e-3, l1_penalty=0.01, warmup_steps=5, sparsity_warmup_steps=None, device="cpu", seed=0)],
                 steps=10_000, save_dir=str(tmp_path / "dl"), device="cpu")
             assert stream.lost == 0 and stream.rejected == 0
-            assert stream.source["layer"] == 4 and stream.source["game"] == "othello"
+            assert stream.source["layer"] == LAYER and stream.source["game"] == "othello"
     # The stream ended with the producer, after every full batch of its tokens.
-    assert len(seen) == tokens // 512 and all(x.shape == (512, 192) for x in seen)
+    assert len(seen) == tokens // 512 and all(x.shape == (512, D) for x in seen)
     rows = torch.cat(seen)
     ae = dictionary_learning.AutoEncoder.from_pretrained(str(tmp_path / "dl" / "trainer_0" / "ae.pt"))
     start_err = (rows[:512] - rows[:512].mean(0)).pow(2).sum(-1).mean()
@@ -58,6 +61,6 @@ def test_stream_batches_in_order_and_stops_at_max_batches(tmp_path):
     with services(procs, {"producer": tmp_path / "producer.log"}):
         with ActivationStream(f"tcp://127.0.0.1:{port}", batch_size=1000, max_batches=3, idle_timeout_s=120) as s:
             got = list(s)
-    assert [x.shape for x in got] == [(1000, 192)] * 3
+    assert [x.shape for x in got] == [(1000, D)] * 3
     with pytest.raises(ValueError):
         ActivationStream(f"tcp://127.0.0.1:{port}", batch_size=100, shuffle_activations=150)

@@ -15,7 +15,7 @@ from boardlens.services.config import DEFAULT_MODEL, ProducerConfig
 from boardlens.services.producer import Producer
 from boardlens.services.telemetry import Telemetry
 from boardlens.services.up import spawn, stop_processes
-from tests.services.helpers import free_ports, wait_for
+from tests.services.helpers import free_ports, model_dims, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -58,7 +58,7 @@ def test_batches_carry_aligned_labels_and_end(dtype):
     ids = torch.cat([b.game_ids for b in batches])
     assert torch.equal(ids, torch.arange(ids.numel()))
     for b in batches:
-        assert b.acts.dtype == getattr(torch, dtype) and b.acts.shape == (8, 59, 192)
+        assert b.acts.dtype == getattr(torch, dtype) and b.acts.shape == (8, 59, model_dims(cfg.model)[0])
         # Labels must be those of the games the tokens spell (independent replay).
         squares = tokenizer.decode(b.tokens.numpy())
         rec = replay(np.where(squares >= 0, squares, -1))

@@ -11,8 +11,10 @@ import torch
 from boardlens.sae.archs.relu import AutoEncoder
 from boardlens.sae.interop import export_sae
 from boardlens.sae.io import save_sae
+from tests.services.helpers import model_dims
 
-MODEL = "models/othello-gpt-random"  # 6 x 192, default layer 4
+MODEL = "models/othello-gpt-random"
+D, LAYER = model_dims(MODEL)
 
 
 def _cli(*args):
@@ -24,10 +26,10 @@ def _cli(*args):
 def sae_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("saes")
     torch.manual_seed(0)
-    ae = AutoEncoder(192, 256)
+    ae = AutoEncoder(D, 256)
     with torch.no_grad():
         ae.encoder.bias -= 0.5  # sparse codes, as a trained SAE's
-    meta = {"game": "othello", "model": "othello-gpt-random", "layer": 4, "step": 7}
+    meta = {"game": "othello", "model": "othello-gpt-random", "layer": LAYER, "step": 7}
     save_sae(root / "ours", "s", ae, meta)
     export_sae(ae, "dictionary_learning", root / "dl", meta)
     export_sae(ae, "saelens", root / "sl", meta)
@@ -43,7 +45,7 @@ def test_one_sae_in_three_layouts_scores_the_same(sae_dir, tmp_path):
              "--json", str(out), "--threads", "1")
     assert r.returncode == 0, r.stdout + r.stderr
     result = json.loads(out.read_text())
-    assert result["layer"] == 4 and result["game"] == "othello"
+    assert result["layer"] == LAYER and result["game"] == "othello"
     records = list(result["saes"].values())
     assert set(result["saes"]) == {"s", "dl", "sl"} and len(records) == 3
     for rec in records[1:]:  # the same function in every layout: the same numbers
@@ -55,9 +57,9 @@ def test_one_sae_in_three_layouts_scores_the_same(sae_dir, tmp_path):
 
 
 @pytest.mark.parametrize("folder, error", [
-    ("layer2", "trained on layer 2; scoring layer 4 (pass --layer)"),
+    ("layer2", f"trained on layer 2; scoring layer {LAYER} (pass --layer)"),
     ("chess", "trained on chess games; the model plays othello"),
-    ("narrow", "input width 64, the model's residual is 192"),
+    ("narrow", f"input width 64, the model's residual is {D}"),
 ])
 def test_a_mismatched_sae_is_a_one_line_error(sae_dir, folder, error):
     r = _cli(str(sae_dir / folder), "--model", MODEL, "--games", "4")

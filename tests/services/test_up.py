@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from boardlens.services.status import EvaluatorStatus, ProducerStatus, TrainerStatus, read_status
+from tests.services.helpers import model_dims
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -25,7 +26,7 @@ def test_up_runs_to_the_final_table(tmp_path):
         capture_output=True, text=True, timeout=200)
     assert floor.returncode == 0, floor.stdout + floor.stderr
     meta = json.loads((model / "floor" / "standard-128-0.05.json").read_text())
-    assert meta["control_model"] == "../m-random" and meta["layer"] == 4 and meta["tokens"] == 30000
+    assert meta["control_model"] == "../m-random" and meta["layer"] == model_dims(model)[1] and meta["tokens"] == 30000
     run = tmp_path / "run"
     out = subprocess.run(
         [sys.executable, "-m", "boardlens.services.cli", "up", "--model", str(model),
