@@ -356,17 +356,16 @@ class SnapshotPublisher:
         self.pub.close(linger_ms=0 if self.end_confirmed else int(drain_s * 1000))
 
 
-def finish(sweep: SweepTrainer | None, snap: SnapshotPublisher, stop: threading.Event) -> int:
-    """Final checkpoint; unless stopping, last snapshots and end to the evaluators. Steps done."""
+def finish(sweep: SweepTrainer | None, snap: SnapshotPublisher, stop: threading.Event) -> None:
+    """Final checkpoint; unless stopping, last snapshots and end to the evaluators."""
     if sweep is None:
-        return 0
+        return
     sweep.checkpoint()
     if not stop.is_set():
         snap(sweep)
         snap.end(sweep.step, 30.0, stop.is_set)
     sweep.close()
     log.info("trainer: stopped at step %d", sweep.step)
-    return sweep.step
 
 
 class _Inbox:

@@ -1,6 +1,5 @@
 """The stream as a plain iterator, fed to dictionary_learning's own training loop (trainSAE)."""
 
-import json
 import os
 import sys
 import types
@@ -9,11 +8,10 @@ import pytest
 import torch
 
 from boardlens.services.activations import ActivationStream
-from tests.services.helpers import free_ports, services, start
+from tests.services.helpers import free_ports, model_dims, services, start
 
 MODEL = os.path.join(os.path.dirname(__file__), "..", "..", "models", "othello-gpt")
-_CFG = json.load(open(os.path.join(MODEL, "config.json")))
-D, LAYER = _CFG["gpt"]["n_embd"], _CFG["sae_layer"]  # the stream: the model's default SAE layer
+D, LAYER = model_dims(MODEL)  # the stream: the model's default SAE layer
 pytestmark = pytest.mark.timeout(300)
 
 
