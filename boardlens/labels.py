@@ -22,6 +22,9 @@ class Family:
     zeroed_bsps: tuple[int, ...] = ()
     """BSPs kept in the denominator that never count as holding (chess: the 32 (square, piece)
     BSPs of the initial position, which a position-in-string predictor could score)."""
+    class_names: tuple[str, ...] = ()
+    """A name per class value, for descriptions ('' or none: a binary family's BSP is named by
+    its cell alone)."""
 
     @property
     def kept_classes(self) -> tuple[int, ...]:
@@ -30,6 +33,11 @@ class Family:
     @property
     def num_bsps(self) -> int:
         return self.shape[0] * self.shape[1] * len(self.kept_classes)
+
+    def bsp(self, index: int) -> tuple[int, int]:
+        """BSP index -> (cell, class value)."""
+        kept = self.kept_classes
+        return index // len(kept), kept[index % len(kept)]
 
     def one_hot(self, values: torch.Tensor) -> torch.Tensor:
         """(N, rows, cols) int -> (N, num_bsps) bool, BSP index = (cell, kept class) row-major."""

@@ -172,6 +172,32 @@ def score(paths, model, games, layer, seed, json_out, references, threads) -> No
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--model", required=True, help="The game LM the SAEs read (its game and default layer apply).")
+@click.option("--games", default=1000, show_default=True, help="Fresh games per split (train and test).")
+@click.option("--layer", type=int, default=None, help="Block whose output the SAEs read [default: the model's].")
+@click.option("--seed", default=12_345, show_default=True, help="Seed of the games and samples.")
+@click.option("--json", "json_out", default="descriptions.json", show_default=True, help="Where the records go.")
+@click.option("--references/--no-references", default=True, show_default=True,
+              help="Also describe the MLP neurons and a random SAE of the same size.")
+@click.option("--faithful-latents", default=32, show_default=True,
+              help="Latents (drawn from those passing FADE's gate) whose faithfulness is measured.")
+@click.option("--prefixes", default=50, show_default=True, help="Natural prefixes per faithfulness test.")
+@click.option("--threads", default=0, show_default=True, help="torch threads (0 = torch's default).")
+def describe(paths, model, games, layer, seed, json_out, references, faithful_latents, prefixes, threads) -> None:
+    """Describe every SAE latent by its best board-state property and score it FADE-style
+    (clarity, responsiveness, purity, faithfulness) against the game's ground truth."""
+    from boardlens.services.common import set_threads
+    from boardlens.services.describe import run
+
+    set_threads(threads)
+    try:
+        run(list(paths), model, games, layer, seed, json_out, references, faithful_latents, prefixes)
+    except ValueError as e:  # a wrong width, layer or game, an unreadable file: one line
+        raise click.ClickException(str(e)) from e
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--out", default=None, help="Report folder [default: <first path>/report, or ./report for a file].")
 @click.option("--title", default=None, help="Page title [default: from the sources' names].")
 def report(paths, out, title) -> None:

@@ -13,12 +13,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from boardlens.atomic import write_json
-from boardlens.games.stream import GameStream
 from boardlens.lm.formats import load_any
-from boardlens.metrics.evalset import EvalSet
+from boardlens.metrics.evalset import model_evalset
 from boardlens.metrics.scorer import Scorer
 from boardlens.registry import GAMES
 from boardlens.sae.interop import FoundSAE, find_saes
@@ -39,22 +36,6 @@ def check(found: list[FoundSAE], game: str, layer: int, width: int) -> None:
             raise ScoreError(f"SAE {s.name} was trained on {s.game} games; the model plays {game}")
 
 
-@torch.no_grad()
-def build_evalset(model, game: str, layer: int, games: int, seed: int) -> EvalSet:
-    """games train + games test fresh games of the model's game, at `layer`."""
-    es = EvalSet(GAMES[game].families(), games, games)
-    gid = 0
-    with GameStream(game, GAMES[game].default_batch_games, seed=seed, workers=0) as stream:
-        while not es.full:
-            g = stream.next()
-            _, resid = model(torch.from_numpy(g.tokens).long(), resid_layers=(layer,), stop_after=layer)
-            ids = torch.arange(gid, gid + len(g))
-            es.add(resid[layer].float(), torch.from_numpy(g.tokens), ids, torch.from_numpy(g.lengths),
-                   torch.from_numpy(g.label_pos), {k: torch.from_numpy(v) for k, v in g.labels.items()})
-            gid += len(g)
-    return es
-
-
 def run(paths: list[str], model_path: str, games: int = 1000, layer: int | None = None, seed: int = 12_345,
         json_out: str | None = None, references: bool = True) -> dict:
     model, meta = load_any(model_path)
@@ -64,7 +45,7 @@ def run(paths: list[str], model_path: str, games: int = 1000, layer: int | None 
         pairs = [(p, s._replace(name=f"{Path(p).name}/{s.name}")) for p, s in pairs]
     found = [s for _, s in pairs]
     check(found, game, layer, model.config.n_embd)
-    es = build_evalset(model.eval(), game, layer, games, seed)
+    es = model_evalset(model.eval(), game, layer, games, games, seed, GAMES[game].default_batch_games, workers=0)
     scorer = Scorer(es, game, layer, model, model_path, lambda p: load_any(p)[0].eval())
     refs = {r["reference"]: r for r in scorer.fixed_references()} if references else {}
     saes = {}

@@ -76,6 +76,17 @@ class Game:
         """The BSP families evaluated for this game; the first is the board itself."""
         raise NotImplementedError
 
+    def square_name(self, cell: int) -> str:
+        """Name of cell `cell` (row-major) of an (8, 8) family, as the game's players write it."""
+        return f"r{cell // 8}c{cell % 8}"
+
+    def bsp_name(self, family: Family, index: int) -> str:
+        """'legal_moves C3', 'mine_theirs_empty C3=theirs', 'piece f3=N', 'check'."""
+        cell, cls = family.bsp(index)
+        where = "" if family.shape == (1, 1) else " " + self.square_name(cell)
+        what = f"={family.class_names[cls]}" if family.class_names else ""
+        return f"{family.name}{where}{what}"
+
     def family_groups(self) -> dict[str, tuple[str, ...]]:
         """Averages reported beside the families: {group name: member families}."""
         return {"average": tuple(f.name for f in self.families())}

@@ -83,25 +83,6 @@ def probe_board(model, game: str, layer: int, train_games: int = 1000, test_game
                        fam.name, layer, int((~test).sum()), int(test.sum()))
 
 
-def model_evalset(model, game: str, layer: int, train_games: int, test_games: int, seed: int,
-                  batch_games: int = 64):
-    """An `EvalSet` (as the evaluator builds it) of fresh games, activations after block `layer`."""
-    from boardlens.metrics.evalset import EvalSet
-    from boardlens.metrics.references import residual
-
-    es = EvalSet(GAMES[game].families(), train_games, test_games)
-    features = residual(model, layer)
-    gid = 0
-    with GameStream(game, batch_games, seed=seed) as stream:
-        while not es.full:
-            g = stream.next()
-            tokens = torch.from_numpy(g.tokens)
-            es.add(features(tokens), tokens, torch.arange(gid, gid + len(g)), torch.from_numpy(g.lengths),
-                   torch.from_numpy(g.label_pos), {k: torch.from_numpy(v) for k, v in g.labels.items()})
-            gid += len(g)
-    return es
-
-
 class LayerReport(NamedTuple):
     layer: int
     probe: dict  # family -> FamilyScore of the per-BSP probes (the evaluator's linear_probe)
@@ -112,6 +93,7 @@ def layer_reports(model, game: str, layers, train_games: int = 1000, test_games:
                   seed: int = 12345, mlp: bool = True) -> list[LayerReport]:
     """Coverage and reconstruction of the linear probe and of the MLP neurons at each layer,
     on the same fresh games (the evaluator's splits and metric code)."""
+    from boardlens.metrics.evalset import model_evalset
     from boardlens.metrics.references import (
         mlp_neurons,
         probe_reference,

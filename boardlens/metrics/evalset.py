@@ -140,6 +140,28 @@ class EvalSet:
         return out
 
 
+@torch.no_grad()
+def model_evalset(model, game: str, layer: int, train_games: int, test_games: int, seed: int,
+                  batch_games: int = 64, workers: int | None = None) -> EvalSet:
+    """An `EvalSet` (as the evaluator builds it) of fresh games of `game` (the stream of
+    `seed`, `batch_games` per batch), with the model's residual after block `layer`."""
+    from boardlens.games.stream import GameStream
+    from boardlens.registry import GAMES
+
+    es = EvalSet(GAMES[game].families(), train_games, test_games)
+    gid = 0
+    kwargs = {} if workers is None else {"workers": workers}
+    with GameStream(game, batch_games, seed=seed, **kwargs) as stream:
+        while not es.full:
+            g = stream.next()
+            tokens = torch.from_numpy(g.tokens).long()
+            _, resid = model(tokens, resid_layers=(layer,), stop_after=layer)
+            es.add(resid[layer].float(), tokens, torch.arange(gid, gid + len(g)), torch.from_numpy(g.lengths),
+                   torch.from_numpy(g.label_pos), {k: torch.from_numpy(v) for k, v in g.labels.items()})
+            gid += len(g)
+    return es
+
+
 def evaluate_sae(ae, evalset: EvalSet) -> tuple[dict[str, FamilyScore], ReconStats]:
     """Supervised scores per family and unsupervised stats over all eval positions."""
     return evaluate_tensors(ae, evalset.tensors(), evalset.families)

@@ -67,6 +67,11 @@ class Chess(Game):
 
         return FAMILIES
 
+    def square_name(self, cell):
+        import chess  # row 0 = rank 1, so the cell is python-chess's square index
+
+        return chess.square_name(cell)
+
     def family_groups(self):
         """Adds 'strategy_average' over the 14 strategy families, the paper's summary of them."""
         groups = super().family_groups()

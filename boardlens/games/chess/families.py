@@ -193,7 +193,9 @@ def _binary(name: str, shape: tuple[int, int]) -> Family:
     return Family(name, shape=shape, num_classes=2, masked_classes=(0,))
 
 
-_PIECE_UNMASKED = Family("piece", shape=(8, 8), num_classes=13, masked_classes=(BLANK_CLASS,))
+PIECE_NAMES = tuple("kqrbnp") + ("blank",) + tuple("PNBRQK")  # class value + 6 -> python-chess symbol
+_PIECE_UNMASKED = Family("piece", shape=(8, 8), num_classes=13, masked_classes=(BLANK_CLASS,),
+                         class_names=PIECE_NAMES)
 STRATEGY: dict[str, Callable[..., np.ndarray]] = {
     "threat": threat, "legal_moves": legal_moves, "check": check,
     "can_check_next": can_check_next, "has_queen": has_queen,

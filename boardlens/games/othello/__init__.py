@@ -18,6 +18,11 @@ class Othello(Game):
 
         return FAMILIES
 
+    def square_name(self, cell):
+        from boardlens.games.othello.tokenizer import square_name
+
+        return square_name(cell)
+
     def random_games(self, rng, num_games):
         from boardlens.games.othello.lm_data import labelled_games
 

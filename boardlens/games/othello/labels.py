@@ -19,7 +19,8 @@ from boardlens.labels import Family
 EMPTY, MINE, THEIRS = 0, 1, 2
 
 FAMILIES = (
-    Family("mine_theirs_empty", shape=(8, 8), num_classes=3, masked_classes=(EMPTY,)),
+    Family("mine_theirs_empty", shape=(8, 8), num_classes=3, masked_classes=(EMPTY,),
+           class_names=("empty", "mine", "theirs")),
     Family("legal_moves", shape=(8, 8), num_classes=2, masked_classes=(0,)),
 )
 

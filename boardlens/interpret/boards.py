@@ -1,0 +1,152 @@
+"""The rules side of causal checks: edit a real position so a BSP holds, and read the model's move.
+
+A `MoveTask` is one natural position prepared for one BSP: its token prefix, the legal moves
+on the real board and on the board edited so that the BSP holds (moves as the model writes
+them: Othello tokens, chess SAN strings). Only board families can be edited (Othello
+`mine_theirs_empty`, chess `piece`); a description in another family (legal moves, threats,
+check, ...) is a consequence of the board, not a board, so it gets no causal score.
+
+Edited boards need not be reachable by play. Legality is the game's rule applied to the
+edited board as it stands (Othello's bracketing rule is defined on any board; python-chess's
+move generator on any board it accepts). A chess edit that python-chess calls invalid
+(`Board.status()`: a missing or extra king, a pawn on the first or last rank, the side not to
+move in check, an impossible check, ...) is skipped, and the prefix replaced by another; a
+17th piece or 9th pawn of a side is accepted (adding a piece early in a game always makes
+one, and it does not change how moves are generated). Castling rights that the edit removes
+the basis of are dropped, and so is an en-passant square with no legal capture; Othello edits are never
+skipped, but squares the vocabulary cannot name (the four centre squares) are left out of both
+legal sets.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from boardlens.labels import Family
+
+
+class MoveTask(NamedTuple):
+    tokens: torch.Tensor  # (n,) int64 prefix through the position
+    real: frozenset  # legal moves on the real board
+    edited: frozenset  # legal moves on the board edited so that the BSP holds
+
+
+class OthelloBoards:
+    editable = ("mine_theirs_empty",)
+
+    def edit(self, tokens: torch.Tensor, family: Family, index: int) -> MoveTask | None:
+        from boardlens.games.othello import tokenizer
+        from boardlens.games.othello.engine import BLACK, bits_to_bool, legal_moves, replay
+        from boardlens.games.othello.labels import MINE, THEIRS
+
+        if family.name not in self.editable:
+            return None
+        squares = tokenizer.decode(tokens.numpy())
+        rec = replay(squares[None, :])
+        i = tokens.numel() - 1
+        side = int(rec.to_move[0, i])
+        if side < 0:  # game over: no next move to read
+            return None
+        black, white = rec.black[0, i : i + 1], rec.white[0, i : i + 1]
+        me, opp = (black, white) if side == BLACK else (white, black)
+        cell, cls = family.bsp(index)
+        bit = np.uint64(1) << np.uint64(cell)
+        me2 = (me & ~bit) | (bit if cls == MINE else np.uint64(0))
+        opp2 = (opp & ~bit) | (bit if cls == THEIRS else np.uint64(0))
+        if me2[0] == me[0] and opp2[0] == opp[0]:
+            return None  # the BSP already holds
+
+        def token_set(moves: np.ndarray) -> frozenset:
+            sq = np.flatnonzero(bits_to_bool(moves)[0])
+            sq = sq[~np.isin(sq, tokenizer.CENTRE)]
+            return frozenset(int(t) for t in tokenizer.encode(sq))
+
+        return MoveTask(tokens, token_set(legal_moves(me, opp)), token_set(legal_moves(me2, opp2)))
+
+    @torch.no_grad()
+    def play(self, model, prefixes: list[torch.Tensor], repeats: int, from_layer: int,
+             counts: list[int] | None = None) -> tuple[list[int], list[set] | None]:
+        """The model's greedy move after each prefix, for `repeats` copies of the prefixes in
+        order (one per intervention value), and its top-counts[i] moves (the graded variant).
+
+        Blocks up to `from_layer` (before any intervention) run once per prefix; the copies
+        start from that residual (right-padded: causal, so padding is unseen)."""
+        n = max(p.numel() for p in prefixes)
+        toks = torch.zeros(len(prefixes), n, dtype=torch.long)
+        for b, p in enumerate(prefixes):
+            toks[b, : p.numel()] = p
+        if from_layer >= 0:
+            _, resid = model(toks, resid_layers=(from_layer,), stop_after=from_layer)
+            logits = model.forward_from(from_layer, resid[from_layer].repeat(repeats, 1, 1))
+        else:
+            logits, _ = model(toks.repeat(repeats, 1))
+        ends = torch.tensor([p.numel() - 1 for p in prefixes]).repeat(repeats)
+        last = logits[torch.arange(ends.numel()), ends].float()  # (repeats * B, V)
+        ranked = None
+        if counts is not None:
+            order = last.argsort(-1, descending=True)
+            ranked = [set(order[i, :c].tolist()) for i, c in enumerate(counts)]
+        return last.argmax(-1).tolist(), ranked
+
+
+def _count_only_status() -> int:
+    import chess
+
+    return (chess.STATUS_TOO_MANY_WHITE_PIECES | chess.STATUS_TOO_MANY_BLACK_PIECES
+            | chess.STATUS_TOO_MANY_WHITE_PAWNS | chess.STATUS_TOO_MANY_BLACK_PAWNS)
+
+
+class ChessBoards:
+    editable = ("piece",)
+
+    def edit(self, tokens: torch.Tensor, family: Family, index: int) -> MoveTask | None:
+        import chess
+
+        from boardlens.games.chess import tokenizer
+        from boardlens.games.chess.families import BLANK_CLASS
+        from boardlens.games.chess.lm_data import legal_san_set
+        from boardlens.games.chess.transcripts import parse_transcript, replay
+
+        COUNT_ONLY = _count_only_status()  # noqa: N806
+        if family.name not in self.editable:
+            return None
+        text = tokenizer.decode(tokens.numpy())
+        board = replay(parse_transcript(text)[0])[-1]
+        if board.is_game_over():
+            return None
+        cell, cls = family.bsp(index)
+        value = cls - BLANK_CLASS
+        edited = board.copy(stack=False)
+        piece = chess.Piece(abs(value), chess.WHITE if value > 0 else chess.BLACK) if value else None
+        if edited.piece_at(cell) == piece:
+            return None  # the BSP already holds
+        edited.set_piece_at(cell, piece) if piece else edited.remove_piece_at(cell)
+        edited.castling_rights = edited.clean_castling_rights()
+        if edited.ep_square is not None and not edited.has_legal_en_passant():
+            edited.ep_square = None
+        if edited.status() & ~COUNT_ONLY:
+            return None
+        return MoveTask(tokens, frozenset(legal_san_set(board)), frozenset(legal_san_set(edited)))
+
+    def play(self, model, prefixes: list[torch.Tensor], repeats: int, from_layer: int,
+             counts: list[int] | None = None) -> tuple[list[str], None]:
+        """Greedy SAN after each prefix (x repeats), written character by character with the
+        whole model (every new character passes the intervention too). No graded variant: it
+        would need every move's probability."""
+        from boardlens.games.chess import tokenizer
+        from boardlens.games.chess.lm_data import Prompt, sample_moves
+
+        batch = [Prompt(tokenizer.decode(p.numpy()), None) for p in prefixes] * repeats
+        return sample_moves(model, batch, temperature=0), None
+
+
+BOARDS = {"othello": OthelloBoards, "chess": ChessBoards}
+
+
+def boards_for(game: str):
+    if game not in BOARDS:
+        raise ValueError(f"no board editor for game {game!r}")
+    return BOARDS[game]()
