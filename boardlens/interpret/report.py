@@ -140,7 +140,7 @@ def summarise(latents: list[dict], families: list[str]) -> dict:
         if not rows:
             continue
 
-        def col(k):
+        def col(k, rows=rows):
             return torch.tensor([float("nan") if r.get(k) is None else r[k] for r in rows])
 
         faith = torch.tensor([r["faithfulness"]["score"] for r in rows
