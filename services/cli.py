@@ -197,6 +197,64 @@ def describe(paths, model, games, layer, seed, json_out, references, faithful_la
 
 
 @main.command()
+@click.argument("sae", type=click.Path(exists=True))
+@click.option("--model", required=True, help="The game LM the SAE reads.")
+@click.option("--bsp", default=None, help='One BSP by name, e.g. "mine_theirs_empty E5=theirs".')
+@click.option("--family", default=None, help="Or the most common BSPs of this board family.")
+@click.option("--max-bsps", default=4, show_default=True, help="BSPs steered with --family.")
+@click.option("--games", default=500, show_default=True, help="Fresh games per split.")
+@click.option("--layer", type=int, default=None, help="Block the SAE reads [default: the model's].")
+@click.option("--seed", default=12_345, show_default=True, help="Seed of the games.")
+@click.option("--components/--no-components", default=True, show_default=True,
+              help="Also scale the raw attention / MLP outputs of every block.")
+@click.option("--margin", default=2.0, show_default=True, help="Effectiveness hinge margin, nats.")
+@click.option("--kl-weight", default=1.0, show_default=True)
+@click.option("--l1-weight", default=0.002, show_default=True)
+@click.option("--steps", default=150, show_default=True)
+@click.option("--pairs", default=128, show_default=True, help="Pairs per BSP (half train, half test).")
+@click.option("--json", "json_out", default="steering.json", show_default=True)
+@click.option("--threads", default=0, show_default=True, help="torch threads (0 = torch's default).")
+def steer(sae, model, bsp, family, max_bsps, games, layer, seed, components, margin, kl_weight, l1_weight, steps,
+          pairs, json_out, threads) -> None:
+    """Activation scaling: learn one scalar per SAE latent (and per attention / MLP output) that
+    makes the model act as if a board-state property did not hold; report flips, KL, movers."""
+    from boardlens.interpret.steer import SteerConfig
+    from boardlens.services.common import set_threads
+    from boardlens.services.steer import run
+
+    set_threads(threads)
+    cfg = SteerConfig(margin=margin, kl_weight=kl_weight, l1_weight=l1_weight, steps=steps, pairs=pairs)
+    try:
+        run(sae, model, bsp, family, max_bsps, games, layer, seed, json_out, components, cfg)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from e
+
+
+@main.command()
+@click.argument("sae", type=click.Path(exists=True))
+@click.option("--model", required=True, help="The game LM the SAE reads.")
+@click.option("--out", default="browser", show_default=True, help="Folder for index.html and latents/.")
+@click.option("--games", default=500, show_default=True, help="Fresh games per split.")
+@click.option("--layer", type=int, default=None, help="Block the SAE reads [default: the model's].")
+@click.option("--seed", default=12_345, show_default=True, help="Seed of the games.")
+@click.option("--pages", default=200, show_default=True, help="Latent pages written (best description F1 first).")
+@click.option("--faithful-latents", default=16, show_default=True, help="Latents whose faithfulness is measured.")
+@click.option("--steering", default=None, type=click.Path(exists=True), help="A `boardlens steer` JSON to show.")
+@click.option("--threads", default=0, show_default=True, help="torch threads (0 = torch's default).")
+def browse(sae, model, out, games, layer, seed, pages, faithful_latents, steering, threads) -> None:
+    """Static HTML feature browser: every latent's description and scores, pages with its top
+    positions drawn as boards, its activation histogram and steering results."""
+    from boardlens.services.browse import run
+    from boardlens.services.common import set_threads
+
+    set_threads(threads)
+    try:
+        run(sae, model, out, games, layer, seed, pages, faithful_latents, steering)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from e
+
+
+@main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--out", default=None, help="Report folder [default: <first path>/report, or ./report for a file].")
 @click.option("--title", default=None, help="Page title [default: from the sources' names].")

@@ -37,7 +37,9 @@ class MoveTask(NamedTuple):
 class OthelloBoards:
     editable = ("mine_theirs_empty",)
 
-    def edit(self, tokens: torch.Tensor, family: Family, index: int) -> MoveTask | None:
+    def edit(self, tokens: torch.Tensor, family: Family, index: int, holds: bool = True) -> MoveTask | None:
+        """holds=True: edit so the BSP holds (None where it already does); holds=False: so it
+        no longer holds, the disc taking the other colour (None where it does not hold)."""
         from boardlens.games.othello import tokenizer
         from boardlens.games.othello.engine import BLACK, bits_to_bool, legal_moves, replay
         from boardlens.games.othello.labels import MINE, THEIRS
@@ -54,10 +56,12 @@ class OthelloBoards:
         me, opp = (black, white) if side == BLACK else (white, black)
         cell, cls = family.bsp(index)
         bit = np.uint64(1) << np.uint64(cell)
-        me2 = (me & ~bit) | (bit if cls == MINE else np.uint64(0))
-        opp2 = (opp & ~bit) | (bit if cls == THEIRS else np.uint64(0))
-        if me2[0] == me[0] and opp2[0] == opp[0]:
-            return None  # the BSP already holds
+        now = MINE if me[0] & bit else THEIRS if opp[0] & bit else 0
+        if (now == cls) == holds:
+            return None  # already as asked
+        new = cls if holds else (THEIRS if cls == MINE else MINE)
+        me2 = (me & ~bit) | (bit if new == MINE else np.uint64(0))
+        opp2 = (opp & ~bit) | (bit if new == THEIRS else np.uint64(0))
 
         def token_set(moves: np.ndarray) -> frozenset:
             sq = np.flatnonzero(bits_to_bool(moves)[0])
@@ -102,7 +106,9 @@ def _count_only_status() -> int:
 class ChessBoards:
     editable = ("piece",)
 
-    def edit(self, tokens: torch.Tensor, family: Family, index: int) -> MoveTask | None:
+    def edit(self, tokens: torch.Tensor, family: Family, index: int, holds: bool = True) -> MoveTask | None:
+        """holds=True: put the BSP's piece on its square (None where it is there); holds=False:
+        empty that square (None where the piece is not there)."""
         import chess
 
         from boardlens.games.chess import tokenizer
@@ -121,9 +127,12 @@ class ChessBoards:
         value = cls - BLANK_CLASS
         edited = board.copy(stack=False)
         piece = chess.Piece(abs(value), chess.WHITE if value > 0 else chess.BLACK) if value else None
-        if edited.piece_at(cell) == piece:
-            return None  # the BSP already holds
-        edited.set_piece_at(cell, piece) if piece else edited.remove_piece_at(cell)
+        if (edited.piece_at(cell) == piece) == holds:
+            return None  # already as asked
+        if holds:
+            edited.set_piece_at(cell, piece)
+        else:
+            edited.remove_piece_at(cell)
         edited.castling_rights = edited.clean_castling_rights()
         if edited.ep_square is not None and not edited.has_legal_en_passant():
             edited.ep_square = None

@@ -54,12 +54,22 @@ class Site:
     def _scaled(self, t, alpha):
         raise NotImplementedError
 
+    def scaled_logits(self, model, tokens: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """alpha (F,) -> logits (B, T, V) of `tokens` with the features scaled by alpha; what
+        does not depend on alpha is computed once (activation scaling calls this per step)."""
+
+        def run(alpha):
+            with self.scale(model, alpha):
+                return model(tokens)[0]
+
+        return run
+
 
 class SAESite(Site):
     """An SAE's latents on the residual after block `layer` (x (B, T, d) -> f (B, T, F))."""
 
     def __init__(self, ae, layer: int, name: str = "sae") -> None:
-        self.ae, self.layer, self.name, self.width = ae.float().eval(), layer, name, ae.d_sae
+        self.ae, self.layer, self.name, self.width = ae.float().eval().requires_grad_(False), layer, name, ae.d_sae
         self.directions = ae.decoder_weight.detach().float()  # (d, F), column j = latent j
 
     def encode(self, x):
@@ -79,6 +89,18 @@ class SAESite(Site):
     def _scaled(self, x, alpha):
         f = self.ae.encode(x.reshape(-1, x.shape[-1]).float())
         return x + (((alpha - 1) * f) @ self.directions.T).reshape(x.shape).to(x.dtype)
+
+    def scaled_logits(self, model, tokens):
+        """Blocks 0..layer and the codes run once; each call runs only the blocks after."""
+        with torch.no_grad():
+            _, resid = model(tokens, resid_layers=(self.layer,), stop_after=self.layer)
+            x = resid[self.layer].float()
+            f = self.ae.encode(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)  # (B, T, F)
+
+        def run(alpha):
+            return model.forward_from(self.layer, x + ((alpha - 1) * f) @ self.directions.T)
+
+        return run
 
 
 class MLPSite(Site):
@@ -106,3 +128,32 @@ class MLPSite(Site):
 
     def _scaled(self, h, alpha):
         return h * alpha.to(h.dtype)
+
+
+class ComponentSite(Site):
+    """The attention and MLP outputs of every block, one scalar each (2 x n_layer features):
+    activation scaling on raw model components rather than on SAE latents."""
+
+    def __init__(self, model) -> None:
+        self.model, self.layer, self.name = model, 0, "components"
+        n = len(model.transformer.h)
+        self.width = 2 * n
+        self.labels = [f"{kind}{i}" for i in range(n) for kind in ("attn", "mlp")]
+
+    @contextmanager
+    def scale(self, model, alpha: torch.Tensor) -> Iterator[None]:
+        handles = []
+        for i, block in enumerate(model.transformer.h):
+            for k, module in enumerate((block.attn, block.mlp)):
+                a = alpha[2 * i + k]
+                handles.append(module.register_forward_hook(lambda _m, _i, out, a=a: out * a.to(out.dtype)))
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    @contextmanager
+    def clamp(self, model, j, values):
+        raise NotImplementedError("a component output is a vector: it can be scaled, not set")
+        yield  # pragma: no cover

@@ -176,3 +176,29 @@ def test_faithfulness_of_a_planted_causal_latent():
     assert f0.graded == pytest.approx(1.0)  # top-1 move = the edited board's only legal move
     f1 = faithfulness(model, site, OthelloBoards(), 1, 0, fmax=1.0, tasks=tasks)
     assert f1.rates == [0.0] * len(FACTORS) and f1.score == 0.0
+
+
+def test_chess_faithfulness_and_boards_run_on_the_bundled_model():
+    """The chess path end to end on real transcripts: edits at '.' positions, greedy SANs
+    written character by character under the clamp, board drawings."""
+    from boardlens.interpret.browse import board_svg
+    from boardlens.interpret.faithfulness import draw_tasks
+    from boardlens.lm.formats import load_any
+    from boardlens.metrics.evalset import model_evalset
+    from boardlens.metrics.references import random_sae
+
+    model, meta = load_any(str(__import__("pathlib").Path(__file__).resolve().parents[2] / "models/chess-gpt"))
+    es = model_evalset(model.eval(), "chess", meta["sae_layer"], 3, 3, 7, 8, workers=0)
+    from boardlens.interpret.report import test_prefixes
+
+    prefixes = test_prefixes(es)
+    assert all(chess_tok.decode(p[-1:].numpy()) == "." for p in prefixes)
+    index = chess.F3 * 12 + PIECE_FAMILY.kept_classes.index(8)  # a white knight on f3
+    tasks = draw_tasks(ChessBoards(), prefixes, PIECE_FAMILY, index, 4, torch.Generator().manual_seed(0))
+    assert tasks and all(t.edited != t.real for t in tasks)
+    site = SAESite(random_sae(model.config.n_embd, 64), meta["sae_layer"])
+    f = faithfulness(model, site, ChessBoards(), 3, index, 1.0, tasks)
+    assert f.prefixes == len(tasks) and len(f.rates) == len(FACTORS) and f.graded is None
+    assert all(0.0 <= r <= 1.0 for r in f.rates)
+    svg, caption = board_svg("chess", prefixes[0], chess.F3)
+    assert svg.startswith("<svg") and "f3" in svg.lower()

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
+from tests.chromium import in_chromium, needs_chromium
 
 
 def _cli(*args, timeout=300):
@@ -30,26 +29,13 @@ def run(tmp_path_factory):
 
 def _open(page: Path) -> tuple[list[dict], list[dict], str]:
     """(console messages, each <img>'s load state, the page text) as Chromium sees them."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    try:
-        driver.get(page.resolve().as_uri())
-        images = driver.execute_script(
-            "return [...document.images].map(i => ({alt: i.alt, complete: i.complete, width: i.naturalWidth,"
-            " shown: i.getBoundingClientRect().width}))")
-        return driver.get_log("browser"), images, driver.find_element("tag name", "body").text
-    finally:
-        driver.quit()
+    console, images, text = in_chromium(page, (
+        "return [...document.images].map(i => ({alt: i.alt, complete: i.complete, width: i.naturalWidth,"
+        " shown: i.getBoundingClientRect().width}))"), "return document.body.innerText")
+    return console, images, text
 
 
-@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="Debian's chromium and chromium-driver (make deps)")
+@needs_chromium
 def test_the_report_of_a_real_run_loads_in_chromium_with_every_figure(run):
     out = _cli("report", str(run), "--out", str(run / "report"))
     assert out.returncode == 0, out.stdout + out.stderr
