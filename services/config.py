@@ -244,6 +244,11 @@ class EvaluatorConfig(ServiceOptions):
     """The producer's game LM (same file): enables loss recovered, the MLP-neuron reference and,
     when the model folder has a floor/ of SAEs trained on its random-init control, the
     random_init_sae one."""
+    describe_every: int = 4
+    """Describe every latent of a snapshot (best BSP, FADE scores) at its 1st, then every Nth
+    evaluation and at the last one (0 = never): slower than coverage, so less often."""
+    describe_faithful_latents: int = 0
+    """Latents per description whose faithfulness is measured (needs --model; 0 = none)."""
     threads: int = 0
     """torch intra-op threads (0 = torch's default)."""
     metrics_port: int = 9103
@@ -253,6 +258,8 @@ class EvaluatorConfig(ServiceOptions):
         _endpoint(self.connect, "connect")
         _endpoint(self.snapshots, "snapshots")
         _positive(self, "train_games", "test_games", "health_stall_s")
+        if self.describe_every < 0 or self.describe_faithful_latents < 0:
+            raise ValueError("describe_every and describe_faithful_latents must be >= 0")
 
 
 SECTIONS = {"producer": ProducerConfig, "trainer": TrainerConfig, "evaluator": EvaluatorConfig}

@@ -9,7 +9,9 @@ ones are skipped, never evaluated late) and evaluates it through `boardlens.metr
 coverage and every board-reconstruction variant per family, L0, variance explained and
 friends, and, given the producer's model (--model), loss recovered and KL. Once the eval set is complete it also scores
 the references (`boardlens.metrics.references`: linear-probe ceiling, MLP neurons, random
-SAE, SAE on the random-init model) on the same games with the same code. Results go to
+SAE, SAE on the random-init model) on the same games with the same code. At a slower cadence
+(--describe-every) it describes every latent of a snapshot by its best BSP and scores it
+FADE-style (`boardlens.interpret`), with the MLP neurons and a random SAE as references. Results go to
 gauges and one JSON line per evaluation or reference in `<run>/metrics.jsonl`; on the
 trainer's 'end' it evaluates what is pending, writes `<run>/final_metrics.json`
 (`{"saes": {name: record}, "references": {name: record}}`) and exits.
@@ -76,6 +78,10 @@ class EvaluatorMetrics:
         self.games = tel.metric(metrics.EVALUATOR_EVAL_SET_GAMES)
         self.ref_coverage = tel.metric(metrics.EVALUATOR_REFERENCE_COVERAGE)
         self.ref_reconstruction = tel.metric(metrics.EVALUATOR_REFERENCE_RECONSTRUCTION)
+        self.latent_score = tel.metric(metrics.EVALUATOR_LATENT_SCORE)
+        self.latent_share = tel.metric(metrics.EVALUATOR_LATENT_SHARE)
+        self.ref_latent_score = tel.metric(metrics.EVALUATOR_REFERENCE_LATENT_SCORE)
+        self.describe_seconds = tel.metric(metrics.EVALUATOR_DESCRIBE)
 
 
 class LiveEvaluator:
@@ -91,6 +97,9 @@ class LiveEvaluator:
         self.evaluations = 0  # snapshots evaluated, all SAEs
         self.trainer_ended = False  # the trainer sent its end of stream
         self.references: dict[str, dict] = {}
+        self.descriptions: dict[str, dict] = {}  # per SAE: step, summary, top latents of the newest description
+        self.description_refs: dict[str, dict] = {}  # per reference: summary
+        self.evaluated: dict[str, int] = {}  # evaluations per SAE (the describe cadence)
         self.scorer: Scorer | None = None  # made with the eval set
         self.layer = 0
         self.run_dir = Path(cfg.run_dir)
@@ -183,7 +192,68 @@ class LiveEvaluator:
         if self.cfg.references:  # a random SAE of this size, scored once
             self._record_reference(self.scorer.random_sae_reference(ae.d_in, ae.d_sae))
         self._log_evaluation(record)
+        n = self.evaluated[name] = self.evaluated.get(name, 0) + 1
+        every = self.cfg.describe_every
+        if every and ((n - 1) % every == 0 or self.trainer_ended):
+            try:
+                self.describe(snap)
+            except Exception:  # a description is an extra: it never costs the run its evaluations
+                log.exception("describing %s step %d failed", name, step)
         return record
+
+    def describe(self, snap: Snapshot) -> dict:
+        """Every latent's best BSP and FADE scores (`boardlens.interpret`): the full record to
+        <run>/descriptions/<sae>.json, the per-family summary to gauges and metrics.jsonl."""
+        from boardlens.interpret.report import interpret, sae_subject, top_latents
+
+        faithful = self.cfg.describe_faithful_latents if self.model is not None else 0
+        rec = interpret(sae_subject(snap.name, snap.ae, self.evalset, self.layer), self.evalset, self.model,
+                        self.game, faithful)
+        rec["step"] = snap.step
+        (self.run_dir / "descriptions").mkdir(exist_ok=True)
+        write_json(self.run_dir / "descriptions" / f"{snap.name}.json", rec)
+        self._set_latent_scores(self.m.latent_score, snap.name, rec["summary"], self.m.latent_share)
+        self.m.describe_seconds.observe(rec["seconds"]["total"])
+        line = {"time": time.time(), "describe": snap.name, "step": snap.step, "summary": rec["summary"],
+                "faithfulness": rec["faithfulness"], "seconds": rec["seconds"]}
+        self.descriptions[snap.name] = {**line, "top": top_latents(rec)}
+        self.log.write(json.dumps(line) + "\n")
+        self.log.flush()
+        a = rec["summary"].get("all", {})
+        log.info("described %s step %d in %.1f s: %d latents, clarity %s, responsiveness %s, purity %s", snap.name,
+                 snap.step, rec["seconds"]["total"], rec["described"], a.get("clarity"), a.get("responsiveness"),
+                 a.get("purity"))
+        if self.cfg.references:
+            self._describe_references(snap.ae.d_sae)
+        return rec
+
+    def _describe_references(self, d_sae: int) -> None:
+        """Once per eval set: the MLP neurons (with a model) and a random SAE of this size."""
+        from boardlens.interpret.report import interpret, mlp_subject, random_subject
+
+        wanted = [(f"random_sae-{d_sae}", lambda: random_subject(self.evalset, self.layer, d_sae))]
+        if self.model is not None:
+            wanted.append(("mlp_neurons", lambda: mlp_subject(self.model, self.evalset, self.layer)))
+        for name, make in wanted:
+            if name in self.description_refs:
+                continue
+            rec = interpret(make(), self.evalset, None, self.game, 0)
+            self._set_latent_scores(self.m.ref_latent_score, name, rec["summary"])
+            line = {"time": time.time(), "describe_reference": name, "summary": rec["summary"],
+                    "seconds": rec["seconds"]}
+            self.description_refs[name] = line
+            self.log.write(json.dumps(line) + "\n")
+            self.log.flush()
+
+    @staticmethod
+    def _set_latent_scores(gauge, name: str, summary: dict, share_gauge=None) -> None:
+        for fam, s in summary.items():
+            for score in ("clarity", "responsiveness", "purity", "faithfulness"):
+                if s.get(score) is not None:
+                    gauge.labels(name, fam, score).set(s[score])
+                share = s.get(f"{score}_ge_0.5")
+                if share_gauge is not None and share is not None:
+                    share_gauge.labels(name, fam, score).set(share)
 
     @staticmethod
     def _log_evaluation(r: dict) -> None:
@@ -234,6 +304,8 @@ class LiveEvaluator:
 
     def close(self) -> None:
         final = {"saes": self.latest, "references": self.references}
+        if self.descriptions or self.description_refs:
+            final["descriptions"] = {"saes": self.descriptions, "references": self.description_refs}
         write_json(self.run_dir / "final_metrics.json", final)
         self.log.close()
 

@@ -30,7 +30,7 @@ SERVICES = ("producer", "trainer", "evaluator")
 COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
 # Small cardinality only: never a sequence number, game id or step.
 LABELS = ("service", "version", "sae", "term", "family", "split", "reference", "reason", "mode",
-          "outcome")
+          "outcome", "score")
 
 _LATENCY_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _STEP_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -189,6 +189,19 @@ EVALUATOR_REFERENCE_COVERAGE = Metric("boardlens_evaluator_reference_coverage", 
 EVALUATOR_REFERENCE_RECONSTRUCTION = Metric("boardlens_evaluator_reference_reconstruction", GAUGE,
                                             "Board reconstruction F1 of a floor/ceiling reference",
                                             ("reference", "family"))
+
+EVALUATOR_LATENT_SCORE = Metric("boardlens_evaluator_latent_score", GAUGE,
+                                "Mean FADE score (clarity, responsiveness, purity, faithfulness) of an SAE's "
+                                "described latents, by the family of their descriptions ('all': every latent)",
+                                ("sae", "family", "score"))
+EVALUATOR_LATENT_SHARE = Metric("boardlens_evaluator_latent_share_ratio", GAUGE,
+                                "Share of an SAE's described latents whose FADE score is at least 0.5",
+                                ("sae", "family", "score"))
+EVALUATOR_REFERENCE_LATENT_SCORE = Metric("boardlens_evaluator_reference_latent_score", GAUGE,
+                                          "Mean FADE score of a reference's described features (MLP neurons, "
+                                          "random SAE)", ("reference", "family", "score"))
+EVALUATOR_DESCRIBE = Metric("boardlens_evaluator_describe_seconds", HISTOGRAM,
+                            "Wall time of describing and scoring every latent of one snapshot", buckets=_EVAL_S)
 
 
 def _collect() -> dict[str, Metric]:

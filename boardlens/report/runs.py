@@ -70,6 +70,8 @@ def _records(path: Path) -> list[dict]:
             continue
         if isinstance(rec, dict) and ("sae" in rec or "reference" in rec) and "families" in rec:
             out.append(rec)
+        elif isinstance(rec, dict) and ("describe" in rec or "describe_reference" in rec):
+            continue  # a latent-description summary (`boardlens describe`'s, live): not plotted here
         else:
             log.warning("%s line %d is not an evaluation record: skipped", path, i)
     return out

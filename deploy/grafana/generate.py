@@ -207,6 +207,13 @@ ROWS: list[tuple[str, list[Panel]]] = [
             per_sae(M.EVALUATOR_RECONSTRUCTION, "{{sae}} {{family}}"),
             (gauge(M.EVALUATOR_REFERENCE_RECONSTRUCTION, 'family!~".*average"'), "[{{reference}}] {{family}}"),
         ), "percentunit"),
+        Panel("Latents described by the board: mean FADE scores (all latents)", (
+            per_sae(M.EVALUATOR_LATENT_SCORE, "{{sae}} {{score}}", 'family="all"'),
+            (gauge(M.EVALUATOR_REFERENCE_LATENT_SCORE, 'family="all"'), "[{{reference}}] {{score}}"),
+        ), "percentunit"),
+        Panel("Share of latents with clarity / responsiveness >= 0.5", (
+            per_sae(M.EVALUATOR_LATENT_SHARE, "{{sae}} {{score}}", 'family="all",score=~"clarity|responsiveness"'),
+        ), "percentunit"),
         Panel("L0 per SAE (eval set)", (per_sae(M.EVALUATOR_L0),), "short"),
         Panel("Variance explained and dead latents (eval set)", (
             per_sae(M.EVALUATOR_VARIANCE_EXPLAINED, "{{sae}} FVE"),
@@ -217,6 +224,7 @@ ROWS: list[tuple[str, list[Panel]]] = [
         Panel("KL(clean || with the SAE), nats per move", (per_sae(M.EVALUATOR_KL),), "short"),
         Panel("Training step of the evaluated snapshot", (per_sae(M.EVALUATOR_SNAPSHOT_STEP),), "short"),
         Panel("Evaluation duration (5m window)", p50_p95(M.EVALUATOR_EVALUATION, "5m"), "s"),
+        Panel("Latent description duration (5m window)", p50_p95(M.EVALUATOR_DESCRIBE, "5m"), "s"),
         Panel("Evaluations / min per SAE", (
             (per_minute(M.EVALUATOR_EVALUATIONS, "sae", SAE), "{{sae}}"),
             (per_minute(M.EVALUATOR_SNAPSHOTS_SKIPPED), "superseded (skipped)"),

@@ -84,6 +84,8 @@ def test_pipeline_trains_and_evaluates_live(tmp_path, game):
             for metric in ("boardlens_evaluator_coverage", "boardlens_evaluator_reconstruction"):
                 assert any(n == metric and dict(lab).get("family") == fam for n, lab in e), (metric, fam)
         assert value(e, "boardlens_evaluator_eval_set_games", split="train") == 30
+        described_live = wait_for(lambda: any(n == "boardlens_evaluator_latent_score" and dict(lab)["score"] == "clarity"
+                                              for n, lab in scrape(em)), 120, "latent descriptions", procs)
         for port in (pm, tm, em):
             code, info = healthz(port)
             assert code == 200 and info["ok"], info
@@ -92,5 +94,13 @@ def test_pipeline_trains_and_evaluates_live(tmp_path, game):
     codes = {n: q.returncode for n, q in procs.items()}
     assert codes == {"producer": 0, "trainer": EXIT_STOPPED, "evaluator": 0}, codes
     records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
-    assert records and {"families", "l0", "var_explained", "sae", "step"} <= set(records[-1])
+    evaluations = [r for r in records if "families" in r]
+    assert evaluations and {"families", "l0", "var_explained", "sae", "step"} <= set(evaluations[-1])
+    # the first evaluation of each SAE also described its latents (describe_every's default)
+    described = {r["describe"] for r in records if "describe" in r}
+    assert described == {"standard-256-0.05", "p_anneal-256-0.05"}, described
+    for sae in described:
+        d = json.loads((tmp_path / "run" / "descriptions" / f"{sae}.json").read_text())
+        assert d["name"] == sae and d["latents_total"] == 256 and "all" in d["summary"]
+    assert described_live
     assert (tmp_path / "run" / "checkpoints" / "latest" / "standard-256-0.05.safetensors").exists()
