@@ -5,7 +5,9 @@
 Plays `games` fresh games per split, runs the model to the SAEs' layer, and for each SAE (and,
 as references, the block's MLP neurons and an untrained random SAE of the same size) gives
 every alive latent its best BSP with clarity, responsiveness, purity and, for a sample of the
-latents that pass FADE's gate, faithfulness (`boardlens.interpret`). Prints the per-family
+latents that pass FADE's gate, faithfulness (`boardlens.interpret`). References: the per-BSP
+linear probes as latents (the ceiling, and an oracle whose latents are the BSP detectors), the
+block's MLP neurons, an untrained random SAE. Prints the per-family
 summary and each SAE's top latents; writes everything as JSON.
 """
 
@@ -19,6 +21,7 @@ from boardlens.interpret.report import (
     format_summary,
     interpret,
     mlp_subject,
+    probe_subject,
     random_subject,
     sae_subject,
     top_latents,
@@ -56,6 +59,7 @@ def run(paths: list[str], model_path: str, games: int = 1000, layer: int | None 
     es = model_evalset(model, game, layer, games, games, seed, GAMES[game].default_batch_games, workers=0)
     subjects = [sae_subject(s.name, s.ae, es, layer) for s in found]
     if references:
+        subjects.append(probe_subject(es, layer))
         subjects.append(mlp_subject(model, es, layer))
         for d_sae in sorted({s.ae.d_sae for s in found}):
             subjects.append(random_subject(es, layer, d_sae))

@@ -60,6 +60,35 @@ def _identity(f: torch.Tensor) -> torch.Tensor:
     return f
 
 
+class ProbeLatents(torch.nn.Module):
+    """Per-BSP linear probes as an SAE-like module: latent j = relu(probe j's logit), and latent
+    j's decoder column moves the residual along probe j's weight so that setting the latent to
+    v sets that logit to v (the oracle: a dictionary whose latents are the BSP detectors)."""
+
+    def __init__(self, probe) -> None:
+        super().__init__()
+        self.probe = probe
+        w = probe.linear.weight / probe.std  # (B, d): d logit / d x
+        self.register_buffer("directions", (w / w.pow(2).sum(1, keepdim=True).clamp_min(1e-12)).T.contiguous())
+        self.d_in, self.d_sae = w.shape[1], w.shape[0]
+
+    @property
+    def decoder_weight(self) -> torch.Tensor:
+        return self.directions  # (d, B)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.probe.logits(x).relu()
+
+
+def probe_subject(evalset: EvalSet, layer: int) -> Subject:
+    """The ceiling: one logistic probe per BSP (the evaluator's linear_probe), as latents."""
+    from boardlens.metrics.references import fit_bsp_probe
+
+    t = evalset.tensors()
+    probe = fit_bsp_probe(t["train"]["x"], torch.cat(list(t["train"]["labels"].values()), 1))
+    return sae_subject("linear_probe", ProbeLatents(probe), evalset, layer, "linear_probe")
+
+
 def test_prefixes(evalset: EvalSet) -> list[torch.Tensor]:
     """Token prefix through each labelled position of the test split, in label-row order."""
     sp = evalset.splits["test"]

@@ -20,7 +20,7 @@ def test_describe_writes_every_latent_and_the_references(tmp_path):
     assert "describe config" in r.stderr  # one line of resolved config
     d = json.loads(out.read_text())
     assert d["game"] == "othello" and d["layer"] == 6
-    assert set(d["subjects"]) == {"standard-4096-0.05", "mlp_neurons", "random_sae-4096"}
+    assert set(d["subjects"]) == {"standard-4096-0.05", "linear_probe", "mlp_neurons", "random_sae-4096"}
     for sub in d["subjects"].values():
         assert sub["described"] == len(sub["latents"]) > 0
         assert set(sub["summary"]) >= {"all"}
@@ -30,6 +30,12 @@ def test_describe_writes_every_latent_and_the_references(tmp_path):
                 assert lat[k] is None or 0.0 <= lat[k] <= 1.0
         f = sub["faithfulness"]
         assert f["scored"] <= min(f["gated"], 2)
+    # the probes (an oracle whose latents are BSP detectors) describe themselves and beat chance
+    probe, rand = d["subjects"]["linear_probe"], d["subjects"]["random_sae-4096"]
+    own = [lat for lat in probe["latents"] if lat["f1"] > 0.5]
+    assert own and sum(lat["bsp"] == lat["latent"] for lat in own) / len(own) > 0.9
+    for score in ("responsiveness", "purity"):
+        assert probe["summary"]["all"][score] > rand["summary"]["all"][score] + 0.2, score
 
 
 def test_describe_refuses_an_sae_of_another_width(tmp_path):
