@@ -75,8 +75,6 @@ def run(path: str, model_path: str, bsp: str | None = None, family: str | None =
     model, meta = load_any(model_path)
     model.eval()
     game, layer = meta["game"], meta["sae_layer"] if layer is None else layer
-    if game != "othello":
-        raise ValueError(f"steering reads single-token moves; {game} moves span several characters (not yet)")
     found = find_saes(path)
     if len(found) != 1:
         raise ValueError(f"{path} holds {len(found)} SAEs; give one")
@@ -107,11 +105,11 @@ def run(path: str, model_path: str, bsp: str | None = None, family: str | None =
             rec["skipped"] = "fewer than 4 pairs with moves that only one of the boards allows"
         else:
             t0 = time.perf_counter()
-            rec["sae"] = _moved_report(steer(model, SAESite(sae.ae, layer, sae.name), pairs, cfg), latent_names, name)
+            rec["sae"] = _moved_report(steer(model, SAESite(sae.ae, layer, sae.name), boards, pairs, cfg), latent_names, name)
             rec["sae"]["seconds"] = round(time.perf_counter() - t0, 1)
             if components:
                 t0 = time.perf_counter()
-                rec["components"] = _moved_report(steer(model, comp, pairs, cfg), comp.labels, name)
+                rec["components"] = _moved_report(steer(model, comp, boards, pairs, cfg), comp.labels, name)
                 rec["components"]["seconds"] = round(time.perf_counter() - t0, 1)
         results.append(rec)
         print(format_result(rec), flush=True)

@@ -34,8 +34,41 @@ class MoveTask(NamedTuple):
     edited: frozenset  # legal moves on the board edited so that the BSP holds
 
 
+class MoveBatch(NamedTuple):
+    """Pairs as model input: sequences (S, T) and scores(logits (S, T, V)) -> (P, K) move
+    scores with masks (P, K) of the moves legal only on the real board (plus), only on the
+    edited one (minus), and those whose legality the edit leaves alone (same)."""
+
+    tokens: torch.Tensor
+    scores: object  # Callable[[torch.Tensor], torch.Tensor]
+    plus: torch.Tensor
+    minus: torch.Tensor
+    same: torch.Tensor
+
+
+def _padded(seqs: list[torch.Tensor]) -> torch.Tensor:
+    toks = torch.zeros(len(seqs), max(s.numel() for s in seqs), dtype=torch.long)
+    for b, s in enumerate(seqs):
+        toks[b, : s.numel()] = s
+    return toks
+
+
 class OthelloBoards:
     editable = ("mine_theirs_empty",)
+
+    def move_batch(self, pairs, vocab: int) -> MoveBatch:
+        """One sequence per pair; a move's score is its next-token logit (K = vocab); every move
+        token outside plus and minus counts as unaffected."""
+        toks = _padded([p.tokens for p in pairs])
+        ends = torch.tensor([p.tokens.numel() - 1 for p in pairs])
+        plus = torch.zeros(len(pairs), vocab, dtype=torch.bool)
+        minus = torch.zeros_like(plus)
+        for i, p in enumerate(pairs):
+            plus[i, p.plus] = True
+            minus[i, p.minus] = True
+        same = ~(plus | minus)
+        same[:, 0] = False  # the pad token is no move
+        return MoveBatch(toks, lambda logits: logits[torch.arange(len(pairs)), ends].float(), plus, minus, same)
 
     def edit(self, tokens: torch.Tensor, family: Family, index: int, holds: bool = True) -> MoveTask | None:
         """holds=True: edit so the BSP holds (None where it already does); holds=False: so it
@@ -105,6 +138,41 @@ def _count_only_status() -> int:
 
 class ChessBoards:
     editable = ("piece",)
+    max_same = 12  # moves legal on both boards scored per pair (the KL set)
+
+    def move_batch(self, pairs, vocab: int) -> MoveBatch:
+        """One sequence per (pair, candidate SAN): prefix + SAN + ' '; a move's score is the
+        summed log-probability of its characters and the closing space (teacher forced)."""
+        from boardlens.games.chess import tokenizer
+
+        seqs, rows, pos, tgt = [], [], [], []
+        K = max(len(p.plus) + len(p.minus) + min(len(p.same), self.max_same) for p in pairs)
+        plus = torch.zeros(len(pairs), K, dtype=torch.bool)
+        minus, same = torch.zeros_like(plus), torch.zeros_like(plus)
+        for i, p in enumerate(pairs):
+            cands = [*p.plus, *p.minus, *p.same[: self.max_same]]
+            n0 = p.tokens.numel()
+            for k, san in enumerate(cands):
+                move = torch.from_numpy(tokenizer.encode(san + " "))
+                s = len(seqs)
+                seqs.append(torch.cat([p.tokens, move]))
+                for c in range(move.numel()):  # logits at n0 - 1 + c predict character c of the move
+                    rows.append((s, i * K + k))
+                    pos.append(n0 - 1 + c)
+                    tgt.append(int(move[c]))
+            plus[i, : len(p.plus)] = True
+            minus[i, len(p.plus) : len(p.plus) + len(p.minus)] = True
+            same[i, len(p.plus) + len(p.minus) : len(cands)] = True
+        seq_idx = torch.tensor([r[0] for r in rows])
+        slot = torch.tensor([r[1] for r in rows])
+        pos_t, tgt_t = torch.tensor(pos), torch.tensor(tgt)
+
+        def scores(logits):
+            logp = torch.log_softmax(logits.float(), -1)[seq_idx, pos_t, tgt_t]
+            out = torch.zeros(len(pairs) * K, dtype=logp.dtype).index_add(0, slot, logp)
+            return out.view(len(pairs), K)
+
+        return MoveBatch(_padded(seqs), scores, plus, minus, same)
 
     def edit(self, tokens: torch.Tensor, family: Family, index: int, holds: bool = True) -> MoveTask | None:
         """holds=True: put the BSP's piece on its square (None where it is there); holds=False:

@@ -14,8 +14,10 @@ that feature, learnt by Adam on
 
 loss = mean effectiveness + kl_weight * mean KL + l1_weight * minimality. A pair is flipped
 when lse logit(M-) > lse logit(M+). Reported on held-out pairs: the flip rate before and after,
-the KL, and the scalars that moved (|alpha - 1| > moved_at). Moves are Othello tokens; chess
-moves span several characters and are not steered yet.
+the KL, and the scalars that moved (|alpha - 1| > moved_at). A move's logit is the model's
+next-token logit (Othello) or its SAN's log-probability, character by character up to the
+space that ends it (chess); the KL set is every other move token (Othello) or the moves legal
+on both boards (chess, up to 12 of them).
 """
 
 from __future__ import annotations
@@ -43,8 +45,9 @@ class SteerConfig:
 
 class Pair(NamedTuple):
     tokens: torch.Tensor  # (n,) the real transcript's prefix (b holds there)
-    plus: list[int]  # legal only on the real board
-    minus: list[int]  # legal only on the edited board (b does not hold)
+    plus: list  # moves legal only on the real board
+    minus: list  # moves legal only on the edited board (b does not hold)
+    same: list  # moves legal on both boards
 
 
 def draw_pairs(boards, prefixes: list[torch.Tensor], family, index: int, n: int,
@@ -57,44 +60,18 @@ def draw_pairs(boards, prefixes: list[torch.Tensor], family, index: int, n: int,
             continue
         plus, minus = sorted(task.real - task.edited), sorted(task.edited - task.real)
         if plus and minus:
-            out.append(Pair(prefixes[i], plus, minus))
+            out.append(Pair(prefixes[i], plus, minus, sorted(task.real & task.edited)))
             if len(out) == n:
                 break
     return out
 
 
-class _Batch(NamedTuple):
-    tokens: torch.Tensor  # (P, T) right-padded
-    ends: torch.Tensor  # (P,) last index
-    plus: torch.Tensor  # (P, V) bool
-    minus: torch.Tensor  # (P, V) bool
-    same: torch.Tensor  # (P, V) bool: legality unchanged by the edit (and a real move token)
-
-
-def _batch(pairs: list[Pair], vocab: int) -> _Batch:
-    T = max(p.tokens.numel() for p in pairs)
-    toks = torch.zeros(len(pairs), T, dtype=torch.long)
-    plus = torch.zeros(len(pairs), vocab, dtype=torch.bool)
-    minus = torch.zeros_like(plus)
-    for i, p in enumerate(pairs):
-        toks[i, : p.tokens.numel()] = p.tokens
-        plus[i, p.plus] = True
-        minus[i, p.minus] = True
-    same = ~(plus | minus)
-    same[:, 0] = False  # the pad token is no move
-    return _Batch(toks, torch.tensor([p.tokens.numel() - 1 for p in pairs]), plus, minus, same)
-
-
-def _last(logits: torch.Tensor, b: _Batch) -> torch.Tensor:
-    return logits[torch.arange(b.ends.numel()), b.ends].float()  # (P, V)
-
-
-def _margin(z: torch.Tensor, b: _Batch) -> torch.Tensor:
+def _margin(z: torch.Tensor, b) -> torch.Tensor:
     neg = torch.finfo(z.dtype).min
     return torch.logsumexp(z.masked_fill(~b.minus, neg), -1) - torch.logsumexp(z.masked_fill(~b.plus, neg), -1)
 
 
-def _kl_same(clean: torch.Tensor, z: torch.Tensor, b: _Batch) -> torch.Tensor:
+def _kl_same(clean: torch.Tensor, z: torch.Tensor, b) -> torch.Tensor:
     neg = torch.finfo(z.dtype).min
     lp = F.log_softmax(clean.masked_fill(~b.same, neg), -1)
     lq = F.log_softmax(z.masked_fill(~b.same, neg), -1)
@@ -113,21 +90,22 @@ class SteerResult(NamedTuple):
     config: dict
 
 
-def steer(model, site: Site, pairs: list[Pair], cfg: SteerConfig = SteerConfig()) -> SteerResult:
-    """Learn alpha on the first half of `pairs`, report on the second half."""
+def steer(model, site: Site, boards, pairs: list[Pair], cfg: SteerConfig = SteerConfig()) -> SteerResult:
+    """Learn alpha on the first half of `pairs`, report on the second half; `boards` (the
+    game's, `boards.py`) turns pairs into model inputs and move scores."""
     if len(pairs) < 4:
         raise ValueError(f"need at least 4 pairs (2 to train, 2 to test), got {len(pairs)}")
     model.eval().requires_grad_(False)
-    vocab = model.config.vocab_size
     half = len(pairs) // 2
-    train, test = _batch(pairs[:half], vocab), _batch(pairs[half:], vocab)
+    train, test = boards.move_batch(pairs[:half], model.config.vocab_size), \
+        boards.move_batch(pairs[half:], model.config.vocab_size)
     run_train, run_test = site.scaled_logits(model, train.tokens), site.scaled_logits(model, test.tokens)
     with torch.no_grad():
-        clean_train, clean_test = _last(model(train.tokens)[0], train), _last(model(test.tokens)[0], test)
+        clean_train, clean_test = train.scores(model(train.tokens)[0]), test.scores(model(test.tokens)[0])
     alpha = torch.ones(site.width, requires_grad=True)
     opt = torch.optim.Adam([alpha], lr=cfg.lr)
     for _ in range(cfg.steps):
-        z = _last(run_train(alpha), train)
+        z = train.scores(run_train(alpha))
         loss = (F.relu(cfg.margin - _margin(z, train)).mean() + cfg.kl_weight * _kl_same(clean_train, z, train).mean()
                 + cfg.l1_weight * (alpha - 1).abs().sum())
         opt.zero_grad(set_to_none=True)
@@ -135,7 +113,7 @@ def steer(model, site: Site, pairs: list[Pair], cfg: SteerConfig = SteerConfig()
         opt.step()
     alpha = alpha.detach()
     with torch.no_grad():
-        z_test, z_train = _last(run_test(alpha), test), _last(run_train(alpha), train)
+        z_test, z_train = test.scores(run_test(alpha)), train.scores(run_train(alpha))
     change = (alpha - 1).abs()
     moved = [int(i) for i in torch.argsort(change, descending=True) if change[i] > cfg.moved_at]
     return SteerResult(alpha, half, len(pairs) - half,

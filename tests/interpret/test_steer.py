@@ -3,6 +3,7 @@ the others stay; the cached SAE path equals the hooked forward."""
 
 import torch
 
+from boardlens.interpret.boards import OthelloBoards
 from boardlens.interpret.interventions import ComponentSite, SAESite
 from boardlens.interpret.steer import Pair, SteerConfig, steer
 from boardlens.lm.model import GPT, GPTConfig
@@ -30,12 +31,12 @@ def _planted():
 
 def _pairs(n=16):
     g = torch.Generator().manual_seed(1)
-    return [Pair(torch.randint(1, 61, (int(k),), generator=g), [3], [9]) for k in torch.randint(3, 20, (n,), generator=g)]
+    return [Pair(torch.randint(1, 61, (int(k),), generator=g), [3], [9], []) for k in torch.randint(3, 20, (n,), generator=g)]
 
 
 def test_the_latent_that_carries_the_move_is_the_one_scaled():
     model, ae = _planted()
-    r = steer(model, SAESite(ae, 0), _pairs(), SteerConfig(steps=200, lr=0.1))
+    r = steer(model, SAESite(ae, 0), OthelloBoards(), _pairs(), SteerConfig(steps=200, lr=0.1))
     assert r.flip_before == 0.0 and r.flip_after == 1.0 and r.train_flip_after == 1.0
     assert r.moved == [0] and r.alpha[0] < 0  # flipping the sign of e0 is what flips 3 -> 9
     assert abs(float(r.alpha[1]) - 1) < 0.1
@@ -65,3 +66,31 @@ def test_components_scale_attention_and_mlp_outputs():
     _, resid = model(toks, resid_layers=(0,))
     want = model.lm_head(model.transformer.ln_f(resid[0]))
     assert torch.allclose(site.scaled_logits(model, toks)(torch.tensor([1.0, 1.0, 0.0, 0.0])), want, atol=1e-5)
+
+
+def test_chess_move_scores_are_the_sans_log_probabilities():
+    """A chess move's score is the teacher-forced log-probability of its characters and the
+    closing space, computed by hand here on a random model."""
+    from boardlens.games.chess import tokenizer
+    from boardlens.interpret.boards import ChessBoards
+
+    torch.manual_seed(4)
+    model = GPT(GPTConfig(vocab_size=32, block_size=256, n_layer=2, n_head=2, n_embd=32)).eval()
+    prefix = torch.from_numpy(tokenizer.encode(";1.e4 e5 2."))
+    pairs = [Pair(prefix, ["Nf3"], ["Qh5+"], ["d4", "Bc4"]), Pair(prefix[:-2], ["e5"], ["c5"], [])]
+    mb = ChessBoards().move_batch(pairs, 32)
+    with torch.no_grad():
+        scores = mb.scores(model(mb.tokens)[0])
+
+    def by_hand(pre, san):
+        seq = torch.cat([pre, torch.from_numpy(tokenizer.encode(san + " "))])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(seq[None])[0][0], -1)
+        return sum(float(logp[pre.numel() - 1 + c, seq[pre.numel() + c]]) for c in range(len(san) + 1))
+
+    assert scores.shape == (2, 4)
+    for i, (pre, cands) in enumerate([(prefix, ["Nf3", "Qh5+", "d4", "Bc4"]), (prefix[:-2], ["e5", "c5"])]):
+        for k, san in enumerate(cands):
+            assert abs(float(scores[i, k]) - by_hand(pre, san)) < 1e-4
+    assert mb.plus[0].tolist() == [True, False, False, False] and mb.minus[1].tolist() == [False, True, False, False]
+    assert mb.same[0].tolist() == [False, False, True, True] and not mb.same[1].any()
