@@ -207,6 +207,7 @@ def describe(paths, model, games, layer, seed, json_out, references, faithful_la
 @click.option("--seed", default=12_345, show_default=True, help="Seed of the games.")
 @click.option("--components/--no-components", default=True, show_default=True,
               help="Also scale the raw attention / MLP outputs of every block.")
+@click.option("--probes", is_flag=True, help="Also scale the per-BSP linear probes' latents (the oracle dictionary).")
 @click.option("--margin", default=2.0, show_default=True, help="Effectiveness hinge margin, nats.")
 @click.option("--kl-weight", default=1.0, show_default=True)
 @click.option("--l1-weight", default=0.002, show_default=True)
@@ -214,8 +215,8 @@ def describe(paths, model, games, layer, seed, json_out, references, faithful_la
 @click.option("--pairs", default=128, show_default=True, help="Pairs per BSP (half train, half test).")
 @click.option("--json", "json_out", default="steering.json", show_default=True)
 @click.option("--threads", default=0, show_default=True, help="torch threads (0 = torch's default).")
-def steer(sae, model, bsp, family, max_bsps, games, layer, seed, components, margin, kl_weight, l1_weight, steps,
-          pairs, json_out, threads) -> None:
+def steer(sae, model, bsp, family, max_bsps, games, layer, seed, components, probes, margin, kl_weight, l1_weight,
+          steps, pairs, json_out, threads) -> None:
     """Activation scaling: learn one scalar per SAE latent (and per attention / MLP output) that
     makes the model act as if a board-state property did not hold; report flips, KL, movers."""
     from boardlens.interpret.steer import SteerConfig
@@ -225,7 +226,7 @@ def steer(sae, model, bsp, family, max_bsps, games, layer, seed, components, mar
     set_threads(threads)
     cfg = SteerConfig(margin=margin, kl_weight=kl_weight, l1_weight=l1_weight, steps=steps, pairs=pairs)
     try:
-        run(sae, model, bsp, family, max_bsps, games, layer, seed, json_out, components, cfg)
+        run(sae, model, bsp, family, max_bsps, games, layer, seed, json_out, components, cfg, probes)
     except ValueError as e:
         raise click.ClickException(str(e)) from e
 

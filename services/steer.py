@@ -6,7 +6,8 @@
 For each BSP: pairs of natural test positions where it holds and the same boards edited so it
 does not (`boardlens.interpret.steer`), one scalar per SAE latent and one per attention / MLP
 output learnt to flip the model's preference from the moves only b allows to those only its
-absence allows. Reports the held-out flip rate before and after, the KL on unaffected moves,
+absence allows (--probes: also one per BSP probe, the oracle dictionary whose latent j
+detects BSP j). Reports the held-out flip rate before and after, the KL on unaffected moves,
 the scalars that moved and whether the moved latents' descriptions are b.
 """
 
@@ -22,7 +23,7 @@ from boardlens.atomic import write_json
 from boardlens.interpret.boards import boards_for
 from boardlens.interpret.describe import BSPIndex, describe
 from boardlens.interpret.interventions import ComponentSite, SAESite
-from boardlens.interpret.report import sae_subject, test_prefixes
+from boardlens.interpret.report import probe_subject, sae_subject, test_prefixes
 from boardlens.interpret.steer import SteerConfig, draw_pairs, steer
 from boardlens.lm.formats import load_any
 from boardlens.metrics.evalset import model_evalset
@@ -70,7 +71,7 @@ def _moved_report(result, names: list[str], target: str, top: int = 10) -> dict:
 
 def run(path: str, model_path: str, bsp: str | None = None, family: str | None = None, max_bsps: int = 4,
         games: int = 500, layer: int | None = None, seed: int = 12_345, json_out: str | None = None,
-        components: bool = True, cfg: SteerConfig | None = None) -> dict:
+        components: bool = True, cfg: SteerConfig | None = None, probes: bool = False) -> dict:
     cfg = cfg or SteerConfig()
     model, meta = load_any(model_path)
     model.eval()
@@ -82,7 +83,7 @@ def run(path: str, model_path: str, bsp: str | None = None, family: str | None =
     sae = found[0]
     log.info("steer config %s", {"sae": sae.name, "model": str(model_path), "game": game, "layer": layer,
                                  "bsp": bsp, "family": family, "max_bsps": max_bsps, "games": games, "seed": seed,
-                                 "components": components, "steer": cfg.__dict__})
+                                 "components": components, "probes": probes, "steer": cfg.__dict__})
     es = model_evalset(model, game, layer, games, games, seed, GAMES[game].default_batch_games, workers=0)
     t = es.tensors()
     index = BSPIndex(GAMES[game], es.families)
@@ -93,6 +94,7 @@ def run(path: str, model_path: str, bsp: str | None = None, family: str | None =
     boards = boards_for(game)
     prefixes = test_prefixes(es)
     comp = ComponentSite(model)
+    probe = probe_subject(es, layer) if probes else None  # the oracle: latent j detects BSP j
     results = []
     for col in choose_bsps(index, bsp, family, max_bsps, boards, lab_test.float().mean(0)):
         fam, i = index.locate(col)
@@ -107,6 +109,11 @@ def run(path: str, model_path: str, bsp: str | None = None, family: str | None =
             t0 = time.perf_counter()
             rec["sae"] = _moved_report(steer(model, SAESite(sae.ae, layer, sae.name), boards, pairs, cfg), latent_names, name)
             rec["sae"]["seconds"] = round(time.perf_counter() - t0, 1)
+            if probe is not None:
+                t0 = time.perf_counter()
+                names = [index.name(c) for c in range(index.size)]
+                rec["linear_probe"] = _moved_report(steer(model, probe.site, boards, pairs, cfg), names, name)
+                rec["linear_probe"]["seconds"] = round(time.perf_counter() - t0, 1)
             if components:
                 t0 = time.perf_counter()
                 rec["components"] = _moved_report(steer(model, comp, boards, pairs, cfg), comp.labels, name)
@@ -125,7 +132,7 @@ def format_result(rec: dict) -> str:
     lines = [f"{rec['bsp']}: {rec['pairs']} pairs; latents described as it: {rec['described_latents'][:8]}"]
     if "skipped" in rec:
         return lines[0] + f" (skipped: {rec['skipped']})"
-    for kind in ("sae", "components"):
+    for kind in ("sae", "linear_probe", "components"):
         if kind in rec:
             r = rec[kind]
             top = ", ".join(f"{m['feature']} x{m['alpha']:.2f} ({m['description']})" for m in r["top_moved"][:5])

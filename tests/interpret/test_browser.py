@@ -23,7 +23,7 @@ def _cli(*args, timeout=600):
 def browser(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("browse")
     steer = _cli("steer", str(SAE), "--model", str(MODEL), "--bsp", "mine_theirs_empty E5=theirs", "--games", "30",
-                 "--pairs", "16", "--steps", "10", "--no-components", "--threads", "1", "--json", str(tmp / "s.json"))
+                 "--pairs", "16", "--steps", "10", "--no-components", "--probes", "--threads", "1", "--json", str(tmp / "s.json"))
     assert steer.returncode == 0, steer.stderr[-2000:]
     out = _cli("browse", str(SAE), "--model", str(MODEL), "--games", "30", "--pages", "6", "--faithful-latents", "1",
                "--steering", str(tmp / "s.json"), "--threads", "1", "--out", str(tmp / "b"))
@@ -35,8 +35,10 @@ def test_steer_reports_flips_kl_and_movers(browser):
     s = json.loads((browser[0] / "s.json").read_text())
     r = s["results"][0]
     assert r["bsp"] == "mine_theirs_empty E5=theirs" and r["pairs"] >= 4
-    for k in ("flip_before", "flip_after", "kl", "moved", "moved_described_as_target", "moved_alpha"):
-        assert k in r["sae"]
+    for kind in ("sae", "linear_probe"):
+        for k in ("flip_before", "flip_after", "kl", "moved", "moved_described_as_target", "moved_alpha"):
+            assert k in r[kind]
+    assert "components" not in r
     assert 0.0 <= r["sae"]["flip_after"] <= 1.0 and r["sae"]["kl"] >= 0.0
 
 
