@@ -2,9 +2,11 @@
 
 A `MoveTask` is one natural position prepared for one BSP: its token prefix, the legal moves
 on the real board and on the board edited so that the BSP holds (moves as the model writes
-them: Othello tokens, chess SAN strings). Only board families can be edited (Othello
-`mine_theirs_empty`, chess `piece`); a description in another family (legal moves, threats,
-check, ...) is a consequence of the board, not a board, so it gets no causal score.
+them: Othello tokens, chess SAN strings). Board families are edited (Othello
+`mine_theirs_empty`, chess `piece`); so is Othello's `legal_moves`, where "the board edited so
+that b holds" has one plain reading: the real board's legal moves plus square s (a model that
+acts on b plays s). Other descriptions (threats, check, ...) are consequences of the board
+with no single edit, so they get no causal score.
 
 Edited boards need not be reachable by play. Legality is the game's rule applied to the
 edited board as it stands (Othello's bracketing rule is defined on any board; python-chess's
@@ -54,7 +56,7 @@ def _padded(seqs: list[torch.Tensor]) -> torch.Tensor:
 
 
 class OthelloBoards:
-    editable = ("mine_theirs_empty",)
+    editable = ("mine_theirs_empty", "legal_moves")
 
     def move_batch(self, pairs, vocab: int) -> MoveBatch:
         """One sequence per pair; a move's score is its next-token logit (K = vocab); every move
@@ -88,6 +90,20 @@ class OthelloBoards:
         black, white = rec.black[0, i : i + 1], rec.white[0, i : i + 1]
         me, opp = (black, white) if side == BLACK else (white, black)
         cell, cls = family.bsp(index)
+
+        def token_set(moves: np.ndarray) -> frozenset:
+            sq = np.flatnonzero(bits_to_bool(moves)[0])
+            sq = sq[~np.isin(sq, tokenizer.CENTRE)]
+            return frozenset(int(t) for t in tokenizer.encode(sq))
+
+        real = token_set(legal_moves(me, opp))
+        if family.name == "legal_moves":  # b = "s is a legal move": its legal set gains (or loses) s
+            if cell in tokenizer.CENTRE:
+                return None
+            tok = int(tokenizer.encode(np.array([cell]))[0])
+            if (tok in real) == holds:
+                return None
+            return MoveTask(tokens, real, real | {tok} if holds else real - {tok})
         bit = np.uint64(1) << np.uint64(cell)
         now = MINE if me[0] & bit else THEIRS if opp[0] & bit else 0
         if (now == cls) == holds:
@@ -95,13 +111,7 @@ class OthelloBoards:
         new = cls if holds else (THEIRS if cls == MINE else MINE)
         me2 = (me & ~bit) | (bit if new == MINE else np.uint64(0))
         opp2 = (opp & ~bit) | (bit if new == THEIRS else np.uint64(0))
-
-        def token_set(moves: np.ndarray) -> frozenset:
-            sq = np.flatnonzero(bits_to_bool(moves)[0])
-            sq = sq[~np.isin(sq, tokenizer.CENTRE)]
-            return frozenset(int(t) for t in tokenizer.encode(sq))
-
-        return MoveTask(tokens, token_set(legal_moves(me, opp)), token_set(legal_moves(me2, opp2)))
+        return MoveTask(tokens, real, token_set(legal_moves(me2, opp2)))
 
     @torch.no_grad()
     def play(self, model, prefixes: list[torch.Tensor], repeats: int, from_layer: int,

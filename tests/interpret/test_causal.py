@@ -68,7 +68,12 @@ def test_othello_edit_needs_a_next_move_and_an_editable_family():
     n = int(rec.lengths[0])
     toks = torch.from_numpy(oth_tok.encode(rec.moves[0, :n]))
     assert OthelloBoards().edit(toks, MTE, 0 if rec.black[0, n - 1] else 1) is None  # game over
-    assert OthelloBoards().edit(toks[:5], OTHELLO_FAMILIES[1], 0) is None  # legal_moves is no board
+    # legal_moves: the legal set gains the square (None where it is legal already)
+    legal = OTHELLO_FAMILIES[1]
+    task = OthelloBoards().edit(toks[:1], legal, 0)  # A0 is never legal after one move
+    assert task.edited == task.real | {int(oth_tok.encode(np.array([0]))[0])}
+    first_legal = int(np.flatnonzero(np.unpackbits(np.array([rec.legal[0, 0]]).view(np.uint8), bitorder="little"))[0])
+    assert OthelloBoards().edit(toks[:1], legal, first_legal) is None
 
 
 def _chess_prefix(sans: list[str]) -> torch.Tensor:
