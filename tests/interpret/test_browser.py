@@ -70,3 +70,27 @@ def test_browse_refuses_a_steering_file_of_another_sae(browser, tmp_path):
     out = _cli("browse", str(SAE), "--model", str(MODEL), "--games", "4", "--steering", str(bad),
                "--out", str(tmp_path / "b"))
     assert out.returncode == 1 and "steered 'other'" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_steer_and_describe_run_on_chess(tmp_path):
+    """The chess path through the CLI: a small SAE on the bundled chess model, a piece BSP."""
+    from boardlens.lm.formats import load_any
+    from boardlens.metrics.references import random_sae
+    from boardlens.sae.io import save_sae
+
+    _, meta = load_any(str(ROOT / "models/chess-gpt"))
+    sae = save_sae(tmp_path, "tiny", random_sae(192, 64), {"arch": "relu", "game": "chess", "layer": meta["sae_layer"]})
+    out = _cli("steer", str(sae), "--model", str(ROOT / "models/chess-gpt"), "--bsp", "piece f3=N", "--games", "30",
+               "--pairs", "8", "--steps", "3", "--threads", "1", "--json", str(tmp_path / "s.json"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads((tmp_path / "s.json").read_text())["results"][0]
+    assert r["bsp"] == "piece f3=N" and r["pairs"] == 8 and {"sae", "components"} <= set(r)
+    assert 0.0 <= r["sae"]["flip_after"] <= 1.0 and r["components"]["kl"] >= 0.0
+    out = _cli("describe", str(sae), "--model", str(ROOT / "models/chess-gpt"), "--games", "6", "--no-references",
+               "--faithful-latents", "1", "--prefixes", "2", "--threads", "1", "--json", str(tmp_path / "d.json"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    d = json.loads((tmp_path / "d.json").read_text())["subjects"]["tiny"]
+    assert d["latents_total"] == 64 and {lat["family"] for lat in d["latents"]} <= {
+        "piece", "threat", "legal_moves", "check", "can_check_next", "has_queen", "can_capture_queen",
+        "has_bishop_pair", "castling_any", "castling_kingside", "castling_queenside", "any_fork", "pin",
+        "has_legal_en_passant", "ambiguous_moves"}
