@@ -16,11 +16,9 @@ from pathlib import Path
 
 from boardlens.interpret.browse import write_browser
 from boardlens.interpret.report import interpret, sae_subject, test_prefixes
-from boardlens.lm.formats import load_any
 from boardlens.metrics.evalset import model_evalset
 from boardlens.registry import GAMES
-from boardlens.sae.interop import find_saes
-from boardlens.services.score import check
+from boardlens.services.score import model_and_sae
 
 log = logging.getLogger("boardlens")
 
@@ -51,14 +49,7 @@ def steering_by_latent(path: str | None, sae_name: str) -> dict[int, dict]:
 
 def run(path: str, model_path: str, out: str, games: int = 500, layer: int | None = None, seed: int = 12_345,
         pages: int = 200, faithful_latents: int = 16, steering: str | None = None) -> Path:
-    model, meta = load_any(model_path)
-    model.eval()
-    game, layer = meta["game"], meta["sae_layer"] if layer is None else layer
-    found = find_saes(path)
-    if len(found) != 1:
-        raise ValueError(f"{path} holds {len(found)} SAEs; give one")
-    check(found, game, layer, model.config.n_embd)
-    sae = found[0]
+    model, game, layer, sae = model_and_sae(path, model_path, layer)
     steer = steering_by_latent(steering, sae.name)
     log.info("browse config %s", {"sae": sae.name, "model": str(model_path), "out": out, "games": games,
                                   "layer": layer, "seed": seed, "pages": pages, "steering": steering})

@@ -26,11 +26,9 @@ from boardlens.interpret.report import (
     sae_subject,
     top_latents,
 )
-from boardlens.lm.formats import load_any
 from boardlens.metrics.evalset import model_evalset
 from boardlens.registry import GAMES
-from boardlens.sae.interop import find_saes
-from boardlens.services.score import check
+from boardlens.services.score import model_and_saes
 
 log = logging.getLogger("boardlens")
 
@@ -48,11 +46,7 @@ def format_top(record: dict, n: int = 10) -> str:
 def run(paths: list[str], model_path: str, games: int = 1000, layer: int | None = None, seed: int = 12_345,
         json_out: str | None = None, references: bool = True, faithful_latents: int = 32,
         prefixes: int = 50) -> dict:
-    model, meta = load_any(model_path)
-    model.eval()
-    game, layer = meta["game"], meta["sae_layer"] if layer is None else layer
-    found = [s for p in paths for s in find_saes(p)]
-    check(found, game, layer, model.config.n_embd)
+    model, game, layer, found = model_and_saes(paths, model_path, layer)
     log.info("describe config %s", {"model": str(model_path), "game": game, "layer": layer, "games": games,
                                     "seed": seed, "saes": [s.name for s in found], "references": references,
                                     "faithful_latents": faithful_latents, "prefixes": prefixes})

@@ -36,8 +36,9 @@ def check(found: list[FoundSAE], game: str, layer: int, width: int) -> None:
             raise ScoreError(f"SAE {s.name} was trained on {s.game} games; the model plays {game}")
 
 
-def run(paths: list[str], model_path: str, games: int = 1000, layer: int | None = None, seed: int = 12_345,
-        json_out: str | None = None, references: bool = True) -> dict:
+def model_and_saes(paths: list[str], model_path: str, layer: int | None = None) -> tuple:
+    """(model in eval mode, its game, the layer, every SAE found at the paths), each SAE checked
+    against the model; SAEs of the same name in two folders are named by their folder too."""
     model, meta = load_any(model_path)
     game, layer = meta["game"], meta["sae_layer"] if layer is None else layer
     pairs = [(p, s) for p in paths for s in find_saes(p)]
@@ -45,7 +46,21 @@ def run(paths: list[str], model_path: str, games: int = 1000, layer: int | None 
         pairs = [(p, s._replace(name=f"{Path(p).name}/{s.name}")) for p, s in pairs]
     found = [s for _, s in pairs]
     check(found, game, layer, model.config.n_embd)
-    es = model_evalset(model.eval(), game, layer, games, games, seed, GAMES[game].default_batch_games, workers=0)
+    return model.eval(), game, layer, found
+
+
+def model_and_sae(path: str, model_path: str, layer: int | None = None) -> tuple:
+    """`model_and_saes` for a path holding exactly one SAE: (model, game, layer, the SAE)."""
+    model, game, layer, found = model_and_saes([path], model_path, layer)
+    if len(found) != 1:
+        raise ValueError(f"{path} holds {len(found)} SAEs; give one")
+    return model, game, layer, found[0]
+
+
+def run(paths: list[str], model_path: str, games: int = 1000, layer: int | None = None, seed: int = 12_345,
+        json_out: str | None = None, references: bool = True) -> dict:
+    model, game, layer, found = model_and_saes(paths, model_path, layer)
+    es = model_evalset(model, game, layer, games, games, seed, GAMES[game].default_batch_games, workers=0)
     scorer = Scorer(es, game, layer, model, model_path, lambda p: load_any(p)[0].eval())
     refs = {r["reference"]: r for r in scorer.fixed_references()} if references else {}
     saes = {}

@@ -25,11 +25,9 @@ from boardlens.interpret.describe import BSPIndex, describe
 from boardlens.interpret.interventions import ComponentSite, SAESite
 from boardlens.interpret.report import probe_subject, sae_subject, test_prefixes
 from boardlens.interpret.steer import SteerConfig, draw_pairs, steer
-from boardlens.lm.formats import load_any
 from boardlens.metrics.evalset import model_evalset
 from boardlens.registry import GAMES
-from boardlens.sae.interop import find_saes
-from boardlens.services.score import check
+from boardlens.services.score import model_and_sae
 
 log = logging.getLogger("boardlens")
 
@@ -73,14 +71,7 @@ def run(path: str, model_path: str, bsp: str | None = None, family: str | None =
         games: int = 500, layer: int | None = None, seed: int = 12_345, json_out: str | None = None,
         components: bool = True, cfg: SteerConfig | None = None, probes: bool = False) -> dict:
     cfg = cfg or SteerConfig()
-    model, meta = load_any(model_path)
-    model.eval()
-    game, layer = meta["game"], meta["sae_layer"] if layer is None else layer
-    found = find_saes(path)
-    if len(found) != 1:
-        raise ValueError(f"{path} holds {len(found)} SAEs; give one")
-    check(found, game, layer, model.config.n_embd)
-    sae = found[0]
+    model, game, layer, sae = model_and_sae(path, model_path, layer)
     log.info("steer config %s", {"sae": sae.name, "model": str(model_path), "game": game, "layer": layer,
                                  "bsp": bsp, "family": family, "max_bsps": max_bsps, "games": games, "seed": seed,
                                  "components": components, "probes": probes, "steer": cfg.__dict__})
