@@ -26,9 +26,6 @@ class Site:
     layer = 0
     width = 0
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
     def _hook(self, model, edit: Callable[[torch.Tensor], torch.Tensor]):
         raise NotImplementedError
 
@@ -72,9 +69,6 @@ class SAESite(Site):
         self.ae, self.layer, self.name, self.width = ae.float().eval().requires_grad_(False), layer, name, ae.d_sae
         self.directions = ae.decoder_weight.detach().float()  # (d, F), column j = latent j
 
-    def encode(self, x):
-        return self.ae.encode(x)
-
     def _hook(self, model, edit):
         def hook(_module, _inputs, output):
             return edit(output)
@@ -109,11 +103,6 @@ class MLPSite(Site):
     def __init__(self, model, layer: int) -> None:
         self.model, self.layer, self.name = model, layer, "mlp_neurons"
         self.width = model.transformer.h[layer].mlp.c_proj.in_features
-
-    def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        from boardlens.metrics.references import mlp_neurons
-
-        return mlp_neurons(self.model, self.layer)(tokens)
 
     def _hook(self, model, edit):
         def hook(_module, inputs):
