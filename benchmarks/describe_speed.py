@@ -33,6 +33,7 @@ from boardlens.interpret.fade import fade_scores  # noqa: E402
 from boardlens.lm.checkpoint import load_model  # noqa: E402
 from boardlens.metrics.codes import Codes  # noqa: E402
 from boardlens.metrics.evalset import evaluate_sae  # noqa: E402
+from boardlens.metrics.references import identity  # noqa: E402
 from boardlens.registry import GAMES  # noqa: E402
 from boardlens.services.config import bundled_model  # noqa: E402
 
@@ -53,7 +54,7 @@ def per_latent(ae, t: dict, desc, latents: list[int]) -> None:
             continue
         col = torch.relu((x - ae.bias) @ w[j] + ae.encoder.bias[j])[:, None]  # latent j's codes (N, 1)
         one = desc._replace(**{k: getattr(desc, k)[j : j + 1] for k in desc._fields})
-        fade_scores(Codes(lambda f: f, col), labels, one)
+        fade_scores(Codes(identity, col), labels, one)
 
 
 def main() -> None:

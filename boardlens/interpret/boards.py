@@ -22,6 +22,7 @@ legal sets.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -139,6 +140,7 @@ class OthelloBoards:
         return last.argmax(-1).tolist(), ranked
 
 
+@functools.cache
 def _count_only_status() -> int:
     import chess
 
@@ -194,7 +196,6 @@ class ChessBoards:
         from boardlens.games.chess.lm_data import legal_san_set
         from boardlens.games.chess.transcripts import parse_transcript, replay
 
-        COUNT_ONLY = _count_only_status()  # noqa: N806
         if family.name not in self.editable:
             return None
         text = tokenizer.decode(tokens.numpy())
@@ -214,7 +215,7 @@ class ChessBoards:
         edited.castling_rights = edited.clean_castling_rights()
         if edited.ep_square is not None and not edited.has_legal_en_passant():
             edited.ep_square = None
-        if edited.status() & ~COUNT_ONLY:
+        if edited.status() & ~_count_only_status():
             return None
         return MoveTask(tokens, frozenset(legal_san_set(board)), frozenset(legal_san_set(edited)))
 

@@ -25,7 +25,7 @@ from boardlens.interpret.faithfulness import FACTORS, draw_tasks, faithfulness
 from boardlens.interpret.interventions import MLPSite, SAESite, Site
 from boardlens.metrics.codes import Codes
 from boardlens.metrics.evalset import EvalSet
-from boardlens.metrics.references import mlp_neurons, random_sae
+from boardlens.metrics.references import identity, mlp_neurons, random_sae
 from boardlens.registry import GAMES
 
 GATE = 0.5  # FADE's gini_threshold: clarity and responsiveness both at least this
@@ -52,12 +52,8 @@ def random_subject(evalset: EvalSet, layer: int, d_sae: int) -> Subject:
 
 def mlp_subject(model, evalset: EvalSet, layer: int) -> Subject:
     t = evalset.recompute(mlp_neurons(model, layer))
-    return Subject("mlp_neurons", "mlp_neurons", Codes(_identity, t["train"]["x"]), Codes(_identity, t["test"]["x"]),
+    return Subject("mlp_neurons", "mlp_neurons", Codes(identity, t["train"]["x"]), Codes(identity, t["test"]["x"]),
                    MLPSite(model, layer))
-
-
-def _identity(f: torch.Tensor) -> torch.Tensor:
-    return f
 
 
 class ProbeLatents(torch.nn.Module):

@@ -40,13 +40,14 @@ class Reference(NamedTuple):
     detail: str  # what exactly was scored (e.g. the floor SAE's file, the probe's size)
 
 
-def _identity(f: torch.Tensor) -> torch.Tensor:
+def identity(f: torch.Tensor) -> torch.Tensor:
+    """The encoder of features that are already codes (probe outputs, MLP neurons)."""
     return f
 
 
 def score_features(train: dict, test: dict, families: dict | None = None) -> dict[str, FamilyScore]:
     """Scores of precomputed features: train/test {'x': (N, F) features, 'labels': {fam: (N, B)}}."""
-    tr, te = Codes(_identity, train["x"]), Codes(_identity, test["x"])
+    tr, te = Codes(identity, train["x"]), Codes(identity, test["x"])
     return score_families(tr, train["labels"], te, test["labels"], tr.fmax(), families=families)
 
 
