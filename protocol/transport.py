@@ -28,12 +28,14 @@ import os
 import socket
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
 
-from boardlens.protocol.header import DEFAULT_LIMITS
+from boardlens.protocol.errors import ProtocolError
+from boardlens.protocol.header import DEFAULT_LIMITS, Header
 from boardlens.protocol.security import Curve, allow, apply_client, apply_server
 
 
@@ -371,24 +373,70 @@ class Publisher:
         self.close()
 
 
+DNS_SCHEME = "dns+tcp://"
+"""`dns+tcp://host:port`: connect to every IPv4 address the name resolves to, re-resolved while
+running. A Kubernetes headless Service resolves to one address per ready (or, with
+publishNotReadyAddresses, every) pod, so consumers reach every producer replica."""
+
+
+def split_dns_endpoint(endpoint: str) -> tuple[str, int]:
+    """`dns+tcp://host:port` -> (host, port); ValueError for anything else."""
+    host, sep, port = endpoint.removeprefix(DNS_SCHEME).rpartition(":")
+    if not endpoint.startswith(DNS_SCHEME) or not sep or not host or not port.isdigit():
+        raise ValueError(f"{endpoint!r}: expected dns+tcp://host:port")
+    return host, int(port)
+
+
+def resolve_endpoint(endpoint: str) -> list[str]:
+    """The concrete ZeroMQ endpoints behind one configured endpoint, sorted.
+
+    tcp://, ipc:// and inproc:// endpoints are themselves; `dns+tcp://host:port` is
+    `tcp://<ip>:port` for every IPv4 address of host ([] while the name does not resolve, as
+    for a Service with no pod yet). IPv4 only: a name with both families would otherwise count
+    one producer twice.
+    """
+    if not endpoint.startswith(DNS_SCHEME):
+        return [endpoint]
+    host, port = split_dns_endpoint(endpoint)
+    try:
+        infos = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)
+    except socket.gaierror:
+        return []
+    return sorted({f"tcp://{info[4][0]}:{port}" for info in infos})
+
+
 class Subscriber:
-    """Consumer side: a SUB socket connected to a Publisher endpoint, subscribed to all."""
+    """Consumer side: a SUB socket connected to one or more Publisher endpoints, subscribed to all.
+
+    With several endpoints (several producers, or several trainer shards' snapshot endpoints)
+    libzmq fair-queues whole messages from all of them; each sender's messages stay in order.
+    Tell the senders apart with `source_of(header)` and track them with `Streams`.
+    """
 
     def __init__(
         self,
-        endpoint: str,
+        endpoint: str | Sequence[str],
         lossy: bool = False,
         cfg: TransportConfig = DEFAULT_TRANSPORT,
         ctx: zmq.Context | None = None,
         name: str | None = None,
         curve: Curve | None = None,
+        rediscover_s: float = 10.0,
     ) -> None:
-        """name: how the publisher reports this subscriber (default host:pid); lossless only.
-        curve: client keys and the publisher's public key (needed when it uses CURVE)."""
+        """endpoint: one or a list; `dns+tcp://host:port` ones are re-resolved every
+        rediscover_s seconds (new addresses connected, vanished ones disconnected).
+        name: how the publishers report this subscriber (default host:pid); lossless only.
+        curve: client keys and the publishers' public key (needed when they use CURVE)."""
         self.cfg = cfg
-        self.endpoint = endpoint
+        self.endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
+        if not self.endpoints:
+            raise ValueError("Subscriber needs at least one endpoint")
+        self.endpoint = self.endpoints[0]
         self.lossy = lossy
         self.name = name or default_name()
+        self.rediscover_s = rediscover_s
+        self.connected: set[str] = set()  # concrete endpoints connected now
+        self._next_discovery = float("inf")
         ctx = ctx if ctx is not None else zmq.Context.instance()
         self._sock = ctx.socket(zmq.SUB)
         self._rcvtimeo = -1  # mirrors the socket's RCVTIMEO (-1 = wait forever)
@@ -403,13 +451,26 @@ class Subscriber:
             self._sock.setsockopt(zmq.SUBSCRIBE, b"")
             if not lossy:  # resent by libzmq on every reconnect, so a restarted producer knows us
                 self._sock.setsockopt(zmq.SUBSCRIBE, _HELLO + self.name.encode())
-            self._sock.connect(endpoint)
+            self.discover()
         except BaseException:
             self._sock.close(linger=0)
             raise
 
+    def discover(self) -> None:
+        """Connect every endpoint's current addresses; disconnect the ones DNS no longer gives."""
+        wanted = {e for spec in self.endpoints for e in resolve_endpoint(spec)}
+        for e in sorted(wanted - self.connected):
+            self._sock.connect(e)
+        for e in sorted(self.connected - wanted):
+            self._sock.disconnect(e)
+        self.connected = wanted
+        dynamic = any(spec.startswith(DNS_SCHEME) for spec in self.endpoints)
+        self._next_discovery = time.monotonic() + self.rediscover_s if dynamic else float("inf")
+
     def recv(self, timeout_ms: int | None = None) -> list[zmq.Frame] | None:
         """Next whole message as zmq.Frames (zero-copy), or None after timeout_ms (None=wait)."""
+        if time.monotonic() >= self._next_discovery:
+            self.discover()
         # RCVTIMEO instead of poll(): Socket.poll builds a Poller per call (~10 us per
         # message); a sockopt write only when the timeout changes. Parts after the first are
         # already queued (ZeroMQ delivers whole messages), so the timeout applies once.
@@ -493,3 +554,65 @@ class SeqTracker:
     def observe(self, epoch: str, seq: int) -> int:
         """`check` for a batch, returning only the count lost before it (0 when dropped)."""
         return self.check(epoch, seq)[0]
+
+
+SOURCE_KEY = "src"
+"""Meta key naming a message's sender (a producer or a trainer shard): stable across the
+sender's restarts, distinct between senders. Absent = '' (a lone sender)."""
+
+
+def source_of(header: Header) -> str:
+    """The sender's name from the header meta (SOURCE_KEY); '' when it names none."""
+    src = header.meta.get(SOURCE_KEY, "")
+    if not isinstance(src, str):
+        raise ProtocolError("header_schema", f"meta {SOURCE_KEY!r} must be a string, got {type(src).__name__}")
+    return src
+
+
+class Streams:
+    """Order and loss of every sender a consumer hears: one SeqTracker per source.
+
+    A consumer fed by several producers (or an evaluator by several trainer shards) sees their
+    epochs interleaved; a single SeqTracker would take each switch for a new stream. Here each
+    source (`source_of`) keeps its own (epoch, seq), so a restarted producer is still told from
+    a second one, and an 'end' ends only its own source.
+    """
+
+    def __init__(self, max_sources: int = 1024, max_gap: int = 1 << 16) -> None:
+        self.max_sources, self.max_gap = max_sources, max_gap
+        self.trackers: dict[str, SeqTracker] = {}
+        self.ended: set[str] = set()  # sources whose latest epoch has sent 'end'
+
+    def check(self, source: str, epoch: str, seq: int, kind: str = "batch") -> tuple[int, str | None]:
+        """SeqTracker.check for the message's source: (lost just before it, None) or (0, reason)."""
+        tracker = self.trackers.get(source)
+        if tracker is None:
+            if len(self.trackers) >= self.max_sources:
+                return 0, "limits"
+            tracker = self.trackers[source] = SeqTracker(self.max_gap)
+        lost, reason = tracker.check(epoch, seq, kind)
+        if reason is None:
+            if kind == "end":
+                self.ended.add(source)
+            else:  # a source that ended and came back (a new run of that producer) is live again
+                self.ended.discard(source)
+        return lost, reason
+
+    def all_ended(self, expected: int = 1) -> bool:
+        """True once at least `expected` sources (the senders connected) have sent 'end'.
+
+        A count, not "every source ever heard": a producer pod rescheduled under a new name
+        leaves its old source behind, silent, and must not hold the consumer forever."""
+        return len(self.ended) >= max(1, expected)
+
+    @property
+    def received(self) -> int:
+        return sum(t.received for t in self.trackers.values())
+
+    @property
+    def lost_total(self) -> int:
+        return sum(t.lost_total for t in self.trackers.values())
+
+    @property
+    def out_of_order(self) -> int:
+        return sum(t.out_of_order for t in self.trackers.values())

@@ -14,7 +14,8 @@ activation, with backpressure on the producer) or the lossy one (`lossy=True`: n
 the producer, may skip messages; `lost` counts them). With `shuffle_activations` > 0 rows go
 through the same shuffle buffer as our trainer (positions of one game are correlated);
 otherwise batches are cut in stream order. The iterator ends at the producer's end of stream
-(the last full batches are served, a remainder smaller than batch_size is dropped), after
+of every producer `connect` names (the last full batches are served, a remainder smaller than
+batch_size is dropped), after
 `max_batches`, or after `idle_timeout_s` without messages (None: wait forever).
 """
 
@@ -25,12 +26,12 @@ from collections.abc import Iterator
 
 import torch
 
-from boardlens.protocol import ProtocolError, SeqTracker, Subscriber, decode, decode_batch
+from boardlens.protocol import ProtocolError, Streams, Subscriber, decode, decode_batch, source_of
 from boardlens.sae.buffer import ShuffleBuffer
 
 
 class ActivationStream:
-    def __init__(self, connect: str = "tcp://127.0.0.1:5555", batch_size: int = 4096, lossy: bool = False,
+    def __init__(self, connect: str | list[str] = "tcp://127.0.0.1:5555", batch_size: int = 4096, lossy: bool = False,
                  shuffle_activations: int = 0, seed: int = 0, max_batches: int | None = None,
                  idle_timeout_s: float | None = None) -> None:
         if batch_size < 1:
@@ -40,7 +41,7 @@ class ActivationStream:
         self.batch_size, self.shuffle_activations, self.seed = batch_size, shuffle_activations, seed
         self.max_batches, self.idle_timeout_s = max_batches, idle_timeout_s
         self.sub = Subscriber(connect, lossy=lossy)
-        self.tracker = SeqTracker()
+        self.streams = Streams()  # one (epoch, seq) per producer: `connect` may list several
         self.lost = 0  # messages missed (lossy endpoint, or a restarted producer)
         self.rejected = 0  # messages that failed validation (skipped)
         self.source: dict = {}  # game, model, layer of the stream (from its first batch)
@@ -64,7 +65,7 @@ class ActivationStream:
             try:
                 msg = decode(frames)
                 h = msg.header
-                lost, reason = self.tracker.check(h.epoch, h.seq, h.kind)
+                lost, reason = self.streams.check(source_of(h), h.epoch, h.seq, h.kind)
                 self.lost += lost
                 if reason is not None:
                     raise ProtocolError(reason, f"seq {h.seq}")
@@ -74,7 +75,9 @@ class ActivationStream:
                 continue
             if h.kind == "end":
                 self.sub.confirm_end(h.epoch, h.seq)  # the producer waits for this to exit
-                return
+                if self.streams.all_ended(len(self.sub.connected)):
+                    return
+                continue
             if batch is not None:
                 self.source = {"game": batch.game, "model": batch.model, "layer": batch.layer}
                 yield batch.valid_acts().float()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import signal
+import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -16,11 +17,12 @@ from boardlens.atomic import write_json
 from boardlens.protocol import (
     REASONS,
     ProtocolError,
-    SeqTracker,
+    Streams,
     Subscriber,
     TransportConfig,
     decode,
     decode_batch,
+    source_of,
 )
 from boardlens.services.config import ServiceOptions, to_json
 from boardlens.services.metrics import Channel
@@ -56,9 +58,10 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
-def prepare_run_dir(service: str, cfg) -> Path:
-    """Create the run folder and record the config there; a one-line StartupError if we cannot."""
-    run_dir = Path(cfg.run_dir)
+def prepare_run_dir(service: str, cfg, folder: str | None = None) -> Path:
+    """Create the run folder (or `folder`, a shard's) and record the config there; a one-line
+    StartupError if we cannot."""
+    run_dir = Path(folder or cfg.run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / f"{service}_config.json", dataclasses.asdict(cfg))
@@ -73,6 +76,13 @@ def keep_status(tel: Telemetry, folder: str | Path, make: Callable[[str], Servic
     if folder:
         tel.status = StatusFile(Path(folder), make)
         tel.status.update("starting", force=True)
+
+
+def sender_name(bind: str) -> str:
+    """A sender's default name in its messages (meta 'src'): host and bound port (or ipc path),
+    stable across restarts and distinct between senders on one host."""
+    where = bind.rpartition(":")[2] if bind.startswith("tcp://") else bind
+    return f"{socket.gethostname()}:{where}"
 
 
 def pick_device(name: str) -> torch.device:
@@ -147,7 +157,7 @@ class MessageCounters:
             self.rejected.labels(reason)
         self.lost = tel.metric(channel.lost)
         self.bytes = tel.metric(channel.bytes)
-        self.tracker = SeqTracker()
+        self.streams = Streams()  # (epoch, seq) per sender: a consumer may hear several
 
 
 def receive(sub: Subscriber, counters: MessageCounters, timeout_ms: int,
@@ -157,8 +167,9 @@ def receive(sub: Subscriber, counters: MessageCounters, timeout_ms: int,
     `on_message(kind, message_or_batch)` gets an ActivationBatch for kind 'batch' and the raw
     protocol Message otherwise. Bad messages, and messages the handler refuses (Rejected),
     are counted by reason and skipped, as are messages out of sequence
-    (SeqTracker: replays, implausible jumps, a stale epoch, a foreign 'end'). An accepted
-    'end' is confirmed to the sender (it waits for that before it exits).
+    (Streams, per sender: replays, implausible jumps, a stale epoch, a foreign 'end'). An
+    accepted 'end' is confirmed to the sender (it waits for that before it exits);
+    `counters.streams.all_ended(len(sub.connected))` says when every sender has ended.
     """
     frames = sub.recv(timeout_ms)
     if frames is None:
@@ -169,10 +180,11 @@ def receive(sub: Subscriber, counters: MessageCounters, timeout_ms: int,
         h = msg.header
         # Sequence first: a replayed or stale message costs no batch validation, and a batch
         # with a bad body still uses up its seq (it is counted as rejected, not also as lost).
-        lost, reason = counters.tracker.check(h.epoch, h.seq, h.kind)  # every kind shares seq
+        src = source_of(h)
+        lost, reason = counters.streams.check(src, h.epoch, h.seq, h.kind)  # every kind shares seq
         if lost:
             counters.lost.inc(lost)
-            log.warning("lost %d messages before seq %d", lost, h.seq)
+            log.warning("lost %d messages before seq %d%s", lost, h.seq, f" of {src}" if src else "")
         if reason is not None:
             raise ProtocolError(reason, f"{h.kind} epoch {h.epoch} seq {h.seq}")
         payload = decode_batch(msg) if h.kind == "batch" else msg

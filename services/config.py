@@ -44,6 +44,38 @@ def _endpoint(value: str, what: str) -> None:
         raise ValueError(f"{what} must be a ZeroMQ endpoint like tcp://127.0.0.1:5555, got {value!r}")
 
 
+def endpoints(value: str) -> list[str]:
+    """A consumer's comma-separated endpoints (several producers, or trainer shards)."""
+    return [e.strip() for e in value.split(",") if e.strip()]
+
+
+def _connect(value: str, what: str) -> None:
+    """Endpoints a consumer connects to: one or more, comma-separated; `dns+tcp://host:port`
+    connects to every address of the name (a headless Service: one per pod)."""
+    from boardlens.protocol.transport import DNS_SCHEME, split_dns_endpoint
+
+    if not endpoints(value):
+        raise ValueError(f"{what} must name at least one endpoint")
+    for e in endpoints(value):
+        if e.startswith(DNS_SCHEME):
+            try:
+                split_dns_endpoint(e)
+            except ValueError as err:
+                raise ValueError(f"{what}: {err}") from None
+        else:
+            _endpoint(e, what)
+
+
+def _shard(value: str) -> tuple[int, int]:
+    """'i/M' -> (i, M), 0 <= i < M; '' -> (0, 1)."""
+    if not value:
+        return 0, 1
+    i, sep, m = value.partition("/")
+    if not (sep and i.strip().isdigit() and m.strip().isdigit() and 0 <= int(i) < int(m)):
+        raise ValueError(f"shard must be 'i/M' with 0 <= i < M (e.g. 0/2), got {value!r}")
+    return int(i), int(m)
+
+
 def _positive(obj: Any, *names: str) -> None:
     for n in names:
         if getattr(obj, n) is not None and getattr(obj, n) <= 0:
@@ -91,7 +123,15 @@ class ProducerConfig(ServiceOptions):
     device: str = "auto"
     """'auto' (CUDA when present), 'cpu' or 'cuda[:i]'."""
     dtype: str = "float32"
-    """Activation dtype on the wire and in the forward: float32, bfloat16 or float16."""
+    """dtype of the forward (and of the activations on the wire, unless wire_dtype says
+    otherwise): float32, bfloat16 or float16."""
+    wire_dtype: str = ""
+    """Activations on the wire: '' (the forward's dtype), float32, bfloat16 or float16.
+    bfloat16 halves the bytes; the batch header declares it and trainers accumulate in fp32."""
+    name: str = ""
+    """This producer's name in its messages (meta 'src'), which lets consumers of several
+    producers track each stream; stable across restarts, distinct between producers ('' =
+    host name and lossless port, which is both)."""
     batch_games: int = 0
     """Games per message; 0 = about 4k tokens (Othello 64 games of 59, chess 16 of 256)."""
     source: str = "random"
@@ -141,6 +181,8 @@ class ProducerConfig(ServiceOptions):
             raise ValueError("batch_games and label_workers must be >= 0")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.wire_dtype not in ("", "float32", "bfloat16", "float16"):
+            raise ValueError(f"wire_dtype must be '', float32, bfloat16 or float16, got {self.wire_dtype!r}")
         if min(self.max_tokens, self.wait_consumers, self.wait_lossy_consumers, self.drain_timeout_s) < 0:
             raise ValueError("max_tokens, wait_* and drain_timeout_s must be >= 0")
         if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
@@ -150,11 +192,15 @@ class ProducerConfig(ServiceOptions):
 @dataclass(frozen=True)
 class TrainerConfig(ServiceOptions):
     connect: str = "tcp://127.0.0.1:5555"
-    """Producer's lossless endpoint."""
+    """Producers' lossless endpoints, comma-separated (every batch of every producer is
+    trained); `dns+tcp://host:port` = every address of a headless Service, re-resolved."""
     snapshot_bind: str = "tcp://127.0.0.1:5557"
     """Where SAE snapshots are published for evaluators."""
     run_dir: str = f"{RUNS_DIR}/default"
-    """Run folder: checkpoints/, train.jsonl, config.json."""
+    """Run folder: checkpoints/, train.jsonl, config.json (a shard's in <run_dir>/shard-I-of-M)."""
+    shard: str = ""
+    """'I/M': train only every M-th SAE of the sweep, starting at the I-th (0-based), so that M
+    trainer processes share one sweep; each sees the whole stream ('' = the whole sweep)."""
     saes: tuple[str, ...] = ("standard:penalty=0.05", "p_anneal:penalty=0.05")
     """Trainer specs `kind[:key=value,...]` (kinds: standard, p_anneal, gated, gated_anneal, topk,
     batch_topk); a value may be a grid `a|b` or `lo..hi/n`. All train on the same batches."""
@@ -200,9 +246,10 @@ class TrainerConfig(ServiceOptions):
     """Port of /metrics and /healthz (0 = none)."""
 
     def __post_init__(self) -> None:
-        _endpoint(self.connect, "connect")
+        _connect(self.connect, "connect")
         _endpoint(self.snapshot_bind, "snapshot_bind")
         self._check_exposure(self.snapshot_bind)
+        _shard(self.shard)
         _positive(self, "d_sae", "k", "lr", "batch_size", "steps", "checkpoint_every", "snapshot_every",
                   "log_every", "health_stall_s", "keep_checkpoints", "stop_grace_s")
         if not self.saes:
@@ -216,8 +263,24 @@ class TrainerConfig(ServiceOptions):
             raise ValueError(f"resume must be 'auto', 'require' or 'never', got {self.resume!r}")
         from boardlens.sae.sweep import expand_specs
 
-        for spec in expand_specs(self.saes):  # a bad spec or default fails here, with the spec in the message
+        specs = expand_specs(self.saes)
+        for spec in specs:  # a bad spec or default fails here, with the spec in the message
             spec.options_with(self.sae_defaults())
+        i, m = _shard(self.shard)
+        if m > len(specs):
+            raise ValueError(f"shard {self.shard}: the sweep has {len(specs)} SAEs, fewer than {m} shards")
+
+    @property
+    def shard_index(self) -> tuple[int, int]:
+        """(I, M) of `shard`; (0, 1) for the whole sweep."""
+        return _shard(self.shard)
+
+    @property
+    def shard_dir(self) -> str:
+        """Where this process keeps its checkpoints, train.jsonl, config and status: run_dir,
+        or <run_dir>/shard-I-of-M for a shard (shards never write the same file)."""
+        i, m = self.shard_index
+        return self.run_dir if m == 1 else str(Path(self.run_dir) / f"shard-{i}-of-{m}")
 
     def sae_defaults(self) -> dict:
         """Sweep-wide option values (None = each trainer kind's own default)."""
@@ -228,9 +291,10 @@ class TrainerConfig(ServiceOptions):
 @dataclass(frozen=True)
 class EvaluatorConfig(ServiceOptions):
     connect: str = "tcp://127.0.0.1:5556"
-    """Producer's lossy endpoint (the evaluator never slows the producer)."""
+    """Producers' lossy endpoints, comma-separated or dns+tcp:// (never slows a producer)."""
     snapshots: str = "tcp://127.0.0.1:5557"
-    """Trainer's snapshot endpoint."""
+    """Trainers' snapshot endpoints, comma-separated or dns+tcp:// (one per trainer shard);
+    the evaluator finishes when every one of them has sent its end."""
     run_dir: str = f"{RUNS_DIR}/default"
     """Run folder: metrics.jsonl and final_metrics.json are written here."""
     train_games: int = 1000
@@ -255,8 +319,8 @@ class EvaluatorConfig(ServiceOptions):
     """Port of /metrics and /healthz (0 = none)."""
 
     def __post_init__(self) -> None:
-        _endpoint(self.connect, "connect")
-        _endpoint(self.snapshots, "snapshots")
+        _connect(self.connect, "connect")
+        _connect(self.snapshots, "snapshots")
         _positive(self, "train_games", "test_games", "health_stall_s")
         if self.describe_every < 0 or self.describe_faithful_latents < 0:
             raise ValueError("describe_every and describe_faithful_latents must be >= 0")

@@ -49,7 +49,7 @@ from boardlens.services.common import (
     stop_on_signals,
     transport,
 )
-from boardlens.services.config import EvaluatorConfig
+from boardlens.services.config import EvaluatorConfig, endpoints
 from boardlens.services.status import EvaluatorStatus, SaeEvaluation, stamp
 from boardlens.services.telemetry import Telemetry
 
@@ -95,7 +95,8 @@ class LiveEvaluator:
         self.pending: dict[str, Snapshot] = {}
         self.latest: dict[str, dict] = {}
         self.evaluations = 0  # snapshots evaluated, all SAEs
-        self.trainer_ended = False  # the trainer sent its end of stream
+        self.trainer_ended = False  # every trainer (shard) has sent its end of stream
+        self.trainers_ended = lambda: True  # set by run(): have all the snapshot senders ended?
         self.references: dict[str, dict] = {}
         self.descriptions: dict[str, dict] = {}  # per SAE: step, summary, top latents of the newest description
         self.description_refs: dict[str, dict] = {}  # per reference: summary
@@ -133,7 +134,7 @@ class LiveEvaluator:
         if kind == "snapshot":
             self.on_snapshot(payload)
         elif kind == "end":
-            self.trainer_ended = True
+            self.trainer_ended = self.trainers_ended()
 
     def on_snapshot(self, msg: Message) -> None:
         """Check the snapshot and keep it as the newest of its SAE (BadSnapshot if unusable)."""
@@ -327,8 +328,9 @@ def run(cfg: EvaluatorConfig) -> int:
     ev = LiveEvaluator(cfg, m, model)
     keep_status(tel, cfg.run_dir, ev.status)
     keys = curve(cfg, "client")
-    data: Subscriber | None = Subscriber(cfg.connect, lossy=True, cfg=transport(cfg), curve=keys)
-    snaps = Subscriber(cfg.snapshots, lossy=False, cfg=transport(cfg), curve=keys)
+    data: Subscriber | None = Subscriber(endpoints(cfg.connect), lossy=True, cfg=transport(cfg), curve=keys)
+    snaps = Subscriber(endpoints(cfg.snapshots), lossy=False, cfg=transport(cfg), curve=keys)
+    ev.trainers_ended = lambda: m.snapshot_counters.streams.all_ended(len(snaps.connected))
 
     def on_data(kind: str, payload) -> None:
         if kind == "batch":

@@ -52,15 +52,18 @@ from boardlens.services.common import (
     log,
     log_config,
     pick_device,
+    sender_name,
     set_threads,
     stop_on_signals,
     transport,
 )
 from boardlens.services.config import ProducerConfig
+from boardlens.services.staging import ToHost
 from boardlens.services.status import ProducerStatus, stamp
 from boardlens.services.telemetry import Telemetry
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_ID_SEEDS = 1 << 22  # game id = (seed mod 2**22) << 40 | n: 2**40 games per seed fit an int64
 
 
 class ProducerMetrics:
@@ -123,6 +126,8 @@ class Producer:
         self.cfg, self.tel = cfg, tel
         self.device = pick_device(cfg.device)
         self.dtype = _DTYPES[cfg.dtype]
+        self.wire_dtype = _DTYPES[cfg.wire_dtype or cfg.dtype]
+        self.name = cfg.name or sender_name(cfg.bind)  # meta 'src' of every message
         self.model, meta = load_any(cfg.model, self.device, self.dtype)
         self.game = meta["game"]
         self.layer = cfg.layer if cfg.layer >= 0 else int(meta.get("sae_layer", 0))
@@ -140,10 +145,11 @@ class Producer:
             log.info("producer: continuing stream %s from %s: seq %d, game id %d, %d tokens, restart %d",
                      self.state.epoch, self.state_path, self.state.seq, self.state.next_game_id,
                      self.state.tokens, self.state.restarts)
-        else:
-            self.state = StreamState(new_epoch(), identity)
+        else:  # game ids start at seed << 40: producers with their own seeds never share an id
+            self.state = StreamState(new_epoch(), identity, next_game_id=(cfg.seed % _ID_SEEDS) << 40)
         self.stream = GameStream(self.game, self.batch_games, cfg.seed, cfg.source,
                                  cfg.label_workers, cfg.stockfish, start=self.state.batches)
+        self.to_host = ToHost(self.device, self.wire_dtype)
         self.m = ProducerMetrics(tel)
         self.m.restarts.set(self.state.restarts)
         self.pub = Publisher(cfg.bind, cfg.bind_lossy, transport(cfg), curve=curve(cfg, "server"))
@@ -170,14 +176,53 @@ class Producer:
         return games
 
     @torch.no_grad()
-    def _forward(self, tokens: np.ndarray) -> torch.Tensor:
-        """(B, T) tokens -> (B, T, D) residual after block `layer`, on the CPU."""
+    def _forward(self, tokens: np.ndarray):
+        """(B, T) tokens -> a call giving the (B, T, D) residual after block `layer` on the host,
+        in the wire dtype. On CUDA the forward and its copy to pinned memory are only queued:
+        the next batch's forward is launched before this call waits (services/staging.py)."""
         t0 = time.perf_counter()
-        x = torch.from_numpy(tokens).to(self.device)
+        x = torch.from_numpy(tokens).to(self.device, non_blocking=True)
         _, resid = self.model(x, resid_layers=(self.layer,), stop_after=self.layer)
-        acts = resid[self.layer].cpu()
-        self.m.forward.observe(time.perf_counter() - t0)
+        staged = self.to_host.start(resid[self.layer])
+        launched = time.perf_counter() - t0
+
+        def acts() -> torch.Tensor:  # forward seconds = host time launching it + waiting for it
+            t1 = time.perf_counter()
+            out = staged()
+            self.m.forward.observe(launched + time.perf_counter() - t1)
+            return out
+
         return acts
+
+    def _publish(self, games: LabelledGames, acts: torch.Tensor, stop) -> bool:
+        """Encode one batch, advance the stream state, send; False when stopped first."""
+        st = self.state
+        B = acts.shape[0]
+        ids = np.arange(st.next_game_id, st.next_game_id + B, dtype=np.int64)
+        batch = ActivationBatch(
+            acts=acts, tokens=torch.from_numpy(games.tokens), game_ids=torch.from_numpy(ids),
+            lengths=torch.from_numpy(games.lengths), label_pos=torch.from_numpy(games.label_pos),
+            labels={k: torch.from_numpy(v) for k, v in games.labels.items()},
+            epoch=st.epoch, seq=st.seq, game=self.game, model=self.model_id, layer=self.layer,
+            meta={"src": self.name},
+        )
+        frames = encode_batch(batch)
+        n_tok = int(games.lengths.sum())
+        before = StreamState(**asdict(st))
+        st.seq, st.next_game_id, st.batches, st.tokens = st.seq + 1, st.next_game_id + B, \
+            st.batches + 1, st.tokens + n_tok
+        self._save_state()  # before the send: a crash after it shows as a gap, never a repeat
+        self._update_subscriber_gauges()
+        if not self._send(frames, stop):
+            self.state = before  # stopped: this batch never left
+            self._save_state()
+            return False
+        self.m.tokens.inc(n_tok)
+        self.m.games.inc(B)
+        self.m.batches.inc()
+        self.m.bytes.inc(sum(memoryview(f).nbytes for f in frames))
+        self.tel.progress()
+        return True
 
     def _wait_for_subscribers(self, stop) -> bool:
         cfg = self.cfg
@@ -232,52 +277,42 @@ class Producer:
     def run(self, stop) -> int:
         """Stream until `stop` is set or max_tokens is reached; returns the stream's tokens (all runs)."""
         cfg = self.cfg
-        log.info("producer: model %s (%s), layer %d, device %s, source %s, %d games per batch, "
-                 "lossless %s, lossy %s", cfg.model, self.game, self.layer, self.device,
-                 self.stream.source, self.batch_games, self.pub.lossless_endpoint,
-                 self.pub.lossy_endpoint)
+        log.info("producer %s: model %s (%s), layer %d, device %s, source %s, %d games per batch, "
+                 "%s on the wire, lossless %s, lossy %s", self.name, cfg.model, self.game, self.layer,
+                 self.device, self.stream.source, self.batch_games, str(self.wire_dtype).removeprefix("torch."),
+                 self.pub.lossless_endpoint, self.pub.lossy_endpoint)
         if not self._wait_for_subscribers(stop):
             return 0
-        st, exhausted = self.state, False
+        exhausted = False
+        # One batch in flight: batch i is sent once the forward of batch i+1 has been launched
+        # (on CUDA the two overlap; on the CPU the order is all that changes). A batch still in
+        # flight when a signal stops the producer never left: the state does not count it.
+        inflight = None  # (games, call giving its activations)
         with ThreadPoolExecutor(1, thread_name_prefix="games") as pool:
             pending = pool.submit(self._games)
-            while not stop.is_set() and (not cfg.max_tokens or st.tokens < cfg.max_tokens):
+            while not stop.is_set():
+                queued = self.state.tokens + (int(inflight[0].lengths.sum()) if inflight else 0)
+                if cfg.max_tokens and queued >= cfg.max_tokens:
+                    break
                 games = pending.result()
                 if games is None:
                     exhausted = True
                     break
                 pending = pool.submit(self._games)  # overlaps with the forward below
-                acts = self._forward(games.tokens)
-                B = acts.shape[0]
-                ids = np.arange(st.next_game_id, st.next_game_id + B, dtype=np.int64)
-                batch = ActivationBatch(
-                    acts=acts, tokens=torch.from_numpy(games.tokens), game_ids=torch.from_numpy(ids),
-                    lengths=torch.from_numpy(games.lengths), label_pos=torch.from_numpy(games.label_pos),
-                    labels={k: torch.from_numpy(v) for k, v in games.labels.items()},
-                    epoch=st.epoch, seq=st.seq, game=self.game, model=self.model_id, layer=self.layer,
-                )
-                frames = encode_batch(batch)
-                n_tok = int(games.lengths.sum())
-                before = StreamState(**asdict(st))
-                st.seq, st.next_game_id, st.batches, st.tokens = st.seq + 1, st.next_game_id + B, \
-                    st.batches + 1, st.tokens + n_tok
-                self._save_state()  # before the send: a crash after it shows as a gap, never a repeat
-                self._update_subscriber_gauges()
-                if not self._send(frames, stop):
-                    self.state = st = before  # stopped: this batch never left
-                    self._save_state()
+                launched = (games, self._forward(games.tokens))
+                if inflight is not None and not self._publish(inflight[0], inflight[1](), stop):
+                    inflight = None
                     break
-                self.m.tokens.inc(n_tok)
-                self.m.games.inc(B)
-                self.m.batches.inc()
-                self.m.bytes.inc(sum(memoryview(f).nbytes for f in frames))
-                self.tel.progress()
+                inflight = launched
+            if inflight is not None and not stop.is_set():
+                self._publish(inflight[0], inflight[1](), stop)
+        st = self.state
         streamed = st.tokens
         if exhausted or (cfg.max_tokens and streamed >= cfg.max_tokens):
             # A producer restarted after its end sends it again (same seq): a consumer that
             # already confirmed it is still subscribed to its confirmation topic.
             end = encode("end", epoch=st.epoch, seq=st.seq, game=self.game, model=self.model_id,
-                         layer=self.layer, tensors={}, meta={"tokens": streamed})
+                         layer=self.layer, tensors={}, meta={"tokens": streamed, "src": self.name})
             log.info("producer: %s (%d tokens streamed); sending end of stream and waiting up to "
                      "%.0f s for the lossless subscribers to confirm it",
                      "source exhausted" if exhausted else "reached max_tokens", streamed, cfg.drain_timeout_s)

@@ -74,6 +74,18 @@ class SaeTraining:
 
 
 @dataclass(frozen=True)
+class StreamCount:
+    """What a trainer took from one producer's current epoch."""
+
+    epoch: str
+    batches: int
+    rows: int
+    """Valid positions (activations) of those batches."""
+    first_seq: int
+    last_seq: int
+
+
+@dataclass(frozen=True)
 class TrainerStatus(ServiceStatus):
     service: ClassVar[str] = "trainer"
     step: int = 0
@@ -81,6 +93,8 @@ class TrainerStatus(ServiceStatus):
     tokens: int = 0
     """Activations received from the producer by this process."""
     saes: dict[str, SaeTraining] = field(default_factory=dict)
+    streams: dict[str, StreamCount] = field(default_factory=dict)
+    """Per producer (its name, meta 'src'): batches and rows taken from its current epoch."""
 
     @property
     def progress(self) -> int:

@@ -1,6 +1,13 @@
-"""Trainer: a lossless consumer that trains K SAEs together from one activation stream.
+"""Trainer: a lossless consumer that trains K SAEs together from the activation stream.
 
     boardlens train --saes standard:penalty=0.05 --saes p_anneal:penalty=0.02..0.08/20 --steps 5000
+    boardlens train --connect tcp://a:5555,tcp://b:5555 --shard 0/2 ...   # 2 producers, half the sweep
+
+It consumes every batch of every producer `connect` names (fair-queued; order and loss tracked
+per producer), and stops at `steps` or once every producer has sent its end. With `shard`
+I/M it trains the sweep's SAEs I, I+M, I+2M, ... under their whole-sweep names and seeds, in
+<run_dir>/shard-I-of-M, so that M processes train one sweep that `report` and `score` read as
+one run folder.
 
 Every valid position's activation goes through a shuffle buffer; each drawn batch is one
 optimiser step of every SAE of the sweep (on a GPU the batch is moved to the device once for
@@ -67,12 +74,14 @@ from boardlens.services.common import (
     pick_device,
     prepare_run_dir,
     receive,
+    sender_name,
     set_threads,
     stop_on_signals,
     transport,
 )
-from boardlens.services.config import TrainerConfig
-from boardlens.services.status import SaeTraining, TrainerStatus, stamp
+from boardlens.services.config import TrainerConfig, endpoints
+from boardlens.services.staging import ToDevice
+from boardlens.services.status import SaeTraining, StreamCount, TrainerStatus, stamp
 from boardlens.services.telemetry import Telemetry
 
 _LOSS_TERMS = ("loss", "recon", "sparsity", "aux")
@@ -118,7 +127,7 @@ class ResumePoint(NamedTuple):
 
 def find_resume_point(cfg: TrainerConfig) -> ResumePoint | None:
     """The checkpoint to continue from, per cfg.resume (never: old checkpoints are removed)."""
-    root = Path(cfg.run_dir) / "checkpoints"
+    root = Path(cfg.shard_dir) / "checkpoints"
     if cfg.resume == "never":
         if root.exists():
             shutil.rmtree(root)
@@ -161,7 +170,7 @@ class SweepTrainer:
                  on_snapshot=None, should_stop=lambda: False, resume_from: ResumePoint | None = None) -> None:
         self.cfg, self.m, self.device = cfg, metrics, device
         self.trainers = build_trainers(expand_specs(cfg.saes), d_in, cfg.steps, cfg.sae_defaults(),
-                                       device=str(device))
+                                       device=str(device), shard=cfg.shard_index)
         try:  # names travel in snapshots: a bad name= fails now, not at the first snapshot
             for tr in self.trainers:
                 validate_sae_name(tr.name)
@@ -171,14 +180,16 @@ class SweepTrainer:
             metrics.init_sae(tr.name)
         self.update_s = {tr.name: 0.0 for tr in self.trainers}  # EMA of each SAE's update seconds
         self.buffer = ShuffleBuffer(cfg.buffer_activations, d_in, device=device)
+        self.to_device = ToDevice(device)  # pinned, side-stream copies on CUDA; .float() on the CPU
         self.pending: list[torch.Tensor] = []  # rows received, not yet in the buffer: (n, d) each
         self.on_snapshot, self.should_stop = on_snapshot, should_stop
         self.source: dict = {}  # game, model, layer of the stream (from its first batch)
+        self.streams: dict[str, StreamCount] = {}  # per producer (meta 'src'): what this process took
         self.step = 0
         self.tokens = 0  # rows received by this process
         self.latest: dict[str, SaeTraining] = {}  # each SAE on its latest batch, for the status record
         self.checkpointed_step = -1
-        self.run_dir = Path(cfg.run_dir)
+        self.run_dir = Path(cfg.shard_dir)
         self.ckpt_root = self.run_dir / "checkpoints"
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume_from is not None:
@@ -196,7 +207,7 @@ class SweepTrainer:
         except (ValueError, KeyError, RuntimeError) as e:
             raise StartupError(f"cannot resume from {point.folder}: {e} (--resume never starts afresh)") from e
         pending = point.sweep["pending"]
-        self.pending = [pending] if pending.numel() else []  # on the host, like received rows
+        self.pending = [pending.to(self.device)] if pending.numel() else []  # like received rows
         self.source = dict(point.sweep["source"])
         self.step = self.checkpointed_step = int(point.sweep["step"])
         log.info("trainer: resumed from %s at step %d (%d buffered + %d pending rows)", point.folder, self.step,
@@ -211,13 +222,25 @@ class SweepTrainer:
         if batch.acts.shape[-1] != self.buffer.d:
             raise IncompatibleBatch(f"activations are {batch.acts.shape[-1]} wide, the SAEs "
                                     f"{self.buffer.d} (another model on the stream?)")
-        self.source = {"game": batch.game, "model": batch.model, "layer": batch.layer}
-        rows = batch.valid_acts().float()  # (N, d)
+        source = {"game": batch.game, "model": batch.model, "layer": batch.layer}
+        if self.source and source != self.source:  # several producers must stream the same thing
+            raise IncompatibleBatch(f"batch of {source}, the sweep trains on {self.source}")
+        self.source = source
+        rows = self.to_device(batch.valid_acts())  # (N, d) float32 on the device; bf16 widened there
         self.m.tokens.inc(rows.shape[0])
         self.tokens += rows.shape[0]
+        self.count(batch, rows.shape[0])
         if rows.shape[0] and not self.done:
             self.pending.append(rows)
         self.pump()
+
+    def count(self, batch: ActivationBatch, rows: int) -> None:
+        """Per producer: batches and rows taken, and the seqs they span (the current epoch)."""
+        src = str(batch.meta.get("src", ""))
+        c = self.streams.get(src)
+        if c is None or c.epoch != batch.epoch:
+            c = StreamCount(batch.epoch, 0, 0, batch.seq, batch.seq)
+        self.streams[src] = StreamCount(c.epoch, c.batches + 1, c.rows + rows, c.first_seq, batch.seq)
 
     def pump(self) -> None:
         """Move pending rows into the buffer, training whenever it is ready."""
@@ -295,7 +318,8 @@ class SweepTrainer:
                         self.cfg.stop_grace_s)
 
     def status(self, state: str) -> TrainerStatus:
-        return TrainerStatus(**stamp(state), step=self.step, tokens=self.tokens, saes=dict(self.latest))
+        return TrainerStatus(**stamp(state), step=self.step, tokens=self.tokens, saes=dict(self.latest),
+                             streams=dict(self.streams))
 
     def close(self) -> None:
         self.log.close()
@@ -312,6 +336,7 @@ class SnapshotPublisher:
         if self.pub.allow_list is not None:
             self.pub.allow_list.on_denied = metrics.auth_denied.inc
         self.m, self.epoch, self.seq = metrics, new_epoch(), 0
+        self.name = sender_name(cfg.snapshot_bind)  # meta 'src': evaluators tell the shards apart
         self.end_confirmed = False
         self.source = {"game": "", "model": "", "layer": 0}  # the stream's, from its first batch
 
@@ -319,14 +344,16 @@ class SnapshotPublisher:
         self.source = {"game": batch.game, "model": batch.model, "layer": batch.layer}
 
     def _frames(self, kind: str, tensors: dict, meta: dict) -> list:
-        frames = encode(kind, epoch=self.epoch, seq=self.seq, tensors=tensors, meta=meta, **self.source)
+        frames = encode(kind, epoch=self.epoch, seq=self.seq, tensors=tensors, meta={**meta, "src": self.name},
+                        **self.source)
         self.seq += 1
         return frames
 
     def _snapshot_frames(self, tr) -> list:
         """One SAE's snapshot message, built by the wire schema (boardlens.protocol.snapshot)."""
         snap = SaeSnapshot(name=tr.name, step=tr.step, arch=tr.ae.arch, tensors=sae_tensors(tr.export_ae()),
-                           hyperparams=tr.hyperparams(), epoch=self.epoch, seq=self.seq, **self.source)
+                           hyperparams=tr.hyperparams(), epoch=self.epoch, seq=self.seq, meta={"src": self.name},
+                           **self.source)
         frames = encode_snapshot(snap)
         self.seq += 1
         return frames
@@ -370,10 +397,11 @@ def finish(sweep: SweepTrainer | None, snap: SnapshotPublisher, stop: threading.
 
 class _Inbox:
     """Where run() delivers messages: the sweep, built on the first batch (which tells the
-    width) or at once when resuming, and whether the stream has ended."""
+    width) or at once when resuming, and whether the stream has ended (`stream_ended()`: every
+    producer has sent its end)."""
 
-    def __init__(self, make_sweep, snap: SnapshotPublisher) -> None:
-        self.make_sweep, self.snap = make_sweep, snap
+    def __init__(self, make_sweep, snap: SnapshotPublisher, stream_ended=lambda: True) -> None:
+        self.make_sweep, self.snap, self.stream_ended = make_sweep, snap, stream_ended
         self.sweep: SweepTrainer | None = None
         self.ended = False
 
@@ -383,8 +411,8 @@ class _Inbox:
                  ", ".join(t.name for t in self.sweep.trainers))
 
     def on_message(self, kind: str, payload) -> None:
-        if kind == "end":  # receive() has confirmed it: the producer may exit now
-            self.ended = True
+        if kind == "end":  # receive() has confirmed it: that producer may exit now
+            self.ended = self.stream_ended()
         elif kind == "batch":
             if self.sweep is None:
                 self.start(payload.acts.shape[-1])
@@ -402,15 +430,16 @@ def run(cfg: TrainerConfig) -> int:
     tune_malloc()  # keep freed message buffers: measured -70..150 us CPU per 1 MiB message
     stop = stop_on_signals()
     hard_exit_after_grace(stop, cfg.stop_grace_s)
-    prepare_run_dir("trainer", cfg)
+    prepare_run_dir("trainer", cfg, cfg.shard_dir)
     device = pick_device(cfg.device)
     point = find_resume_point(cfg)
     tel = Telemetry("trainer", cfg.metrics_port, cfg.metrics_host, stall_after_s=cfg.health_stall_s)
     m = TrainerMetrics(tel)
     snap = SnapshotPublisher(cfg, m)
-    sub = Subscriber(cfg.connect, lossy=False, cfg=transport(cfg), curve=curve(cfg, "client"))
-    inbox = _Inbox(lambda d_in: SweepTrainer(cfg, d_in, m, device, snap, stop.is_set, point), snap)
-    keep_status(tel, cfg.run_dir, inbox.status)
+    sub = Subscriber(endpoints(cfg.connect), lossy=False, cfg=transport(cfg), curve=curve(cfg, "client"))
+    inbox = _Inbox(lambda d_in: SweepTrainer(cfg, d_in, m, device, snap, stop.is_set, point), snap,
+                   lambda: m.counters.streams.all_ended(len(sub.connected)))
+    keep_status(tel, cfg.shard_dir, inbox.status)
     try:
         if point is not None:  # resuming: the checkpoint tells the width, so build the sweep now
             inbox.start(point.sweep["buffer"]["d"])

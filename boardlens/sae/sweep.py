@@ -133,21 +133,22 @@ def default_name(kind: str, o: dict, varied: tuple[str, ...]) -> str:
 
 
 def build_trainers(specs: list[TrainerSpec], d_in: int, total_steps: int, defaults: dict,
-                   device: str = "cpu") -> list[SAETrainer]:
+                   device: str = "cpu", shard: tuple[int, int] = (0, 1)) -> list[SAETrainer]:
     """Instantiate the sweep. `defaults`: sweep-wide option values (d_sae, penalty, lr, k, ...;
     None = the kind's own default), each applied to the kinds that take it.
 
-    Trainer i is seeded with i unless its spec sets `seed`.
+    Trainer i is seeded with i unless its spec sets `seed`. shard (I, M): only the trainers
+    i with i % M == I are built, each with the name and seed it has in the whole sweep, so
+    M shards together train exactly the SAEs one process would.
     """
-    trainers: list[SAETrainer] = []
-    for i, spec in enumerate(specs):
-        opts = spec.options_with(defaults, seed=i)
-        name = spec.options.get("name") or default_name(spec.kind, dataclasses.asdict(opts), spec.varied)
-        trainers.append(TRAINERS[spec.kind](name, d_in, opts, total_steps=total_steps, device=device))
-    names = [t.name for t in trainers]
+    opts = [spec.options_with(defaults, seed=i) for i, spec in enumerate(specs)]
+    names = [spec.options.get("name") or default_name(spec.kind, dataclasses.asdict(o), spec.varied)
+             for spec, o in zip(specs, opts, strict=True)]
     if len(set(names)) != len(names):
         raise ValueError(f"trainer names must be unique, got {names}")
-    return trainers
+    index, count = shard
+    return [TRAINERS[spec.kind](name, d_in, o, total_steps=total_steps, device=device)
+            for i, (spec, o, name) in enumerate(zip(specs, opts, names, strict=True)) if i % count == index]
 
 
 def options_table() -> str:
