@@ -279,8 +279,9 @@ class TrainerConfig(ServiceOptions):
     def shard_dir(self) -> str:
         """Where this process keeps its checkpoints, train.jsonl, config and status: run_dir,
         or <run_dir>/shard-I-of-M for a shard (shards never write the same file)."""
-        i, m = self.shard_index
-        return self.run_dir if m == 1 else str(Path(self.run_dir) / f"shard-{i}-of-{m}")
+        from boardlens.layout import shard_folder
+
+        return str(shard_folder(self.run_dir, *self.shard_index))
 
     def sae_defaults(self) -> dict:
         """Sweep-wide option values (None = each trainer kind's own default)."""

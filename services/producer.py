@@ -277,10 +277,10 @@ class Producer:
     def run(self, stop) -> int:
         """Stream until `stop` is set or max_tokens is reached; returns the stream's tokens (all runs)."""
         cfg = self.cfg
-        log.info("producer %s: model %s (%s), layer %d, device %s, source %s, %d games per batch, "
-                 "%s on the wire, lossless %s, lossy %s", self.name, cfg.model, self.game, self.layer,
+        log.info("producer: model %s (%s), layer %d, device %s, source %s, %d games per batch, "
+                 "%s on the wire, lossless %s, lossy %s, name %s", cfg.model, self.game, self.layer,
                  self.device, self.stream.source, self.batch_games, str(self.wire_dtype).removeprefix("torch."),
-                 self.pub.lossless_endpoint, self.pub.lossy_endpoint)
+                 self.pub.lossless_endpoint, self.pub.lossy_endpoint, self.name)
         if not self._wait_for_subscribers(stop):
             return 0
         exhausted = False

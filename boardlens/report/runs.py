@@ -2,7 +2,8 @@
 
 A source is a run folder (`metrics.jsonl`: one record per evaluation or reference, written
 live by the evaluator; `trainer_config.json` for the batch size; `checkpoints/latest/*.json`
-for each SAE's trainer kind, game and layer) or a `boardlens score` JSON file (final records
+for each SAE's trainer kind, game and layer; a sweep split over trainer shards has these in each
+shard-I-of-M folder) or a `boardlens score` JSON file (final records
 only: no curves). Records are the evaluator's (`boardlens.metrics.scorer`).
 """
 
@@ -12,6 +13,8 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from boardlens.layout import run_parts
 
 log = logging.getLogger("boardlens")
 
@@ -80,7 +83,7 @@ def _records(path: Path) -> list[dict]:
 def _checkpoint_meta(run: Path) -> dict[str, dict]:
     """{SAE name: its checkpoint metadata} from the newest checkpoint, if any."""
     out = {}
-    for p in sorted((run / "checkpoints" / "latest").glob("*.json")):
+    for p in sorted(q for part in run_parts(run) for q in (part / "checkpoints" / "latest").glob("*.json")):
         try:
             meta = json.loads(p.read_text())
         except (OSError, json.JSONDecodeError):
@@ -97,10 +100,12 @@ def _kind(name: str, meta: dict | None) -> str:
 
 
 def _batch_size(run: Path) -> int | None:
-    try:
-        return int(json.loads((run / "trainer_config.json").read_text())["batch_size"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    for part in run_parts(run):  # the run's trainer, or its shards' (they share the sweep's config)
+        try:
+            return int(json.loads((part / "trainer_config.json").read_text())["batch_size"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
 
 
 def load_source(path: str | Path) -> Source:

@@ -180,12 +180,18 @@ def _layer_of(meta: dict) -> int | None:
 def find_saes(path: str | Path) -> list[FoundSAE]:
     """Every SAE at `path`: one of ours (`X.safetensors` beside `X.json`), a folder of them (a
     checkpoint step, a floor/), a run folder (its checkpoints/latest), a dictionary_learning
-    folder (ae.pt) or a SAELens folder (sae_weights.safetensors). ValueError when none."""
+    folder (ae.pt) or a SAELens folder (sae_weights.safetensors). ValueError when none. A run
+    folder's SAEs are those of its checkpoints/latest, or of every trainer shard's."""
+    from boardlens.layout import run_parts
     from boardlens.sae.io import load_sae
 
     path = Path(path)
-    if path.is_dir() and (path / "checkpoints" / "latest").exists():
-        path = (path / "checkpoints" / "latest").resolve()
+    latest = [p / "checkpoints" / "latest" for p in run_parts(path)] if path.is_dir() else []
+    latest = [p.resolve() for p in latest if p.exists()]
+    if len(latest) > 1:  # a sweep split over trainer shards: every shard's SAEs
+        return [s for p in latest for s in find_saes(p)]
+    if latest:
+        path = latest[0]
     if path.is_dir() and ((path / "ae.pt").exists() or (path / "sae_weights.safetensors").exists()):
         ae, meta = import_sae(path)
         return [FoundSAE(path.name, ae, _layer_of(meta), None, None)]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -12,8 +14,33 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from boardlens.services.config import DEFAULT_MODEL
 from boardlens.services.trainer import EXIT_STOPPED
 from boardlens.services.up import free_ports, spawn, stop_processes  # noqa: F401 (free_ports: re-exported for the tests)
+
+RANDOM_MODEL = DEFAULT_MODEL + "-random"  # same shapes as the bundled model, untrained
+
+
+def small_model(folder: Path) -> str:
+    """A 2 x 64 random-init Othello model (a config, built on load): a fast producer whose
+    small batches run far ahead of a slow reader, whatever this machine's speed."""
+    cfg = json.loads((Path(RANDOM_MODEL) / "config.json").read_text())
+    cfg.update(gpt={**cfg["gpt"], "n_layer": 2, "n_head": 2, "n_embd": 64}, sae_layer=1)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return str(folder)
+
+
+@contextmanager
+def saturated_cores(n: int = os.cpu_count() or 2):
+    """n busy processes for the duration: guarantees must hold on a loaded machine too."""
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        yield
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
 
 
 def start(command: str, *args: str, log_path) -> subprocess.Popen:

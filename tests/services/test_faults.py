@@ -6,13 +6,9 @@ import os
 import random
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
-from contextlib import contextmanager
-from pathlib import Path
 
 import msgpack
 import pytest
@@ -29,13 +25,15 @@ from boardlens.protocol import (
     encode,
     encode_batch,
 )
-from boardlens.services.config import DEFAULT_MODEL
 from boardlens.services.up import spawn, stop_processes
 from tests.services.helpers import (
+    RANDOM_MODEL,
     free_ports,
     healthz,
+    saturated_cores,
     scrape,
     services,
+    small_model,
     start,
     synthetic_batch,
     value,
@@ -44,17 +42,6 @@ from tests.services.helpers import (
 
 pytestmark = pytest.mark.timeout(240)
 
-RANDOM_MODEL = DEFAULT_MODEL + "-random"  # same shapes as the bundled model, untrained
-
-
-def _small_model(folder: Path) -> str:
-    """A 2 x 64 random-init Othello model (a config, built on load): a fast producer whose
-    small batches run far ahead of a slow reader, whatever this machine's speed."""
-    cfg = json.loads((Path(RANDOM_MODEL) / "config.json").read_text())
-    cfg.update(gpt={**cfg["gpt"], "n_layer": 2, "n_head": 2, "n_embd": 64}, sae_layer=1)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(cfg))
-    return str(folder)
 
 
 def _producer(port: int, metrics: int, state: str, log, max_tokens: int, extra=(), model: str = RANDOM_MODEL):
@@ -69,7 +56,7 @@ def test_a_killed_producer_continues_its_stream_and_the_consumer_counts_what_it_
     state = tmp_path / "producer_state.json"
     sub = Subscriber(f"tcp://127.0.0.1:{port}", cfg=TransportConfig(rcvhwm_msgs=2), name="counter")
     tracker, ids, seqs, epochs = SeqTracker(), [], [], set()
-    small = _small_model(tmp_path / "small-model")
+    small = small_model(tmp_path / "small-model")
     end = None
     procs = {}
     try:
@@ -129,18 +116,6 @@ def test_a_state_file_of_another_stream_or_garbage_is_a_one_line_error(tmp_path)
         assert words in text and str(state) in text and "Traceback" not in text, text
         assert state.read_bytes() == content  # nothing lost: the file is left for the user
     assert not os.path.exists(str(state) + ".tmp")
-
-
-@contextmanager
-def saturated_cores(n: int = os.cpu_count() or 2):
-    """n busy processes for the duration: the faults must hold on a loaded machine too."""
-    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
-    try:
-        yield
-    finally:
-        for h in hogs:
-            h.kill()
-            h.wait()
 
 
 def test_a_trainer_stopped_across_the_end_still_gets_every_batch_and_the_end(tmp_path):
