@@ -9,13 +9,17 @@ import pytest
 import torch
 import zmq
 
-from boardlens.protocol import decode, encode
+from boardlens.protocol import ProtocolError, decode, encode
 from boardlens.protocol.transport import (
     Publisher,
     SendTimeout,
     SeqTracker,
+    Streams,
     Subscriber,
     TransportConfig,
+    resolve_endpoint,
+    source_of,
+    split_dns_endpoint,
 )
 
 ANY = "tcp://127.0.0.1:0"
@@ -383,3 +387,50 @@ def test_curve_lets_only_authorised_clients_in(tmp_path):
         client_keys(str(tmp_path / "keys"))
     with pytest.raises(CurveKeyError, match="BOARDLENS_CURVE_SERVER_SECRET"):
         server_keys("env")
+
+
+def test_streams_track_each_sender_apart():
+    s = Streams(max_sources=3)
+    for seq in range(4):  # two producers interleaved: neither is taken for a restart of the other
+        assert s.check("p0", "a0", seq) == (0, None)
+        assert s.check("p1", "b1", 10 + seq) == (0, None)
+    assert s.check("p1", "b1", 16) == (2, None) and s.lost_total == 2  # p1 lost 14 and 15
+    assert s.check("p0", "a0", 2) == (0, "out_of_order")  # a replay, per sender
+    assert s.check("p0", "a9", 0) == (0, None)  # p0 restarted afresh: adopted ...
+    assert s.check("p0", "a0", 4) == (0, "epoch_flap")  # ... and its old epoch refused
+    assert s.check("p1", "a9", 1, "end") == (0, "end_epoch")  # p0's epoch cannot end p1
+    assert s.check("p0", "a9", 1, "end") == (0, None) and not s.all_ended(2)
+    assert s.check("p1", "b1", 17, "end") == (0, None) and s.all_ended(2)
+    assert s.check("p1", "b2", 0) == (0, None) and not s.all_ended(2)  # p1 came back: live again
+    assert s.check("p2", "c", 0) == (0, None) and s.check("p3", "d", 0) == (0, "limits")  # bounded
+    assert s.received == 17 and s.out_of_order == 1  # the refused 5th sender has no tracker
+
+
+def test_source_of_reads_the_meta_and_refuses_a_non_string():
+    assert source_of(decode(encode("end", epoch="ab", seq=0, game="g", model="m", layer=0, tensors={},
+                                   meta={"src": "p0"})).header) == "p0"
+    assert source_of(decode(message(0)).header) == ""
+    bad = decode(encode("end", epoch="ab", seq=0, game="g", model="m", layer=0, tensors={}, meta={"src": 3})).header
+    with pytest.raises(ProtocolError, match="header_schema"):
+        source_of(bad)
+
+
+@pytest.mark.timeout(60)
+def test_one_subscriber_hears_several_publishers_by_list_and_by_dns():
+    with Publisher(ANY, None) as a, Publisher(ANY, None) as b:
+        port_b = b.lossless_endpoint.rpartition(":")[2]
+        assert resolve_endpoint(f"dns+tcp://localhost:{port_b}") == [f"tcp://127.0.0.1:{port_b}"]
+        assert resolve_endpoint("dns+tcp://no-such-host.invalid:1") == []  # not yet resolvable: nothing
+        with pytest.raises(ValueError, match="dns\\+tcp://host:port"):
+            split_dns_endpoint("dns+tcp://nohost")
+        sub = Subscriber([a.lossless_endpoint, f"dns+tcp://localhost:{port_b}"], name="both")
+        try:
+            assert sub.connected == {a.lossless_endpoint, f"tcp://127.0.0.1:{port_b}"}
+            assert a.wait_for_subscribers(1, 10) and b.wait_for_subscribers(1, 10)
+            for seq in range(3):
+                a.send(message(seq, 1024, epoch="aa"))
+                b.send(message(seq, 1024, epoch="bb"))
+            got = sorted((decode(sub.recv(5000)).header.epoch, s) for s in range(6))
+            assert [e for e, _ in got] == ["aa"] * 3 + ["bb"] * 3
+        finally:
+            sub.close()

@@ -191,3 +191,14 @@ def test_readme_trainer_table_is_the_generated_one():
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     block = readme.split("<!-- trainer-options:", 1)[1].split("-->", 1)[1].split("<!-- /trainer-options -->")[0]
     assert block.strip() == options_table().strip(), "README trainer table is stale: paste `boardlens sae options`"
+
+
+def test_shards_build_exactly_the_whole_sweeps_saes():
+    specs = expand_specs(["standard:penalty=0.01..0.04/4", "topk:k=4|8|16"])  # 7 SAEs
+    whole = {t.name: t for t in build_trainers(specs, D, 100, {"d_sae": 16})}
+    parts = [build_trainers(specs, D, 100, {"d_sae": 16}, shard=(i, 3)) for i in range(3)]
+    names = [[t.name for t in p] for p in parts]
+    assert [len(n) for n in names] == [3, 2, 2] and sorted(sum(names, [])) == sorted(whole)
+    for t in sum(parts, []):  # same name, same seed: the same initial weights as in the whole sweep
+        for (k, a), b in zip(t.ae.state_dict().items(), whole[t.name].ae.state_dict().values(), strict=True):
+            assert torch.equal(a, b), (t.name, k)

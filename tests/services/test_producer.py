@@ -150,3 +150,19 @@ def test_bad_start_config_is_a_one_line_error(args, message):
                         "--bind", "tcp://127.0.0.1:0", "--bind-lossy", "tcp://127.0.0.1:0"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_bfloat16_on_the_wire_is_the_fp32_forward_rounded_and_each_producer_names_itself():
+    def run(wire: str):
+        cfg = ProducerConfig(model=DEFAULT_MODEL + "-random", bind="tcp://127.0.0.1:0",
+                             bind_lossy="tcp://127.0.0.1:0", batch_games=8, max_tokens=1000, seed=3,
+                             wire_dtype=wire, name="p-3", wait_consumers=1, wait_timeout_s=30, metrics_port=0)
+        return _collect(Producer(cfg, Telemetry("test-producer", 0)))
+
+    (fp32, _), (bf16, end) = run("float32"), run("bfloat16")
+    assert len(fp32) == len(bf16) > 1 and end.header.meta["src"] == "p-3"
+    for a, b in zip(fp32, bf16, strict=True):
+        assert a.acts.dtype == torch.float32 and b.acts.dtype == torch.bfloat16  # declared in the header
+        assert torch.equal(a.acts.to(torch.bfloat16), b.acts)  # the same forward, rounded: half the bytes
+        assert b.meta["src"] == "p-3"
+        assert torch.equal(a.game_ids, b.game_ids) and int(a.game_ids.min()) >= 3 << 40  # seed 3's own ids
