@@ -8,6 +8,7 @@ value or an endpoint that points at no Service fails here, not in a pod.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -42,24 +43,45 @@ class Rendered:
         self.config_map = cm
         self.config_file = tmp / f"{overlay}-config.yaml"
         self.config_file.write_text(cm["data"]["config.yaml"])
-        # The workloads: producer and evaluator Deployments, the trainer a Job.
-        self.deployments = {d["metadata"]["name"]: d for d in self.docs if d["kind"] in ("Deployment", "Job")}
+        # The workloads: the producer a StatefulSet, the evaluator a Deployment, the trainer a Job.
+        self.deployments = {d["metadata"]["name"]: d for d in self.docs
+                            if d["kind"] in ("StatefulSet", "Deployment", "Job")}
         self.services = {d["metadata"]["name"]: d for d in self.docs if d["kind"] == "Service"}
 
     def container(self, deployment: str) -> dict:
         (c,) = self.deployments[deployment]["spec"]["template"]["spec"]["containers"]
         return c
 
-    def config(self, deployment: str):
+    def config(self, deployment: str, index: int = 0):
+        """The service's config in replica `index` (a StatefulSet ordinal, a Job's completion index)."""
         c = self.container(deployment)
         cmd, flag, path = c["args"][:3]
         assert flag == "--config"
         _, cls = COMMANDS[cmd]
-        env = {e["name"]: e["value"] for e in c.get("env", [])}
-        return resolve(cls, str(self.config_file), environ=env)
+        return resolve(cls, str(self.config_file), environ=container_env(c, index))
 
 
-OVERLAYS = ["cpu", "gpu", "chess", "kube-prometheus-stack"]
+INDEX_FIELDS = ("metadata.labels['apps.kubernetes.io/pod-index']",
+                "metadata.annotations['batch.kubernetes.io/job-completion-index']")
+
+
+def container_env(c: dict, index: int) -> dict[str, str]:
+    """The environment as the kubelet builds it: entries in order, $(NAME) expanded from the
+    entries before it (a later or unknown one stays literal: that fails here), the replica's
+    index from the downward API."""
+    env: dict[str, str] = {}
+    for e in c.get("env", []):
+        if "valueFrom" in e:
+            assert e["valueFrom"]["fieldRef"]["fieldPath"] in INDEX_FIELDS, e
+            env[e["name"]] = str(index)
+            continue
+        value = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), e["value"])
+        assert "$(" not in value, f"{e['name']}: {e['value']} refers to a variable not defined before it"
+        env[e["name"]] = value
+    return env
+
+
+OVERLAYS = ["cpu", "gpu", "chess", "kube-prometheus-stack", "scale"]
 MONITORING = [("PodMonitor", "boardlens"), ("PrometheusRule", "boardlens"), ("ConfigMap", "boardlens-dashboard")]
 
 
@@ -76,7 +98,7 @@ def test_objects(overlay):
     assert kinds == sorted([
         ("ConfigMap", "boardlens-config"), ("PersistentVolumeClaim", "boardlens-runs"),
         ("PersistentVolumeClaim", "boardlens-eval"), ("PodDisruptionBudget", "boardlens-producer"),
-        ("Deployment", "boardlens-producer"), ("Deployment", "boardlens-evaluator"), ("Job", "boardlens-trainer"),
+        ("StatefulSet", "boardlens-producer"), ("Deployment", "boardlens-evaluator"), ("Job", "boardlens-trainer"),
         *[(k, f"boardlens-{s}") for k in ("Service", "NetworkPolicy") for s in services],
         *(MONITORING if name == "kube-prometheus-stack" else []),
     ])
@@ -85,7 +107,7 @@ def test_objects(overlay):
 
 
 def test_deployments(overlay):
-    _, r = overlay
+    overlay_name, r = overlay
     for name, dep in r.deployments.items():
         spec = dep["spec"]["template"]["spec"]
         c = r.container(name)
@@ -116,9 +138,11 @@ def test_deployments(overlay):
         # every run_dir is on a writable volume
         if hasattr(cfg, "run_dir"):
             assert any(cfg.run_dir.startswith(p) for p in mounts.values()), (name, cfg.run_dir)
-    for single in ("boardlens-producer", "boardlens-evaluator"):
-        dep = r.deployments[single]["spec"]
-        assert dep["replicas"] == 1 and dep["strategy"]["type"] == "Recreate"  # RWO volume / one stream
+    ev = r.deployments["boardlens-evaluator"]["spec"]
+    assert ev["replicas"] == 1 and ev["strategy"]["type"] == "Recreate"  # its RWO volume
+    prod = r.deployments["boardlens-producer"]["spec"]
+    assert prod["replicas"] == (2 if overlay_name == "scale" else 1) and prod["serviceName"] == "boardlens-producer"
+    assert prod["podManagementPolicy"] == "Parallel" and prod["updateStrategy"]["type"] == "RollingUpdate"
 
 
 def test_trainer_keeps_its_run_and_time_to_checkpoint(overlay):
@@ -136,9 +160,11 @@ def test_trainer_keeps_its_run_and_time_to_checkpoint(overlay):
 
 
 def test_trainer_is_a_job_that_resumes_until_done(overlay):
-    _, r = overlay
+    name, r = overlay
     job = r.deployments["boardlens-trainer"]
-    assert job["kind"] == "Job" and job["spec"]["completions"] == job["spec"]["parallelism"] == 1
+    shards = 2 if name == "scale" else 1
+    assert job["kind"] == "Job" and job["spec"]["completionMode"] == "Indexed"
+    assert job["spec"]["completions"] == job["spec"]["parallelism"] == shards
     # restarted in place (same PVC) after a crash or an eviction: exit 143 before the end
     assert job["spec"]["template"]["spec"]["restartPolicy"] == "OnFailure" and job["spec"]["backoffLimit"] >= 5
     from boardlens.services.trainer import EXIT_STOPPED
@@ -231,13 +257,14 @@ def test_kube_prometheus_stack_component(tmp_path):
 
 
 def _host_port(endpoint: str) -> tuple[str, int]:
-    assert endpoint.startswith("tcp://"), endpoint
-    host, port = endpoint[len("tcp://"):].rsplit(":", 1)
+    assert endpoint.startswith(("tcp://", "dns+tcp://")), endpoint
+    host, port = endpoint.split("://", 1)[1].rsplit(":", 1)
     return host, int(port)
 
 
 def test_endpoints_meet(overlay):
-    """Binds listen on all interfaces; connects name a Service port that reaches the bind."""
+    """Binds listen on all interfaces; connects name a headless Service port that reaches the
+    bind, through dns+tcp:// so that every replica behind it is connected."""
     _, r = overlay
     prod, train, ev = (r.config(f"boardlens-{s}") for s in ("producer", "trainer", "evaluator"))
     for endpoint in (prod.bind, prod.bind_lossy, train.snapshot_bind):
@@ -246,9 +273,11 @@ def test_endpoints_meet(overlay):
              (ev.connect, prod.bind_lossy, "boardlens-producer"),
              (ev.snapshots, train.snapshot_bind, "boardlens-trainer")]
     for connect, bind, deployment in pairs:
+        assert connect.startswith("dns+tcp://"), connect
         host, port = _host_port(connect)
         assert host == deployment, connect
         svc = r.services[host]["spec"]
+        assert svc["clusterIP"] == "None" and svc["publishNotReadyAddresses"] is True
         (sp,) = [p for p in svc["ports"] if p["port"] == port]
         target = {p["name"]: p["containerPort"] for p in r.container(deployment)["ports"]}[sp["targetPort"]]
         assert target == _host_port(bind)[1], (connect, bind)
@@ -273,6 +302,21 @@ def test_overlay_devices(overlay):
         assert "cpu" in image.split(":")[1]
         assert set(gpus.values()) == {None}
         assert prod.device == "cpu" and train.device == "cpu" and prod.dtype == "float32"
+
+
+def test_scale_overlay_splits_the_sweep_and_streams_every_producer_to_every_shard(tmp_path):
+    r = Rendered("scale", tmp_path)
+    producers = r.deployments["boardlens-producer"]["spec"]["replicas"]
+    shards = r.deployments["boardlens-trainer"]["spec"]["completions"]
+    assert producers >= 2 and shards >= 2
+    prods = [r.config("boardlens-producer", i) for i in range(producers)]
+    assert [p.seed for p in prods] == list(range(producers))  # each replica its own games and game ids
+    assert all(p.wait_consumers == shards and not p.name for p in prods)  # named host:port: the pod name
+    trainers = [r.config("boardlens-trainer", i) for i in range(shards)]
+    assert [t.shard for t in trainers] == [f"{i}/{shards}" for i in range(shards)]
+    assert len({t.shard_dir for t in trainers}) == shards  # one folder per shard, one writer each
+    claim = r.by[("PersistentVolumeClaim", "boardlens-runs")]["spec"]
+    assert claim["accessModes"] == ["ReadWriteMany"]  # the shards' pods share it
 
 
 def test_chess_overlay_streams_the_chess_model_from_stockfish(tmp_path):
@@ -304,7 +348,7 @@ def test_every_overlay_passes_strict_schema_validation(name, tmp_path):
 
 @pytest.mark.skipif(not KUBERNETES_VALIDATE.exists(), reason="kubernetes-validate missing (the dev extra has it)")
 def test_strict_validation_refuses_an_unknown_field(tmp_path):
-    (dep,) = [d for d in render("cpu") if d["kind"] == "Deployment" and d["metadata"]["name"] == "boardlens-producer"]
+    (dep,) = [d for d in render("cpu") if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "boardlens-producer"]
     dep["spec"]["template"]["spec"]["containers"][0]["startupprobe"] = {}  # misspelt
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(dep))
