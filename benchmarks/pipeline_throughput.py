@@ -32,10 +32,12 @@ from boardlens.services.trainer import SweepTrainer, TrainerMetrics  # noqa: E40
 from boardlens.services.up import run as up_run  # noqa: E402
 
 
-def producer_tokens_per_s(model: str, tokens: int, threads: int) -> float:
+def producer_tokens_per_s(model: str, tokens: int, threads: int, device: str = "cpu",
+                          dtype: str = "float32", wire_dtype: str = "") -> float:
+    """The producer service's own loop (games, forward, staging, encode, send; no subscriber)."""
     torch.set_num_threads(threads)
     cfg = ProducerConfig(model=model, bind="tcp://127.0.0.1:0", bind_lossy="tcp://127.0.0.1:0",
-                         max_tokens=tokens, metrics_port=0)
+                         max_tokens=tokens, metrics_port=0, device=device, dtype=dtype, wire_dtype=wire_dtype)
     prod = Producer(cfg, Telemetry("bench-producer", 0))
     try:
         t0 = time.perf_counter()
@@ -45,28 +47,33 @@ def producer_tokens_per_s(model: str, tokens: int, threads: int) -> float:
         prod.close()
 
 
-def trainer_steps_per_s(d_in: int, d_sae: int, batch: int, steps: int, threads: int) -> float:
+def trainer_steps_per_s(d_in: int, d_sae: int, batch: int, steps: int, threads: int,
+                        device: str = "cpu") -> float:
+    """Sweep steps (the default 2 SAEs) on batches already on the device."""
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = TrainerConfig(run_dir=tmp, d_sae=d_sae, batch_size=batch, buffer_activations=4 * batch,
-                            steps=10**9, warmup_steps=10, metrics_port=0)
-        sweep = SweepTrainer(cfg, d_in, TrainerMetrics(Telemetry("bench-trainer", 0)), torch.device("cpu"))
-        xs = [torch.randn(batch, d_in) for _ in range(4)]
+                            steps=10**9, warmup_steps=10, metrics_port=0, device=device)
+        sweep = SweepTrainer(cfg, d_in, TrainerMetrics(Telemetry("bench-trainer", 0)), torch.device(device))
+        xs = [torch.randn(batch, d_in, device=device) for _ in range(4)]
         sweep.train_step(xs[0])  # warm-up
         t0 = time.perf_counter()
         for i in range(steps):
             sweep.train_step(xs[i % 4])
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
         dt = time.perf_counter() - t0
         sweep.close()
         return steps / dt
 
 
-def up_tokens_per_s(model: str, tokens: int, d_sae: int, batch: int, eval_games: int) -> tuple[float, float]:
+def up_tokens_per_s(model: str, tokens: int, d_sae: int, batch: int, eval_games: int,
+                    device: str | None = None) -> tuple[float, float]:
     """(tokens trained per second, wall seconds) of a whole `up` run."""
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         code = up_run(tokens=tokens, run_dir=tmp, quiet=True, model=model, d_sae=d_sae,
-                      batch_size=batch, train_games=eval_games, test_games=eval_games)
+                      batch_size=batch, train_games=eval_games, test_games=eval_games, device=device)
         wall = time.perf_counter() - t0
         if code:
             raise SystemExit(f"up failed ({code}); logs in {tmp}/logs")

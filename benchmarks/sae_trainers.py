@@ -6,7 +6,9 @@
 
 1. Steps/s of each of our six trainers and of dictionary_learning's matching trainer (the real
    package, 0.1.0), same shapes, same initial weights, same batches, same threads, measured
-   alternately in this one run; ratio = ours / theirs (target >= 1.0). Our step includes the
+   alternately in this one run; ratio = ours / theirs (target >= 1.0). Ours also with
+   precision=bf16 (bfloat16 autocast): bf16/fp32 and bf16/dictionary_learning (fp32). bf16 only
+   pays where matmuls have bf16 units (AVX-512 BF16, AMX, GPUs); elsewhere torch emulates it. Our step includes the
    statistics the service exports every step (L0, variance explained, dead fraction).
    dictionary_learning runs in squared-error mode without sparsity warmup, as ours here.
    p-anneal and Gated+p-anneal are timed mid-anneal (p = 0.7, paper-length schedule): there
@@ -70,28 +72,31 @@ def dictionary_learning() -> bool:
         return False
 
 
-def compare(kind: str, d: int, d_sae: int, batch: int, steps: int, data: torch.Tensor) -> tuple[float, float]:
+def compare(kind: str, d: int, d_sae: int, batch: int, steps: int, data: torch.Tensor) -> tuple[float, float, float]:
+    """Steps/s of (ours fp32, ours bf16 autocast, dictionary_learning), timed in turns."""
     path, their_kw, our_kw = PAIRS[kind]
     module, cls = path.rsplit(".", 1)
     their_cls = getattr(importlib.import_module(f"dictionary_learning.trainers.{module}"), cls)
     total = steps + 2
     theirs = their_cls(steps=PAPER_STEPS, activation_dim=d, dict_size=d_sae, layer=0, lm_name="bench", lr=1e-3,
                        warmup_steps=1, device="cpu", seed=0, **their_kw)
-    ours = TRAINERS[kind]("bench", d, d_sae=d_sae, total_steps=PAPER_STEPS, lr=1e-3, warmup_steps=1, recon="mse", **our_kw)
-    ours.ae.load_state_dict(theirs.ae.state_dict())
-    times = {"ours": 0.0, "theirs": 0.0}
+    ours = {p: TRAINERS[kind]("bench", d, d_sae=d_sae, total_steps=PAPER_STEPS, lr=1e-3, warmup_steps=1,
+                              recon="mse", precision=p, **our_kw) for p in ("fp32", "bf16")}
+    for tr in ours.values():
+        tr.ae.load_state_dict(theirs.ae.state_dict())
+    times = {"fp32": 0.0, "bf16": 0.0, "theirs": 0.0}
     for step in range(total):
         x = data[(step % 4) * batch : (step % 4 + 1) * batch]
-        order = ("ours", "theirs") if step % 2 else ("theirs", "ours")  # alternate who goes first
+        order = list(times)[step % 3:] + list(times)[:step % 3]  # rotate who goes first
         for who in order:
             t0 = time.perf_counter()
-            if who == "ours":
-                ours.update(x)
-            else:
+            if who == "theirs":
                 theirs.update(step, x)
+            else:
+                ours[who].update(x)
             if step >= 2:  # the first two steps warm up allocators and (TopK) the median init
                 times[who] += time.perf_counter() - t0
-    return steps / times["ours"], steps / times["theirs"]
+    return steps / times["fp32"], steps / times["bf16"], steps / times["theirs"]
 
 
 def sweep_wall_time(k: int, procs_k: int, d: int, d_sae: int, batch: int, steps: int, threads: int) -> float:
@@ -161,10 +166,12 @@ def main() -> None:
           f"d={args.d}, {args.d_sae} latents, batch {args.batch}")
     if dictionary_learning():
         data = torch.randn(4 * args.batch, args.d, generator=torch.Generator().manual_seed(0))
-        print(f"{'trainer':<14}{'ours steps/s':>14}{'dictionary_learning (baseline)':>32}{'ratio':>8}")
+        print(f"{'trainer':<14}{'ours steps/s':>14}{'dictionary_learning (baseline)':>32}{'ratio':>8}"
+              f"{'ours bf16':>11}{'bf16/fp32':>11}{'bf16/dl':>9}")
         for kind in args.kinds.split(","):
-            ours, theirs = compare(kind, args.d, args.d_sae, args.batch, args.steps, data)
-            print(f"{kind:<14}{ours:>14.3f}{theirs:>32.3f}{ours / theirs:>8.2f}", flush=True)
+            ours, bf16, theirs = compare(kind, args.d, args.d_sae, args.batch, args.steps, data)
+            print(f"{kind:<14}{ours:>14.3f}{theirs:>32.3f}{ours / theirs:>8.2f}{bf16:>11.3f}{bf16 / ours:>11.2f}"
+                  f"{bf16 / theirs:>9.2f}", flush=True)
     else:
         print("skipped: ours vs dictionary_learning (not installed: make venv, or "
               "pip install --no-deps dictionary-learning)")

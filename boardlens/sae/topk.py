@@ -89,7 +89,7 @@ class TopKTrainer(SAETrainer):
     def decode_sparse(self, vals, idx, offsets, bias: bool = True) -> torch.Tensor:
         # embedding_bag reads rows of a contiguous (F, d) table: 10x faster than on the
         # transposed view of the (d, F) decoder, and the copy is only F*d.
-        table = self.ae.decoder.weight.T.contiguous()
+        table = self.ae.decoder.weight.T.contiguous().to(vals.dtype)  # bf16 codes under autocast
         out = F.embedding_bag(idx, table, offsets, mode="sum", per_sample_weights=vals)
         return out + self.ae.b_dec if bias else out
 

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 class _CentredLinear(torch.autograd.Function):
     """W (x - c) + b for a constant x (N, d): W (F, d), b (F,) or None, c (d,).
 
-    Same forward as `F.linear(x - c, W, b)`. The backward gives c its gradient as
+    Same forward as `F.linear(x - c, W, b)` (under autocast, in its dtype; the gradients are
+    cast back to each input's dtype by autograd). The backward gives c its gradient as
     -(sum_n g_n) W, a (F,) x (F, d) product, where autograd would first form the (N, d) input
     gradient g W, a full (N, F) x (F, d) matmul: one of the six big matmuls of a ReLU SAE step.
     """
@@ -27,6 +28,11 @@ class _CentredLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, centre):
         xc = x - centre
+        kind = x.device.type
+        if torch.is_autocast_enabled(kind):  # cast as autocast casts F.linear, and save the casts:
+            low = torch.get_autocast_dtype(kind)  # the backward's products run in that dtype too
+            xc, weight = xc.to(low), weight.to(low)
+            bias = None if bias is None else bias.to(low)
         ctx.save_for_backward(xc, weight)
         return F.linear(xc, weight, bias)
 
