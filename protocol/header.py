@@ -22,6 +22,8 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import msgpack
+
 from boardlens.protocol.errors import ProtocolError
 
 PROTOCOL_VERSION = 1
@@ -198,6 +200,35 @@ def _desc(x: Any, limits: Limits) -> TensorDesc:
     return TensorDesc(name, dtype, tuple(shape), frame)
 
 
+_DESC_CACHE: dict[tuple[Limits, bytes], tuple[TensorDesc, ...]] = {}
+_DESC_CACHE_SIZE = 64
+
+
+def _descriptors(descs: list, limits: Limits) -> tuple[TensorDesc, ...]:
+    """The validated descriptors, memoised by their exact msgpack bytes.
+
+    A stream repeats one tensor layout message after message, so each layout is validated once
+    (~2 us to re-pack 6 descriptors against ~10 us to check them). The key is exact: re-packing
+    keeps every type apart (a bool packs as 0xc2/0xc3, never as an int; a bin never as a str),
+    so nothing is accepted that the checks would refuse. Bounded: emptied when full.
+    """
+    try:
+        key = (limits, msgpack.packb(descs, use_bin_type=True))
+    except (TypeError, ValueError, OverflowError):  # not packable: the checks say why
+        key = None
+    cached = _DESC_CACHE.get(key) if key is not None else None
+    if cached is not None:
+        return cached
+    tensors = tuple(_desc(d, limits) for d in descs)
+    if len({d.name for d in tensors}) != len(tensors):
+        raise ProtocolError("header_schema", "duplicate tensor names")
+    if key is not None:
+        if len(_DESC_CACHE) >= _DESC_CACHE_SIZE:
+            _DESC_CACHE.clear()
+        _DESC_CACHE[key] = tensors
+    return tensors
+
+
 def header_from_map(obj: Any, limits: Limits = DEFAULT_LIMITS) -> Header:
     """Validate an unpacked header map and build a Header; raises ProtocolError.
 
@@ -222,9 +253,7 @@ def header_from_map(obj: Any, limits: Limits = DEFAULT_LIMITS) -> Header:
     descs = obj["d"]
     if type(descs) is not list:
         raise ProtocolError("header_schema", f"tensors must be an array, got {_short(descs)}")
-    tensors = tuple(_desc(d, limits) for d in descs)
-    if len({d.name for d in tensors}) != len(tensors):
-        raise ProtocolError("header_schema", "duplicate tensor names")
+    tensors = _descriptors(descs, limits)
     return Header(
         version=version,
         kind=kind,

@@ -140,3 +140,12 @@ def test_non_finite_activations_are_rejected(dtype, poison):
     with pytest.raises(ProtocolError) as e:
         decode_batch(decode(encode_batch(ok)))
     assert e.value.reason == "non_finite"
+
+
+def test_a_known_layout_still_has_its_values_checked():
+    """Dtype and shape checks are memoised per layout; index ranges are checked on every batch."""
+    round_trip(make_batch())  # the layout is known from here on
+    for bad in (dict(lengths=torch.tensor([7, 9, 0], dtype=torch.int16)),  # 9 > T
+                dict(label_pos=torch.tensor([[0, 3, 7, -1], [1, 4, -1, -1], [-1] * 4], dtype=torch.int16))):
+        with pytest.raises(ProtocolError, match="batch_schema"):
+            encode_batch(make_batch(**bad))

@@ -394,3 +394,14 @@ def test_every_package_folder_is_installed():
             rel = init.parent.relative_to(ROOT / top).parts
             found.add(".".join((name, *rel)))
     assert found == listed, (sorted(found - listed), sorted(listed - found))
+
+
+def test_the_descriptor_memo_is_exact():
+    """A layout validated once is memoised by its msgpack bytes: a bool where an int is wanted,
+    or a bin where a str is, never matches the memo of the valid layout."""
+    good = [["a", "float32", [2, 3], 1]]
+    assert decode(frames_of(wire_map(d=good))).tensors["a"].shape == (2, 3)  # memoised now
+    for bad in ([["a", "float32", [2, 3], True]], [["a", "float32", [True, 3], 1]],
+                [[b"a", "float32", [2, 3], 1]], [["a", b"float32", [2, 3], 1]]):
+        assert reason_of(frames_of(wire_map(d=bad))) in ("header_schema", "shape", "dtype")
+    assert decode(frames_of(wire_map(d=good))).tensors["a"].shape == (2, 3)
