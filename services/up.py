@@ -227,7 +227,9 @@ def run(config_file=None, tokens=2_000_000, run_dir=None, quiet=False, base_port
                 break
             if all(p.poll() is not None for p in procs.values()):
                 break
-            if procs["producer"].poll() == 0 and watch.stalled(STALL_AFTER_S):
+            # A stall is a trainer still running without progress after the producer's end; once it
+            # has exited, the evaluator may take minutes over the last snapshots (chess on 2 cores).
+            if procs["producer"].poll() == 0 and procs["trainer"].poll() is None and watch.stalled(STALL_AFTER_S):
                 bar.close()
                 print(f"error: the producer has finished but the trainer made no progress for "
                       f"{STALL_AFTER_S:.0f} s (end of stream lost?); stopping. See {run_path / 'logs'}",
