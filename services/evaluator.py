@@ -87,16 +87,17 @@ class EvaluatorMetrics:
 class LiveEvaluator:
     """The consumer: `on_batch` fills the eval set, `on_snapshot` queues, `evaluate_pending` scores."""
 
-    def __init__(self, cfg: EvaluatorConfig, metrics: EvaluatorMetrics, model=None) -> None:
-        """model: the producer's LM (for the MLP-neuron and floor references), or None."""
-        self.cfg, self.m, self.model = cfg, metrics, model
+    def __init__(self, cfg: EvaluatorConfig, metrics: EvaluatorMetrics, model=None,
+                 trainers_ended=lambda: True) -> None:
+        """model: the producer's LM (for the MLP-neuron and floor references), or None.
+        trainers_ended(): whether every trainer (shard) sending snapshots has sent its end."""
+        self.cfg, self.m, self.model, self.trainers_ended = cfg, metrics, model, trainers_ended
         self.evalset: EvalSet | None = None
         self.game = ""
         self.pending: dict[str, Snapshot] = {}
         self.latest: dict[str, dict] = {}
         self.evaluations = 0  # snapshots evaluated, all SAEs
         self.trainer_ended = False  # every trainer (shard) has sent its end of stream
-        self.trainers_ended = lambda: True  # set by run(): have all the snapshot senders ended?
         self.references: dict[str, dict] = {}
         self.descriptions: dict[str, dict] = {}  # per SAE: step, summary, top latents of the newest description
         self.description_refs: dict[str, dict] = {}  # per reference: summary
@@ -325,12 +326,11 @@ def run(cfg: EvaluatorConfig) -> int:
             raise StartupError(f"evaluator --model: {e}") from e
     tel = Telemetry("evaluator", cfg.metrics_port, cfg.metrics_host, stall_after_s=cfg.health_stall_s)
     m = EvaluatorMetrics(tel)
-    ev = LiveEvaluator(cfg, m, model)
-    keep_status(tel, cfg.run_dir, ev.status)
     keys = curve(cfg, "client")
     data: Subscriber | None = Subscriber(endpoints(cfg.connect), lossy=True, cfg=transport(cfg), curve=keys)
     snaps = Subscriber(endpoints(cfg.snapshots), lossy=False, cfg=transport(cfg), curve=keys)
-    ev.trainers_ended = lambda: m.snapshot_counters.streams.all_ended(len(snaps.connected))
+    ev = LiveEvaluator(cfg, m, model, lambda: m.snapshot_counters.streams.all_ended(len(snaps.connected)))
+    keep_status(tel, cfg.run_dir, ev.status)
 
     def on_data(kind: str, payload) -> None:
         if kind == "batch":
