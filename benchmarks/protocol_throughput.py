@@ -13,6 +13,9 @@ lengths, label_pos (64, 4) and label/board (64, 4, 8, 8) int8, 7 frames.
   ours: encode_batch (per message, new seq) -> Publisher.send -> Subscriber.recv -> decode
         -> decode_batch (validated tensors viewing the frames); neither side reads the payload.
   curve: ours with CURVE on (encryption + ZAP allow-list, as deployed on Kubernetes).
+  floor: raw, plus the least any validating receiver must do: unpack the header and make one
+        pass over the activations (np.isfinite). No Python validation at all; it bounds what
+        the ours / raw ratio can reach on this machine.
 Both use the same socket types and HWMs. Throughput is measured at the receiver from the first
 to the last message (GB = 1e9 bytes); CPU us/msg from getrusage (all threads, incl. libzmq's
 I/O thread) on each side. raw and ours alternate; the median of the per-pair ratios is
@@ -68,14 +71,21 @@ def receive(mode: str, endpoint: str, n: int, tuned: bool, keys: str = "") -> No
 
     if tuned and not tune_malloc():
         raise RuntimeError("mallopt unavailable")
-    if mode == "raw":
+    if mode in ("raw", "floor"):
+        import msgpack
+        import numpy as np
+
         sock = zmq.Context.instance().socket(zmq.SUB)
         sock.setsockopt(zmq.RCVHWM, HWM)
         sock.setsockopt(zmq.SUBSCRIBE, b"")
         sock.connect(endpoint)
 
         def recv_one() -> int:
-            return sum(len(f.buffer) for f in sock.recv_multipart(copy=False))
+            frames = sock.recv_multipart(copy=False)
+            if mode == "floor":
+                msgpack.unpackb(frames[0].buffer)
+                assert np.isfinite(np.frombuffer(frames[1].buffer, np.float32)).all()  # acts
+            return sum(len(f.buffer) for f in frames)
     else:
         from boardlens.protocol import decode, decode_batch
         from boardlens.protocol.security import client_keys
@@ -105,7 +115,7 @@ def send(mode: str, n: int, tuned: bool, games: int, d: int = 64, p: int = 4, ke
     from boardlens.protocol.transport import Publisher, TransportConfig
 
     batch = make_batch(games, d, p)
-    if mode == "raw":
+    if mode in ("raw", "floor"):
         frames = encode_batch(batch)  # the same bytes as ours, built once
         sock = zmq.Context.instance().socket(zmq.XPUB)
         sock.setsockopt(zmq.SNDHWM, HWM)
@@ -122,7 +132,7 @@ def send(mode: str, n: int, tuned: bool, games: int, d: int = 64, p: int = 4, ke
     cmd = [sys.executable, __file__, "--receive", mode, endpoint, str(n), str(int(tuned)), keys]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     try:
-        if mode == "raw":
+        if mode in ("raw", "floor"):
             assert sock.poll(30_000), "receiver did not subscribe"
             sock.recv()  # the subscription: from now on every message reaches it
             c0 = cpu_s()
@@ -139,7 +149,7 @@ def send(mode: str, n: int, tuned: bool, games: int, d: int = 64, p: int = 4, ke
     finally:
         if proc.poll() is None:
             proc.kill()
-        sock.close() if mode == "raw" else pub.close()
+        sock.close() if mode in ("raw", "floor") else pub.close()
     if proc.returncode != 0:
         raise RuntimeError(f"{mode} receiver failed with {proc.returncode}")
     return {**json.loads(out), "tx_cpu_us": tx_cpu_us}
@@ -170,7 +180,7 @@ def main() -> None:
     keys = tempfile.mkdtemp(prefix="boardlens-bench-keys-")
     generate(keys)
     for tuned in ((True,) if args.tiny else (False, True)):
-        runs: dict[str, list[dict]] = {"raw": [], "ours": [], "curve": []}
+        runs: dict[str, list[dict]] = {"raw": [], "ours": [], "curve": [], "floor": []}
         setting = "tune_malloc()" if tuned else "glibc default"
         for rep in range(args.reps):
             for mode in runs:
@@ -180,7 +190,7 @@ def main() -> None:
                       f"tx {r['tx_cpu_us']:.0f} us rx {r['rx_cpu_us']:.0f} us "
                       f"({args.n} x {r['msg_bytes']} B)", flush=True)
         for mode, label in (("raw", "raw pyzmq zero-copy"), ("ours", "protocol full path "),
-                            ("curve", "protocol + CURVE   ")):
+                            ("curve", "protocol + CURVE   "), ("floor", "raw + header + scan")):
             med = {k: statistics.median(r[k] for r in runs[mode])
                    for k in ("gbps", "tx_cpu_us", "rx_cpu_us")}
             print(f"[{setting}] {label}: median {med['gbps']:.2f} GB/s (best "
@@ -188,7 +198,12 @@ def main() -> None:
                   f"{med['tx_cpu_us']:.0f} us rx {med['rx_cpu_us']:.0f} us")
         ratio = statistics.median(o["gbps"] / r["gbps"]
                                   for r, o in zip(runs["raw"], runs["ours"], strict=True))
-        print(f"[{setting}] ratio ours / raw (the baseline; median of pairs): {ratio:.2f}  (target >= 0.8)")
+        print(f"[{setting}] ratio ours / raw (the baseline; median of pairs): {ratio:.2f}  "
+              "(target >= 0.9 at 1 MiB, >= 0.95 at the producer's batch)")
+        ratio = statistics.median(f["gbps"] / r["gbps"]
+                                  for r, f in zip(runs["raw"], runs["floor"], strict=True))
+        print(f"[{setting}] ratio floor / raw (median of pairs): {ratio:.2f}  (the most a receiver "
+              "that unpacks the header and scans the activations once can reach here)")
         ratio = statistics.median(c["gbps"] / o["gbps"]
                                   for o, c in zip(runs["ours"], runs["curve"], strict=True))
         print(f"[{setting}] ratio curve / ours (median of pairs): {ratio:.2f}  (the cost of encryption)")

@@ -48,6 +48,7 @@ _NUMPY: dict[str, np.dtype] = {
 }
 _FROM_TORCH = {dt: name for name, dt in _TORCH.items()}
 _FROM_NUMPY = {np.dtype(name): name for name in DTYPES if name != "bfloat16"}
+_BYTE = np.dtype(np.uint8)
 # torch warns when wrapping read-only memory; see _tensor.
 _READONLY_WARNING = "The given (buffer|NumPy array) is not writable"
 
@@ -68,6 +69,17 @@ class Message(NamedTuple):
 def _to_wire(name: str, t: Any) -> tuple[str, np.ndarray]:
     """-> (wire dtype, C-contiguous numpy array aliasing the tensor's memory)."""
     if isinstance(t, torch.Tensor):
+        # Fast path, one call: numpy() refuses every tensor the checks below would refuse or
+        # convert (CUDA, sparse, requires_grad, negative bit, bfloat16), so what it returns
+        # is a plain host view. Those tensors take the explicit path, which says why.
+        try:
+            arr = t.numpy()
+        except Exception:  # noqa: BLE001 - any refusal: the explicit path decides
+            arr = None
+        if arr is not None and arr.flags.c_contiguous:
+            dtype = _FROM_NUMPY.get(arr.dtype)
+            if dtype is not None:
+                return dtype, arr
         if not t.is_cpu:
             # Plain ValueError: a caller bug, not a wire violation. Moving to host is the
             # caller's decision (it may want pinned memory or a non_blocking copy).
@@ -121,7 +133,7 @@ def encode(
         dtype, arr = _to_wire(name, t)
         descs.append([name, dtype, list(arr.shape), frame])
         # Flat uint8 view (no copy): every buffer's len() is its byte count.
-        bufs.append(arr.reshape(-1).view(np.uint8))
+        bufs.append(arr.reshape(-1).view(_BYTE))
     wire_meta = {k: list(v) if type(v) is tuple else v for k, v in (meta or {}).items()}
     wire = {
         "v": PROTOCOL_VERSION,
@@ -135,12 +147,11 @@ def encode(
         "x": wire_meta,
         "d": descs,
     }
+    # The decoder's own checks, so the encoder never emits what a decoder would reject. They
+    # include max_frame_bytes: a valid descriptor's shape bounds its frame's bytes.
     header_from_map(wire, limits)
     if 1 + len(bufs) > limits.max_frames:
         raise ProtocolError("frame_count", f"{1 + len(bufs)} frames > {limits.max_frames}")
-    for d, buf in zip(descs, bufs, strict=True):
-        if buf.nbytes > limits.max_frame_bytes:
-            raise ProtocolError("limits", f"tensor {d[0]!r}: {buf.nbytes} bytes > max_frame_bytes")
     try:
         head = msgpack.packb(wire, use_bin_type=True)
     except (UnicodeEncodeError, OverflowError, TypeError, ValueError) as e:

@@ -181,9 +181,12 @@ def receive(sub: Subscriber, counters: MessageCounters, timeout_ms: int,
         # Sequence first: a replayed or stale message costs no batch validation, and a batch
         # with a bad body still uses up its seq (it is counted as rejected, not also as lost).
         src = source_of(h)
+        known = src in counters.streams.trackers
         lost, reason = counters.streams.check(src, h.epoch, h.seq, h.kind)  # every kind shares seq
+        if not known and src in counters.streams.trackers:  # a new sender, within the bound on
+            counters.lost.labels(src or "-")  # them: its zero series, so rate() sees its first loss
         if lost:
-            counters.lost.inc(lost)
+            counters.lost.labels(src or "-").inc(lost)
             log.warning("lost %d messages before seq %d%s", lost, h.seq, f" of {src}" if src else "")
         if reason is not None:
             raise ProtocolError(reason, f"{h.kind} epoch {h.epoch} seq {h.seq}")

@@ -150,7 +150,7 @@ class ProducerConfig(ServiceOptions):
     wait_lossy_consumers: int = 0
     """Lossy subscribers to wait for before streaming."""
     wait_timeout_s: float = 120.0
-    """Give up waiting for subscribers after this long."""
+    """Give up waiting for subscribers after this long: an error (exit 1), nothing is sent."""
     max_tokens: int = 0
     """Stop after streaming this many tokens and send an end-of-stream message (0 = forever)."""
     blocked_unhealthy_s: float = 120.0

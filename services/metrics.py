@@ -28,9 +28,10 @@ from typing import NamedTuple
 
 SERVICES = ("producer", "trainer", "evaluator")
 COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
-# Small cardinality only: never a sequence number, game id or step.
+# Small cardinality only: never a sequence number, game id or step. `source` is a sender's
+# name (a producer or trainer shard): a handful per run, and protocol.Streams bounds them.
 LABELS = ("service", "version", "sae", "term", "family", "split", "reference", "reason", "mode",
-          "outcome", "score")
+          "outcome", "score", "source")
 
 _LATENCY_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _STEP_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -76,7 +77,8 @@ def _channel(prefix: str, what: str, lost_unit: str) -> Channel:
         Metric(f"{prefix}_messages_rejected_total", COUNTER,
                f"{what} messages rejected by the protocol decoder or the handler", ("reason",)),
         Metric(f"{prefix}_{lost_unit}_lost_total", COUNTER,
-               f"{what} messages missing from the sender's sequence (epoch, seq)"),
+               f"{what} messages missing from the sender's sequence (epoch, seq), by sender "
+               "(its name: a producer's --name, else host:port; '-' when unnamed)", ("source",)),
         Metric(f"{prefix}_received_bytes_total", COUNTER, f"{what} bytes received"),
     )
 

@@ -225,6 +225,7 @@ class Producer:
         return True
 
     def _wait_for_subscribers(self, stop) -> bool:
+        """True once they are all there; False if stopped; StartupError after wait_timeout_s."""
         cfg = self.cfg
         deadline = time.monotonic() + cfg.wait_timeout_s
         for n, lossless in ((cfg.wait_consumers, True), (cfg.wait_lossy_consumers, False)):
@@ -234,8 +235,13 @@ class Producer:
                 if self.pub.wait_for_subscribers(n, min(1.0, max(left, 0)), lossless=lossless):
                     break
                 if left <= 0:
-                    log.error("gave up waiting for %d subscribers after %.0f s", n, cfg.wait_timeout_s)
-                    return False
+                    # An error, not an empty stream: the consumers it was told to wait for are
+                    # missing (exit 1; on Kubernetes the pod restarts and waits again).
+                    raise StartupError(
+                        f"gave up after {cfg.wait_timeout_s:.0f} s waiting for {n} "
+                        f"{'lossless' if lossless else 'lossy'} subscribers (connected: "
+                        f"{self.pub.subscriber_count(lossless=lossless)}) on "
+                        f"{self.pub.lossless_endpoint if lossless else self.pub.lossy_endpoint}")
         return not stop.is_set()
 
     def _update_subscriber_gauges(self) -> None:

@@ -89,6 +89,11 @@ def by_reason(metric: Metric, what: str) -> tuple[tuple[str, str], ...]:
     return ((rate(metric), f"{what} (all reasons)"), (f"{rate(metric, 'reason')} > 0", f"{what} {{{{reason}}}}"))
 
 
+def by_source(metric: Metric, what: str) -> tuple[tuple[str, str], ...]:
+    """The total rate, and each sender's (producer's) rate only while it is non-zero."""
+    return ((rate(metric), f"{what} (all sources)"), (f"{rate(metric, 'source')} > 0", f"{what} {{{{source}}}}"))
+
+
 def per_service(expr: str) -> str:
     """Sum by service of a per-target series (e.g. process_*), whatever the job names: joined
     to boardlens_build_info, which carries the service."""
@@ -182,7 +187,7 @@ ROWS: list[tuple[str, list[Panel]]] = [
         ), "short"),
         Panel("Trainer messages / s: received, lost, rejected", (
             (rate(M.TRAINER_DATA.received), "received"),
-            (rate(M.TRAINER_DATA.lost), "lost batches"),
+            *by_source(M.TRAINER_DATA.lost, "lost batches"),
             *by_reason(M.TRAINER_DATA.rejected, "rejected"),
         ), "short"),
         Panel("Steps skipped (non-finite loss or gradient) / min", (

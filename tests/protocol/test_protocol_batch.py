@@ -149,3 +149,36 @@ def test_a_known_layout_still_has_its_values_checked():
                 dict(label_pos=torch.tensor([[0, 3, 7, -1], [1, 4, -1, -1], [-1] * 4], dtype=torch.int16))):
         with pytest.raises(ProtocolError, match="batch_schema"):
             encode_batch(make_batch(**bad))
+
+
+def _values_ok(t: int, lengths: list[int], label_pos: list[list[int]]) -> bool:
+    """The index-range rule, spelled out plainly."""
+    return (all(0 <= n <= t for n in lengths)
+            and all(p == -1 or 0 <= p < lengths[b] for b, row in enumerate(label_pos) for p in row))
+
+
+EDGE_LENGTHS = (-32768, -1, 0, 1, T - 1, T, T + 1, 32767)
+EDGE_POS = (-32768, -2, -1, 0, 1, T - 2, T - 1, T, 32766, 32767)
+
+
+@pytest.mark.parametrize("length", EDGE_LENGTHS)
+def test_index_checks_agree_with_the_plain_rule_at_every_int16_edge(length):
+    """The checks read int16 as uint16 to test both ends at once; at the edges of int16 that
+    must still say exactly what the plain rule says, on both sides of the wire."""
+    for pos in EDGE_POS:
+        lengths, label_pos = [length, 3, 0], [[pos, -1, -1, -1], [2, -1, -1, -1], [-1] * 4]
+        batch = make_batch(lengths=torch.tensor(lengths, dtype=torch.int16),
+                           label_pos=torch.tensor(label_pos, dtype=torch.int16))
+        tensors = {n: getattr(batch, n) for n in ("acts", "tokens", "game_ids", "lengths",
+                                                  "label_pos")}
+        tensors.update({f"label/{f}": v for f, v in batch.labels.items()})
+        unchecked = encode("batch", epoch="ab", seq=0, game="g", model="m", layer=0,
+                           tensors=tensors)
+        if _values_ok(T, lengths, label_pos):
+            encode_batch(batch)
+            decode_batch(decode(unchecked))
+            continue
+        with pytest.raises(ProtocolError, match="batch_schema"):
+            encode_batch(batch)
+        with pytest.raises(ProtocolError, match="batch_schema"):
+            decode_batch(decode(unchecked))  # a known layout by now: the values alone decide

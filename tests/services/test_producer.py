@@ -142,6 +142,9 @@ def test_chess_from_a_pgn_file_streams_every_game_with_its_labels_then_ends(tmp_
     (["--model", "models/chess-gpt-random", "--source", "pgn:/no/such/file.pgn"], "no such file"),
     (["--source", "stockfish"], "'random' source only"),  # the default model is Othello's
     (["--model", "/no/such/model"], "/no/such/model"),
+    # Told to wait for a consumer that never comes: an error, not an empty stream that ends well.
+    (["--model", "models/othello-gpt-random", "--wait-consumers", "1", "--wait-timeout-s", "1"],
+     "gave up after 1 s waiting for 1 lossless subscribers (connected: 0)"),
 ])
 def test_bad_start_config_is_a_one_line_error(args, message):
     import subprocess
