@@ -23,6 +23,8 @@ reported, since back-to-back pairs see similar load on a shared 2-core machine; 
 curve / ours, the price of encryption. --tiny: a few messages of each, one rep (for the tests).
 Two receiver allocator settings: glibc defaults, and protocol.transport.tune_malloc(), which
 stops glibc from trimming and re-faulting the 1 MiB receive buffers (applied to both modes).
+Last, the breakdown: each protocol step in one process, in a hot loop and with 16 MiB streamed
+through the caches before every call (as the socket copies do between messages).
 """
 
 from __future__ import annotations
@@ -155,6 +157,36 @@ def send(mode: str, n: int, tuned: bool, games: int, d: int = 64, p: int = 4, ke
     return {**json.loads(out), "tx_cpu_us": tx_cpu_us}
 
 
+def breakdown(games: int, d: int, p: int, n: int) -> None:
+    """Per-message cost of each protocol step, hot and between cache flushes (us)."""
+    import numpy as np
+
+    from boardlens.protocol import decode, decode_batch, encode_batch
+    from boardlens.protocol.batch import _all_finite
+
+    batch = make_batch(games, d, p)
+    frames = [zmq.Frame(bytearray(memoryview(f))) for f in encode_batch(batch)]  # as received
+    msg = decode(frames)
+    src, dst = np.ones(4 << 20, np.float32), np.empty(4 << 20, np.float32)
+
+    def per_call_us(fn, flush: bool) -> float:
+        total = 0.0
+        for _ in range(n):
+            if flush:
+                np.copyto(dst, src)  # 16 MiB through the caches
+            t0 = time.perf_counter()
+            fn()
+            total += time.perf_counter() - t0
+        return total / n * 1e6
+
+    steps = (("encode_batch", lambda: encode_batch(batch)), ("decode", lambda: decode(frames)),
+             ("decode_batch (all checks)", lambda: decode_batch(msg)),
+             ("  of which the NaN/Inf scan", lambda: _all_finite(msg.tensors["acts"])))
+    for name, fn in steps:
+        print(f"[breakdown] {name:28s} hot {per_call_us(fn, False):7.1f} us, "
+              f"between cache flushes {per_call_us(fn, True):7.1f} us")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=2000, help="messages per measurement")
@@ -207,6 +239,7 @@ def main() -> None:
         ratio = statistics.median(c["gbps"] / o["gbps"]
                                   for o, c in zip(runs["ours"], runs["curve"], strict=True))
         print(f"[{setting}] ratio curve / ours (median of pairs): {ratio:.2f}  (the cost of encryption)")
+    breakdown(args.games, args.d, args.labelled, 20 if args.tiny else 300)
 
 
 if __name__ == "__main__":

@@ -137,6 +137,8 @@ def evaluate(config_file, **options):
 @click.option("--device", default=None, help="Producer and trainer device [default: auto].")
 @click.option("--base-port", type=int, default=0, help="First of 6 consecutive ports (0 = pick free ones).")
 @click.option("--quiet", is_flag=True, help="No live progress line.")
+@click.option("--evaluate/--no-evaluate", default=True, show_default=True,
+              help="Run the evaluator (--no-evaluate: train only, no metrics or final table).")
 def up(config_file, saes, saes_old, **options):
     """Run producer, trainer and evaluator as separate processes on loopback, with live progress.
 
@@ -531,7 +533,10 @@ def sae_floor(model, control, tokens: int, saes, saes_old, d_sae, run_dir) -> No
     control_dir = Path(control or f"{model_dir}-random")
     _, meta = _load_lm(str(control_dir))
     run = Path(run_dir or f"{RUNS_DIR}/floor-{model_dir.name}")
-    code = up.run(tokens=tokens, run_dir=str(run), model=str(control_dir), saes=saes + saes_old, d_sae=d_sae, quiet=True)
+    # Training only: the floor files are the checkpoints; the evaluator that scores them as the
+    # random_init_sae reference runs in the user's own `up` (an evaluation here took minutes on chess).
+    code = up.run(tokens=tokens, run_dir=str(run), model=str(control_dir), saes=saes + saes_old, d_sae=d_sae,
+                  quiet=True, evaluate=False)
     if code:
         raise click.ClickException(f"the training on {control_dir} failed; see {run}/logs")
     floor = model_dir / "floor"

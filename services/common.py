@@ -183,8 +183,10 @@ def receive(sub: Subscriber, counters: MessageCounters, timeout_ms: int,
         src = source_of(h)
         known = src in counters.streams.trackers
         lost, reason = counters.streams.check(src, h.epoch, h.seq, h.kind)  # every kind shares seq
-        if not known and src in counters.streams.trackers:  # a new sender, within the bound on
-            counters.lost.labels(src or "-")  # them: its zero series, so rate() sees its first loss
+        if not known and src in counters.streams.trackers:
+            # A sender seen for the first time (Streams bounds how many): its series starts at
+            # 0, so rate() and the alert see its first loss.
+            counters.lost.labels(src or "-")
         if lost:
             counters.lost.labels(src or "-").inc(lost)
             log.warning("lost %d messages before seq %d%s", lost, h.seq, f" of {src}" if src else "")

@@ -5,7 +5,8 @@ starts evaluator, trainer and producer (the producer waits for both consumers), 
 progress line read from their status records (`<run>/<service>_status.json`, see
 services/status.py; never from /metrics, which is Prometheus' interface), and stops after
 --tokens (end of stream flows producer -> trainer -> evaluator) or on Ctrl-C (SIGTERM to
-every child). Then it prints the final table from `<run>/final_metrics.json`.
+every child). Then it prints the final table from `<run>/final_metrics.json`. With
+--no-evaluate only producer and trainer run (training alone, e.g. `sae floor`).
 """
 
 from __future__ import annotations
@@ -67,8 +68,9 @@ trained model's residual is far from unit norm: starting losses ~50x larger slow
 def build_configs(config_file: str | None, run_dir: str, tokens: int, base_port: int,
                   game=DEFAULT_GAME, model=None, source=None, label_workers=None, saes=(), d_sae=None,
                   batch_size=None, steps=None, lr=None, train_games=None, test_games=None,
-                  device=None) -> dict:
+                  device=None, evaluate=True) -> dict:
     """Resolve the three configs for a loopback run; flags given to `up` win over the file.
+    evaluate=False: producer and trainer only (no evaluator section, nothing waits for one).
 
     Without a config file, `up` is tuned for a short run on a laptop: lr 1e-3 with a
     100-step warmup (the paper's 3e-4 and 1000 steps suit its 36k-step runs), activations
@@ -87,7 +89,7 @@ def build_configs(config_file: str | None, run_dir: str, tokens: int, base_port:
     prod = resolve(ProducerConfig, config_file, {
         "model": model, "source": source, "label_workers": label_workers, "device": device,
         "bind": ep[0], "bind_lossy": ep[1], "max_tokens": tokens,
-        "wait_consumers": 1, "wait_lossy_consumers": 1, "metrics_port": ports[3],
+        "wait_consumers": 1, "wait_lossy_consumers": int(evaluate), "metrics_port": ports[3],
         "threads": th("producer"), "status_dir": run_dir})
     train = resolve(TrainerConfig, config_file, {
         "connect": ep[0], "snapshot_bind": ep[2], "run_dir": run_dir,
@@ -98,6 +100,8 @@ def build_configs(config_file: str | None, run_dir: str, tokens: int, base_port:
         "lr": lr or (1e-3 if not config_file else None),
         "warmup_steps": 100 if not config_file else None, "snapshot_every": 50 if not config_file else None,
         "threads": th("trainer"), "resume": "never"})  # `up` always starts a run afresh
+    if not evaluate:
+        return {"producer": prod, "trainer": train}
     ev = resolve(EvaluatorConfig, config_file, {
         "connect": ep[1], "snapshots": ep[2], "run_dir": run_dir, "train_games": train_games,
         "test_games": test_games, "metrics_port": ports[5], "threads": th("evaluator"),
@@ -211,7 +215,7 @@ def run(config_file=None, tokens=2_000_000, run_dir=None, quiet=False, base_port
     print(f"boardlens up: run folder {run_path}, config {cfg_file}", flush=True)
     commands = {"evaluator": "evaluate", "trainer": "train", "producer": "produce"}
     procs = {name: spawn(commands[name], ["--config", str(cfg_file)], run_path / "logs" / f"{name}.log")
-             for name in SERVICES}
+             for name in SERVICES if name in cfgs}
     interrupted = threading.Event()
     old = {s: signal.signal(s, lambda *_: interrupted.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     t0, code = time.time(), 0
@@ -246,7 +250,8 @@ def run(config_file=None, tokens=2_000_000, run_dir=None, quiet=False, base_port
             print(f"{name} did not stop within 60 s; killed it", file=sys.stderr)
         for s, h in old.items():
             signal.signal(s, h)
-    print(final_table(run_path), flush=True)
+    if "evaluator" in cfgs:
+        print(final_table(run_path), flush=True)
     print(f"run folder: {run_path} (config.yaml, checkpoints/, train.jsonl, metrics.jsonl, logs/)")
     return code
 

@@ -27,6 +27,10 @@ def test_up_runs_to_the_final_table(tmp_path):
     assert floor.returncode == 0, floor.stdout + floor.stderr
     meta = json.loads((model / "floor" / "standard-128-0.05.json").read_text())
     assert meta["control_model"] == "../m-random" and meta["layer"] == model_dims(model)[1] and meta["tokens"] == 30000
+    # The floor is training only (`up --no-evaluate`): no evaluator ran or was waited for.
+    floor_run = tmp_path / "floor-run"
+    assert set(yaml.safe_load((floor_run / "config.yaml").read_text())) == {"producer", "trainer"}
+    assert not (floor_run / "logs" / "evaluator.log").exists() and not (floor_run / "final_metrics.json").exists()
     run = tmp_path / "run"
     out = subprocess.run(
         [sys.executable, "-m", "boardlens.services.cli", "up", "--model", str(model),
