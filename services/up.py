@@ -252,7 +252,8 @@ def run(config_file=None, tokens=2_000_000, run_dir=None, quiet=False, base_port
             signal.signal(s, h)
     if "evaluator" in cfgs:
         print(final_table(run_path), flush=True)
-    print(f"run folder: {run_path} (config.yaml, checkpoints/, train.jsonl, metrics.jsonl, logs/)")
+    metrics = ", metrics.jsonl" if "evaluator" in cfgs else ""
+    print(f"run folder: {run_path} (config.yaml, checkpoints/, train.jsonl{metrics}, logs/)")
     return code
 
 
