@@ -148,6 +148,9 @@ def _common_options(sock: zmq.Socket, cfg: TransportConfig) -> None:
     lossy publisher, whose subscribers may be dropped, also uses ZMTP heartbeats.
     """
     sock.setsockopt(zmq.LINGER, cfg.linger_ms)
+    # IPv6 too: a bind to * is dual-stack and IPv6 addresses can be connected (IPv6-only
+    # Kubernetes clusters). libzmq falls back to IPv4 where the host has no IPv6.
+    sock.setsockopt(zmq.IPV6, 1)
     sock.setsockopt(zmq.HEARTBEAT_IVL, 0)
     sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
     sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, cfg.tcp_keepalive_idle_s)
@@ -374,14 +377,16 @@ class Publisher:
 
 
 DNS_SCHEME = "dns+tcp://"
-"""`dns+tcp://host:port`: connect to every IPv4 address the name resolves to, re-resolved while
-running. A Kubernetes headless Service resolves to one address per ready (or, with
-publishNotReadyAddresses, every) pod, so consumers reach every producer replica."""
+"""`dns+tcp://host:port`: connect to every IPv4 address the name resolves to (every IPv6 one if it
+has none), re-resolved while running. A Kubernetes headless Service resolves to one address per
+ready (or, with publishNotReadyAddresses, every) pod, so consumers reach every producer replica."""
 
 
 def split_dns_endpoint(endpoint: str) -> tuple[str, int]:
-    """`dns+tcp://host:port` -> (host, port); ValueError for anything else."""
+    """`dns+tcp://host:port` (an IPv6 literal in brackets) -> (host, port); ValueError otherwise."""
     host, sep, port = endpoint.removeprefix(DNS_SCHEME).rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
     if not endpoint.startswith(DNS_SCHEME) or not sep or not host or not port.isdigit():
         raise ValueError(f"{endpoint!r}: expected dns+tcp://host:port")
     return host, int(port)
@@ -391,18 +396,21 @@ def resolve_endpoint(endpoint: str) -> list[str]:
     """The concrete ZeroMQ endpoints behind one configured endpoint, sorted.
 
     tcp://, ipc:// and inproc:// endpoints are themselves; `dns+tcp://host:port` is
-    `tcp://<ip>:port` for every IPv4 address of host ([] while the name does not resolve, as
-    for a Service with no pod yet). IPv4 only: a name with both families would otherwise count
-    one producer twice.
+    `tcp://<ip>:port` for every IPv4 address of host, or `tcp://[<ip6>]:port` for every IPv6
+    one when it has no IPv4 address ([] while the name does not resolve, as for a Service with
+    no pod yet). One family only: a dual-stack name would otherwise count each producer twice.
     """
     if not endpoint.startswith(DNS_SCHEME):
         return [endpoint]
     host, port = split_dns_endpoint(endpoint)
-    try:
-        infos = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)
-    except socket.gaierror:
-        return []
-    return sorted({f"tcp://{info[4][0]}:{port}" for info in infos})
+    for family, form in ((socket.AF_INET, "tcp://{}:{}"), (socket.AF_INET6, "tcp://[{}]:{}")):
+        try:
+            infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+        except socket.gaierror:
+            continue
+        if infos:
+            return sorted({form.format(info[4][0], port) for info in infos})
+    return []
 
 
 class Subscriber:

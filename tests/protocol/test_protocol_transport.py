@@ -434,3 +434,26 @@ def test_one_subscriber_hears_several_publishers_by_list_and_by_dns():
             assert [e for e, _ in got] == ["aa"] * 3 + ["bb"] * 3
         finally:
             sub.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_name_with_only_ipv6_addresses_is_reached_over_ipv6():
+    """IPv6-only clusters: a publisher bound to ::1, a dns+tcp name with no IPv4 address."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError as e:
+        pytest.skip(f"no IPv6 loopback here: {e}")
+    with Publisher("tcp://[::1]:0", None) as pub:
+        port = pub.lossless_endpoint.rpartition(":")[2]
+        assert resolve_endpoint(f"dns+tcp://[::1]:{port}") == [f"tcp://[::1]:{port}"]
+        assert resolve_endpoint(f"dns+tcp://localhost:{port}") == [f"tcp://127.0.0.1:{port}"]  # IPv4 first
+        sub = Subscriber(f"dns+tcp://[::1]:{port}", name="v6")
+        try:
+            assert pub.wait_for_subscribers(1, 10)
+            pub.send(message(0, 1024, epoch="cc"))
+            assert decode(sub.recv(5000)).header.epoch == "cc"
+        finally:
+            sub.close()
