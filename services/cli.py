@@ -135,7 +135,12 @@ def evaluate(config_file, **options):
 @click.option("--train-games", type=int, default=None, help="Eval train-split games [default: 1000].")
 @click.option("--test-games", type=int, default=None, help="Eval test-split games [default: 1000].")
 @click.option("--device", default=None, help="Producer and trainer device [default: auto].")
-@click.option("--base-port", type=int, default=0, help="First of 6 consecutive ports (0 = pick free ones).")
+@click.option("--base-port", type=int, default=0,
+              help="First of 6 consecutive ports, +3 per extra producer, +2 per extra shard (0 = pick free ones).")
+@click.option("--producers", type=int, default=1, show_default=True,
+              help="Producers, each streaming its own games (seed +i, name p<i>); every shard trains on all of them.")
+@click.option("--shards", type=int, default=1, show_default=True,
+              help="Trainer processes the sweep is split over (train --shard I/M).")
 @click.option("--quiet", is_flag=True, help="No live progress line.")
 @click.option("--evaluate/--no-evaluate", default=True, show_default=True,
               help="Run the evaluator (--no-evaluate: train only, no metrics or final table).")

@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from boardlens.atomic import write_text
+from boardlens.layout import shard_folder
 from boardlens.progress import Progress
 from boardlens.services.config import (
     DEFAULT_GAME,
@@ -68,17 +69,29 @@ trained model's residual is far from unit norm: starting losses ~50x larger slow
 def build_configs(config_file: str | None, run_dir: str, tokens: int, base_port: int,
                   game=DEFAULT_GAME, model=None, source=None, label_workers=None, saes=(), d_sae=None,
                   batch_size=None, steps=None, lr=None, train_games=None, test_games=None,
-                  device=None, evaluate=True) -> dict:
+                  device=None, evaluate=True, producers=1, shards=1) -> dict:
     """Resolve the three configs for a loopback run; flags given to `up` win over the file.
     evaluate=False: producer and trainer only (no evaluator section, nothing waits for one).
+    producers=N, shards=M: the sections hold instance 0; `instances` gives the others' flags.
 
     Without a config file, `up` is tuned for a short run on a laptop: lr 1e-3 with a
     100-step warmup (the paper's 3e-4 and 1000 steps suit its 36k-step runs), activations
     scaled to unit mean squared norm (UP_SAES), snapshots every 50 steps, one torch thread per
     process on small machines.
     """
-    ports = list(range(base_port, base_port + 6)) if base_port else free_ports(6)
+    if producers < 1 or shards < 1:
+        raise ValueError("--producers and --shards must be >= 1")
+    # Six ports for one of each; each further producer takes 3 more, each further shard 2.
+    n_ports = 6 + 3 * (producers - 1) + 2 * (shards - 1)
+    ports = list(range(base_port, base_port + n_ports)) if base_port else free_ports(n_ports)
     ep = [f"tcp://127.0.0.1:{p}" for p in ports[:3]]
+    extra = ports[6:]
+    prod_eps = [(ep[0], ep[1], ports[3])] + [
+        (f"tcp://127.0.0.1:{extra[3 * i]}", f"tcp://127.0.0.1:{extra[3 * i + 1]}", extra[3 * i + 2])
+        for i in range(producers - 1)]
+    extra = extra[3 * (producers - 1):]
+    shard_eps = [(ep[2], ports[4])] + [(f"tcp://127.0.0.1:{extra[2 * i]}", extra[2 * i + 1])
+                                       for i in range(shards - 1)]
     batch = batch_size or 2048
     # Three processes share the cores: oversubscribed torch threads spin and slow everyone.
     ncpu = os.cpu_count() or 2
@@ -88,11 +101,13 @@ def build_configs(config_file: str | None, run_dir: str, tokens: int, base_port:
         model = bundled_model(game)
     prod = resolve(ProducerConfig, config_file, {
         "model": model, "source": source, "label_workers": label_workers, "device": device,
-        "bind": ep[0], "bind_lossy": ep[1], "max_tokens": tokens,
-        "wait_consumers": 1, "wait_lossy_consumers": int(evaluate), "metrics_port": ports[3],
-        "threads": th("producer"), "status_dir": run_dir})
+        "bind": ep[0], "bind_lossy": ep[1], "max_tokens": -(-tokens // producers),  # each its share
+        "wait_consumers": shards, "wait_lossy_consumers": int(evaluate), "metrics_port": ports[3],
+        "threads": th("producer"), "status_dir": run_dir if producers == 1 else f"{run_dir}/producer-0",
+        **({"name": "p0"} if producers > 1 else {})})
     train = resolve(TrainerConfig, config_file, {
-        "connect": ep[0], "snapshot_bind": ep[2], "run_dir": run_dir,
+        "connect": ",".join(e[0] for e in prod_eps), "snapshot_bind": ep[2], "run_dir": run_dir,
+        **({"shard": f"0/{shards}"} if shards > 1 else {}),
         "saes": tuple(saes) or (UP_SAES if not config_file else None),
         "d_sae": d_sae, "batch_size": batch, "device": device, "metrics_port": ports[4],
         "buffer_activations": max(16 * batch, 30_000),
@@ -100,27 +115,35 @@ def build_configs(config_file: str | None, run_dir: str, tokens: int, base_port:
         "lr": lr or (1e-3 if not config_file else None),
         "warmup_steps": 100 if not config_file else None, "snapshot_every": 50 if not config_file else None,
         "threads": th("trainer"), "resume": "never"})  # `up` always starts a run afresh
-    if not evaluate:
-        return {"producer": prod, "trainer": train}
-    ev = resolve(EvaluatorConfig, config_file, {
-        "connect": ep[1], "snapshots": ep[2], "run_dir": run_dir, "train_games": train_games,
-        "test_games": test_games, "metrics_port": ports[5], "threads": th("evaluator"),
-        "model": prod.model})  # the same LM: its MLP neurons and floor SAEs are references
-    return {"producer": prod, "trainer": train, "evaluator": ev}
+    instances = {f"producer-{i}": {"seed": prod.seed + i, "name": f"p{i}", "bind": bind, "bind_lossy": lossy,
+                                   "metrics_port": port, "status_dir": f"{run_dir}/producer-{i}"}
+                 for i, (bind, lossy, port) in enumerate(prod_eps) if i}
+    instances.update({f"trainer-{i}": {"shard": f"{i}/{shards}", "snapshot_bind": snap, "metrics_port": port}
+                      for i, (snap, port) in enumerate(shard_eps) if i})
+    cfgs = {"producer": prod, "trainer": train, "instances": instances}
+    if evaluate:
+        cfgs["evaluator"] = resolve(EvaluatorConfig, config_file, {
+            "connect": ",".join(e[1] for e in prod_eps), "snapshots": ",".join(e[0] for e in shard_eps),
+            "run_dir": run_dir, "train_games": train_games, "test_games": test_games,
+            "metrics_port": ports[5], "threads": th("evaluator"),
+            "model": prod.model})  # the same LM: its MLP neurons and floor SAEs are references
+    return cfgs
 
 
-def progress_line(run_dir: Path, t0: float) -> str:
+def progress_line(run_dir: Path, t0: float, producer_dirs=None, trainer_dirs=None) -> str:
     """One status line from the services' status records (a service that has exited left its
-    last one)."""
-    p = read_status(run_dir, ProducerStatus)
-    t = read_status(run_dir, TrainerStatus)
+    last one). Several producers: their tokens summed; several trainer shards: the slowest
+    one's step and every shard's SAEs."""
+    ps = [p for d in producer_dirs or [run_dir] if (p := read_status(d, ProducerStatus))]
+    ts = [t for d in trainer_dirs or [run_dir] if (t := read_status(d, TrainerStatus))]
     e = read_status(run_dir, EvaluatorStatus)
     elapsed = time.time() - t0
-    tokens = p.tokens if p else 0
+    tokens = sum(p.tokens for p in ps)
     parts = [f"{elapsed:5.0f}s", f"tokens {tokens:,} ({tokens / max(elapsed, 1e-9):,.0f}/s)"]
-    if t is not None and t.step:
-        parts.append(f"step {t.step}")
-        parts += [f"{name}: loss {s.loss:.3f} L0 {s.l0:.1f}" for name, s in sorted(t.saes.items())]
+    if ts and min(t.step for t in ts):
+        parts.append(f"step {min(t.step for t in ts)}")
+        parts += [f"{name}: loss {s.loss:.3f} L0 {s.l0:.1f}"
+                  for name, s in sorted((n, s) for t in ts for n, s in t.saes.items())]
     if e is not None and e.saes:
         parts.append(f"best cov {max(s.coverage for s in e.saes.values()):.3f} "
                      f"rec {max(s.reconstruction for s in e.saes.values()):.3f}")
@@ -207,19 +230,31 @@ def run(config_file=None, tokens=2_000_000, run_dir=None, quiet=False, base_port
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    instances = cfgs.pop("instances")  # the flags of producers and shards 1.. (not in the file)
     cfg_file = run_path / "config.yaml"
     write_text(cfg_file, yaml.safe_dump({k: _plain(dataclasses.asdict(v)) for k, v in cfgs.items()}, sort_keys=True))
     (run_path / "logs").mkdir(exist_ok=True)
-    for name in SERVICES:  # an earlier run's records would pass for this one's
-        status_path(run_path, name).unlink(missing_ok=True)
+    children = _children(cfgs, instances)  # process name -> (service, its flags)
+    producer_dirs = [Path(flags_.get("status_dir", cfgs["producer"].status_dir))
+                     for service, flags_ in children.values() if service == "producer"]
+    train = cfgs["trainer"]
+    trainer_dirs = [shard_folder(run_path, i, train.shard_index[1]) for i in range(train.shard_index[1])]
+    for d in producer_dirs:
+        d.mkdir(parents=True, exist_ok=True)
+    for service, folder in [("evaluator", run_path), *[("producer", d) for d in producer_dirs],
+                            *[("trainer", d) for d in trainer_dirs]]:
+        status_path(folder, service).unlink(missing_ok=True)  # an earlier run's would pass for this one's
     print(f"boardlens up: run folder {run_path}, config {cfg_file}", flush=True)
     commands = {"evaluator": "evaluate", "trainer": "train", "producer": "produce"}
-    procs = {name: spawn(commands[name], ["--config", str(cfg_file)], run_path / "logs" / f"{name}.log")
-             for name in SERVICES if name in cfgs}
+    procs = {name: spawn(commands[service], ["--config", str(cfg_file), *_flags(flags_)],
+                         run_path / "logs" / f"{name}.log")
+             for name, (service, flags_) in children.items()}
     interrupted = threading.Event()
     old = {s: signal.signal(s, lambda *_: interrupted.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     t0, code = time.time(), 0
-    watch = StallWatch(run_path)
+    watches = {name: StallWatch(d) for name, d in zip(
+        [n for n, (s, _) in children.items() if s == "trainer"], trainer_dirs, strict=True)}
+    producer_procs = [p for n, p in procs.items() if children[n][0] == "producer"]
     bar = Progress(tokens or None, "token", every_s=10.0)
     try:
         while not interrupted.is_set():
@@ -231,9 +266,10 @@ def run(config_file=None, tokens=2_000_000, run_dir=None, quiet=False, base_port
                 break
             if all(p.poll() is not None for p in procs.values()):
                 break
-            # A stall is a trainer still running without progress after the producer's end; once it
+            # A stall is a trainer still running without progress after the producers' end; once it
             # has exited, the evaluator may take minutes over the last snapshots (chess on 2 cores).
-            if procs["producer"].poll() == 0 and procs["trainer"].poll() is None and watch.stalled(STALL_AFTER_S):
+            if all(p.poll() == 0 for p in producer_procs) and any(
+                    procs[n].poll() is None and w.stalled(STALL_AFTER_S) for n, w in watches.items()):
                 bar.close()
                 print(f"error: the producer has finished but the trainer made no progress for "
                       f"{STALL_AFTER_S:.0f} s (end of stream lost?); stopping. See {run_path / 'logs'}",
@@ -241,8 +277,8 @@ def run(config_file=None, tokens=2_000_000, run_dir=None, quiet=False, base_port
                 code = 1
                 break
             if not quiet:
-                producer = read_status(run_path, ProducerStatus)
-                bar.show(producer.tokens if producer else 0, progress_line(run_path, t0)[:200])
+                streamed = sum(p.tokens for d in producer_dirs if (p := read_status(d, ProducerStatus)))
+                bar.show(streamed, progress_line(run_path, t0, producer_dirs, trainer_dirs)[:200])
             time.sleep(1.0)
     finally:
         bar.close()
@@ -253,8 +289,29 @@ def run(config_file=None, tokens=2_000_000, run_dir=None, quiet=False, base_port
     if "evaluator" in cfgs:
         print(final_table(run_path), flush=True)
     metrics = ", metrics.jsonl" if "evaluator" in cfgs else ""
-    print(f"run folder: {run_path} (config.yaml, checkpoints/, train.jsonl{metrics}, logs/)")
+    trained = "checkpoints/, train.jsonl" if len(trainer_dirs) == 1 else "shard-I-of-M/ (checkpoints/, train.jsonl)"
+    print(f"run folder: {run_path} (config.yaml, {trained}{metrics}, logs/)")
     return code
+
+
+def _children(cfgs: dict, instances: dict[str, dict]) -> dict[str, tuple[str, dict]]:
+    """Process name -> (service, flags beyond config.yaml), evaluator first, producers last (they
+    wait for the consumers). One of a service is named after it; several are <service>-<i>."""
+    children = {}
+    for service in SERVICES:
+        if service not in cfgs:
+            continue
+        extra = {int(n.rpartition("-")[2]): f for n, f in instances.items() if n.startswith(service + "-")}
+        if not extra:
+            children[service] = (service, {})
+            continue
+        for i in range(len(extra) + 1):
+            children[f"{service}-{i}"] = (service, extra.get(i, {}))
+    return children
+
+
+def _flags(values: dict) -> list[str]:
+    return [a for k, v in values.items() for a in (f"--{k.replace('_', '-')}", str(v))]
 
 
 def spawn(command: str, args: list[str], log_path: Path) -> subprocess.Popen:

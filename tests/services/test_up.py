@@ -74,6 +74,30 @@ def test_up_runs_to_the_final_table(tmp_path):
     assert set(e.references) == set(final["references"])
 
 
+def test_up_scales_out_over_two_producers_and_two_trainer_shards(tmp_path):
+    run = tmp_path / "run"
+    out = subprocess.run(
+        [sys.executable, "-m", "boardlens.services.cli", "up", "--model", "models/othello-gpt-random",
+         "--producers", "2", "--shards", "2", "--tokens", "30000", "--d-sae", "64", "--batch-size", "256",
+         "--train-games", "16", "--test-games", "16", "--run-dir", str(run), "--quiet"],
+        capture_output=True, text=True, timeout=280)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "standard-64-0.05" in out.stdout and "p_anneal-64-0.05" in out.stdout  # one table, both shards
+    produced = {f"p{i}": read_status(run / f"producer-{i}", ProducerStatus) for i in range(2)}
+    assert all(p.state == "stopped" and p.tokens >= 15000 for p in produced.values())
+    saes = set()
+    for i in range(2):  # each shard trained every batch of both producers, and half the sweep
+        t = read_status(run / f"shard-{i}-of-2", TrainerStatus)
+        assert {s: (c.batches, c.rows) for s, c in t.streams.items()} == {
+            s: (p.batches, p.tokens) for s, p in produced.items()}
+        assert t.tokens == sum(p.tokens for p in produced.values()) and len(t.saes) == 1
+        saes |= set(t.saes)
+    final = json.loads((run / "final_metrics.json").read_text())
+    assert set(final["saes"]) == saes == {"standard-64-0.05", "p_anneal-64-0.05"}
+    assert sorted(p.name for p in (run / "logs").iterdir()) == [
+        "evaluator.log", "producer-0.log", "producer-1.log", "trainer-0.log", "trainer-1.log"]
+
+
 def test_up_game_chess_runs_on_the_bundled_chess_model(tmp_path):
     run = tmp_path / "run"
     out = subprocess.run(
