@@ -207,22 +207,18 @@ def decode_batch(message: Message) -> ActivationBatch:
     h, ts = message.header, message.tensors
     if h.kind != "batch":
         _fail(f"kind {h.kind!r} is not 'batch'")
+    labels = {name[_PREFIX_LEN:]: t for name, t in ts.items() if name not in _CORE}
     if h.tensors in _VALID_LAYOUTS:
         # These exact descriptors passed the name and layout checks before: only the values
         # of this message are new.
-        labels = {name[_PREFIX_LEN:]: t for name, t in ts.items() if name not in _CORE}
         _check_values(ts["acts"].shape[1], ts["lengths"], ts["label_pos"])
     else:
         missing = [name for name in _CORE if name not in ts]
         if missing:
             _fail(f"missing tensors {missing}")
-        labels = {}
-        for name, tensor in ts.items():
-            if name in _CORE:
-                continue
-            if not name.startswith(LABEL_PREFIX) or len(name) == _PREFIX_LEN:
+        for name in ts:
+            if name not in _CORE and (not name.startswith(LABEL_PREFIX) or len(name) == _PREFIX_LEN):
                 _fail(f"unexpected tensor {name[:80]!r}")
-            labels[name[_PREFIX_LEN:]] = tensor
         validate_batch(ts["acts"], ts["tokens"], ts["game_ids"], ts["lengths"], ts["label_pos"],
                        labels)
         _remember(h.tensors)

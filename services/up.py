@@ -81,17 +81,15 @@ def build_configs(config_file: str | None, run_dir: str, tokens: int, base_port:
     """
     if producers < 1 or shards < 1:
         raise ValueError("--producers and --shards must be >= 1")
-    # Six ports for one of each; each further producer takes 3 more, each further shard 2.
+    # Ports: data, lossy data, snapshots, then producer / trainer / evaluator metrics; then 3 per
+    # further producer (data, lossy, metrics) and 2 per further shard (snapshots, metrics).
     n_ports = 6 + 3 * (producers - 1) + 2 * (shards - 1)
     ports = list(range(base_port, base_port + n_ports)) if base_port else free_ports(n_ports)
-    ep = [f"tcp://127.0.0.1:{p}" for p in ports[:3]]
-    extra = ports[6:]
-    prod_eps = [(ep[0], ep[1], ports[3])] + [
-        (f"tcp://127.0.0.1:{extra[3 * i]}", f"tcp://127.0.0.1:{extra[3 * i + 1]}", extra[3 * i + 2])
-        for i in range(producers - 1)]
-    extra = extra[3 * (producers - 1):]
-    shard_eps = [(ep[2], ports[4])] + [(f"tcp://127.0.0.1:{extra[2 * i]}", extra[2 * i + 1])
-                                       for i in range(shards - 1)]
+    more = iter(ports[6:])
+    prod_ports = [(ports[0], ports[1], ports[3])] + [(next(more), next(more), next(more))
+                                                     for _ in range(producers - 1)]
+    shard_ports = [(ports[2], ports[4])] + [(next(more), next(more)) for _ in range(shards - 1)]
+    tcp = "tcp://127.0.0.1:{}".format
     batch = batch_size or 2048
     # Three processes share the cores: oversubscribed torch threads spin and slow everyone.
     ncpu = os.cpu_count() or 2
@@ -101,12 +99,12 @@ def build_configs(config_file: str | None, run_dir: str, tokens: int, base_port:
         model = bundled_model(game)
     prod = resolve(ProducerConfig, config_file, {
         "model": model, "source": source, "label_workers": label_workers, "device": device,
-        "bind": ep[0], "bind_lossy": ep[1], "max_tokens": -(-tokens // producers),  # each its share
+        "bind": tcp(ports[0]), "bind_lossy": tcp(ports[1]), "max_tokens": -(-tokens // producers),  # each its share
         "wait_consumers": shards, "wait_lossy_consumers": int(evaluate), "metrics_port": ports[3],
         "threads": th("producer"), "status_dir": run_dir if producers == 1 else f"{run_dir}/producer-0",
         **({"name": "p0"} if producers > 1 else {})})
     train = resolve(TrainerConfig, config_file, {
-        "connect": ",".join(e[0] for e in prod_eps), "snapshot_bind": ep[2], "run_dir": run_dir,
+        "connect": ",".join(tcp(p[0]) for p in prod_ports), "snapshot_bind": tcp(ports[2]), "run_dir": run_dir,
         **({"shard": f"0/{shards}"} if shards > 1 else {}),
         "saes": tuple(saes) or (UP_SAES if not config_file else None),
         "d_sae": d_sae, "batch_size": batch, "device": device, "metrics_port": ports[4],
@@ -115,15 +113,16 @@ def build_configs(config_file: str | None, run_dir: str, tokens: int, base_port:
         "lr": lr or (1e-3 if not config_file else None),
         "warmup_steps": 100 if not config_file else None, "snapshot_every": 50 if not config_file else None,
         "threads": th("trainer"), "resume": "never"})  # `up` always starts a run afresh
-    instances = {f"producer-{i}": {"seed": prod.seed + i, "name": f"p{i}", "bind": bind, "bind_lossy": lossy,
-                                   "metrics_port": port, "status_dir": f"{run_dir}/producer-{i}"}
-                 for i, (bind, lossy, port) in enumerate(prod_eps) if i}
-    instances.update({f"trainer-{i}": {"shard": f"{i}/{shards}", "snapshot_bind": snap, "metrics_port": port}
-                      for i, (snap, port) in enumerate(shard_eps) if i})
+    instances = {  # service -> the flags of its instances 1..
+        "producer": [{"seed": prod.seed + i, "name": f"p{i}", "bind": tcp(data), "bind_lossy": tcp(lossy),
+                      "metrics_port": port, "status_dir": f"{run_dir}/producer-{i}"}
+                     for i, (data, lossy, port) in enumerate(prod_ports) if i],
+        "trainer": [{"shard": f"{i}/{shards}", "snapshot_bind": tcp(snap), "metrics_port": port}
+                    for i, (snap, port) in enumerate(shard_ports) if i]}
     cfgs = {"producer": prod, "trainer": train, "instances": instances}
     if evaluate:
         cfgs["evaluator"] = resolve(EvaluatorConfig, config_file, {
-            "connect": ",".join(e[1] for e in prod_eps), "snapshots": ",".join(e[0] for e in shard_eps),
+            "connect": ",".join(tcp(p[1]) for p in prod_ports), "snapshots": ",".join(tcp(s[0]) for s in shard_ports),
             "run_dir": run_dir, "train_games": train_games, "test_games": test_games,
             "metrics_port": ports[5], "threads": th("evaluator"),
             "model": prod.model})  # the same LM: its MLP neurons and floor SAEs are references
@@ -294,19 +293,14 @@ def run(config_file=None, tokens=2_000_000, run_dir=None, quiet=False, base_port
     return code
 
 
-def _children(cfgs: dict, instances: dict[str, dict]) -> dict[str, tuple[str, dict]]:
+def _children(cfgs: dict, instances: dict[str, list[dict]]) -> dict[str, tuple[str, dict]]:
     """Process name -> (service, flags beyond config.yaml), evaluator first, producers last (they
     wait for the consumers). One of a service is named after it; several are <service>-<i>."""
     children = {}
-    for service in SERVICES:
-        if service not in cfgs:
-            continue
-        extra = {int(n.rpartition("-")[2]): f for n, f in instances.items() if n.startswith(service + "-")}
-        if not extra:
-            children[service] = (service, {})
-            continue
-        for i in range(len(extra) + 1):
-            children[f"{service}-{i}"] = (service, extra.get(i, {}))
+    for service in (s for s in SERVICES if s in cfgs):
+        flags = [{}, *instances.get(service, [])]  # instance 0 is config.yaml's section
+        for i, f in enumerate(flags):
+            children[service if len(flags) == 1 else f"{service}-{i}"] = (service, f)
     return children
 
 

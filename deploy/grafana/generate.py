@@ -84,14 +84,10 @@ def p50_p95(histogram: Metric, window: str = RATE) -> tuple[tuple[str, str], ...
     return ((quantile(0.5, histogram, window), "p50"), (quantile(0.95, histogram, window), "p95"))
 
 
-def by_reason(metric: Metric, what: str) -> tuple[tuple[str, str], ...]:
-    """The total rate, and the rate of each reason only while it is non-zero."""
-    return ((rate(metric), f"{what} (all reasons)"), (f"{rate(metric, 'reason')} > 0", f"{what} {{{{reason}}}}"))
-
-
-def by_source(metric: Metric, what: str) -> tuple[tuple[str, str], ...]:
-    """The total rate, and each sender's (producer's) rate only while it is non-zero."""
-    return ((rate(metric), f"{what} (all sources)"), (f"{rate(metric, 'source')} > 0", f"{what} {{{{source}}}}"))
+def by_label(metric: Metric, label: str, what: str) -> tuple[tuple[str, str], ...]:
+    """The total rate, and the rate of each value of `label` (a reason, a sending producer)
+    only while it is non-zero."""
+    return ((rate(metric), f"{what} (all {label}s)"), (f"{rate(metric, label)} > 0", f"{what} {{{{{label}}}}}"))
 
 
 def per_service(expr: str) -> str:
@@ -187,8 +183,8 @@ ROWS: list[tuple[str, list[Panel]]] = [
         ), "short"),
         Panel("Trainer messages / s: received, lost, rejected", (
             (rate(M.TRAINER_DATA.received), "received"),
-            *by_source(M.TRAINER_DATA.lost, "lost batches"),
-            *by_reason(M.TRAINER_DATA.rejected, "rejected"),
+            *by_label(M.TRAINER_DATA.lost, "source", "lost batches"),
+            *by_label(M.TRAINER_DATA.rejected, "reason", "rejected"),
         ), "short"),
         Panel("Steps skipped (non-finite loss or gradient) / min", (
             (per_minute(M.TRAINER_STEPS_SKIPPED, "sae", SAE), "{{sae}}"),
@@ -241,8 +237,8 @@ ROWS: list[tuple[str, list[Panel]]] = [
             (rate(M.EVALUATOR_DATA.lost), "data lost (lossy, expected)"),
             (rate(M.EVALUATOR_SNAPSHOTS.received), "snapshot messages"),
             (rate(M.EVALUATOR_SNAPSHOTS.lost), "snapshot messages lost"),
-            *by_reason(M.EVALUATOR_DATA.rejected, "data rejected"),
-            *by_reason(M.EVALUATOR_SNAPSHOTS.rejected, "snapshots rejected"),
+            *by_label(M.EVALUATOR_DATA.rejected, "reason", "data rejected"),
+            *by_label(M.EVALUATOR_SNAPSHOTS.rejected, "reason", "snapshots rejected"),
         ), "short"),
     ]),
 ]
