@@ -24,15 +24,12 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/pip install -q --no-deps dictionary-learning==0.1.0 einops tqdm
 	touch $@
 
-# System packages the deploy tests need: prometheus + promtool (dashboard and rules tests),
-# stockfish (chess source), chromium + chromedriver (report pages); and, from npm, Grafana's
-# published dashboard types with the TypeScript compiler (the dashboard schema test).
+# System tools the tests need (scripts/system_deps.py says which and why): each installed from
+# Debian with apt-get only when its command is missing (prometheus + promtool, stockfish,
+# chromium, chromedriver; npm only where apt accepts it beside the machine's Node.js); then,
+# from the npm registry, Grafana's published dashboard types with the TypeScript compiler.
 deps:
-	@command -v prometheus >/dev/null && command -v promtool >/dev/null && \
-	  { command -v stockfish >/dev/null || test -x /usr/games/stockfish; } && \
-	  command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v npm >/dev/null || \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus stockfish \
-	      chromium chromium-driver npm >/dev/null; }
+	@$(PY) scripts/system_deps.py
 	@test -d tests/deploy/grafana-schema/node_modules/@grafana/schema || \
 	  npm ci --silent --no-audit --no-fund --prefix tests/deploy/grafana-schema
 
