@@ -57,7 +57,8 @@ def run(path: str, model_path: str, out: str, games: int = 500, layer: int | Non
     subject = sae_subject(sae.name, sae.ae, es, layer)
     record = interpret(subject, es, model, game, faithful_latents, seed=seed)
     info = {"model": str(model_path), "game": game, "layer": layer, "games": games, "seed": seed}
-    page = write_browser(out, record, info, subject.test, test_prefixes(es), game, es.families, pages,
+    board = es.tensors()["test"]["labels"][next(iter(es.families))]  # the first family: the board
+    page = write_browser(out, record, info, subject.test, test_prefixes(es), game, es.families, board, pages,
                          steering=steer)
     print(page, flush=True)
     return page

@@ -118,11 +118,11 @@ def evaluate(config_file, **options):
 
 @main.command()
 @_config_file
-@click.option("--tokens", type=int, default=2_000_000, show_default=True,
-              help="Tokens to stream before stopping (0 = until Ctrl-C).")
+@click.option("--tokens", type=int, default=None,
+              help="Tokens to stream before stopping, over all producers (0 = until Ctrl-C) [default: 2000000 in up].")
 @click.option("--run-dir", default=None, help="Run folder [default: $BOARDLENS_RUNS or runs/, then <timestamp>].")
-@click.option("--game", type=click.Choice(GAMES.names()), default=DEFAULT_GAME, show_default=True,
-              help="Picks the bundled model (models/<game>-gpt) when --model is not given.")
+@click.option("--game", type=click.Choice(GAMES.names()), default=None,
+              help="Picks the bundled model (models/<game>-gpt) when --model is not given [default: othello].")
 @click.option("--model", default=None, help="Model folder or checkpoint; its vocabulary decides the game.")
 @click.option("--source", default=None, help="Chess game source: random, stockfish[:...], pgn:PATH [default: random].")
 @click.option("--label-workers", type=int, default=None, help="Chess labelling processes [default: 1].")
@@ -147,7 +147,9 @@ def evaluate(config_file, **options):
 def up(config_file, saes, saes_old, **options):
     """Run producer, trainer and evaluator as separate processes on loopback, with live progress.
 
-    Stops after --tokens or on Ctrl-C, then prints the SAEs' final metrics.
+    Stops after --tokens or on Ctrl-C, then prints the SAEs' final metrics. Settings: built-in
+    defaults < up's small-machine defaults < --config file < environment < the flags given;
+    <run>/config.yaml says where each value came from.
     """
     from boardlens.services import up as up_mod
 

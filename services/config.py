@@ -351,28 +351,57 @@ def read_file(path: str | Path, section: str) -> dict:
     return {k: v for k, v in data.items() if k not in SECTIONS}
 
 
+Layer = tuple[str, dict]
+"""(where the values come from, {field: value}): one level of the precedence."""
+
+
+def env_prefix(section: str) -> str:
+    return f"BOARDLENS_{section.upper()}_"
+
+
+def section_of(cls: type) -> str:
+    return next(k for k, v in SECTIONS.items() if v is cls)
+
+
+def user_layers(cls: type, file: str | None = None, cli: dict | None = None,
+                environ: dict | None = None) -> list[Layer]:
+    """The user's levels, lowest first: the config file, the environment, then the flags given
+    (cli entries that are None or () were not given)."""
+    section = section_of(cls)
+    env = os.environ if environ is None else environ
+    prefix = env_prefix(section)
+    return [("file", read_file(file, section) if file else {}),
+            ("environment", {k[len(prefix):].lower(): v for k, v in env.items() if k.startswith(prefix)}),
+            ("flag", {k: v for k, v in (cli or {}).items() if v is not None and v != ()})]
+
+
+def merge(cls: type, layers: list[Layer]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Apply layers in order (later wins) over the dataclass defaults, coercing each value to its
+    field's type. -> (the values set, {field: the name of the layer that set it}); a field no
+    layer sets keeps its default (source 'default')."""
+    section = section_of(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for where, layer in layers:
+        unknown = set(layer) - names
+        if unknown:
+            raise ValueError(f"unknown {section} option(s){'' if where == 'flag' else f' in the {where}'}: "
+                             f"{sorted(unknown)}")
+        values.update({k: _coerce(cls, k, v) for k, v in layer.items()})
+        sources.update(dict.fromkeys(layer, where))
+    return values, {n: sources.get(n, "default") for n in sorted(names)}
+
+
 def resolve(cls: type, file: str | None = None, cli: dict | None = None,
             environ: dict | None = None) -> Any:
     """defaults < file < environment < cli (cli entries that are None are ignored)."""
-    section = next(k for k, v in SECTIONS.items() if v is cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    values: dict[str, Any] = {}
-    layers = [read_file(file, section) if file else {}]
-    env = os.environ if environ is None else environ
-    prefix = f"BOARDLENS_{section.upper()}_"
-    layers.append({k[len(prefix):].lower(): v for k, v in env.items() if k.startswith(prefix)})
-    layers.append({k: v for k, v in (cli or {}).items() if v is not None and v != ()})
-    for layer in layers:
-        unknown = set(layer) - names
-        if unknown:
-            raise ValueError(f"unknown {section} option(s): {sorted(unknown)}")
-        values.update({k: _coerce(cls, k, v) for k, v in layer.items()})
-    return cls(**values)
+    return cls(**merge(cls, user_layers(cls, file, cli, environ))[0])
 
 
 def to_json(cfg: Any) -> str:
     return json.dumps(dataclasses.asdict(cfg), sort_keys=True)
 
 
-__all__ = ["ProducerConfig", "TrainerConfig", "EvaluatorConfig", "resolve",
+__all__ = ["ProducerConfig", "TrainerConfig", "EvaluatorConfig", "resolve", "merge", "user_layers",
            "to_json", "read_file"]

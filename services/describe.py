@@ -64,6 +64,8 @@ def run(paths: list[str], model_path: str, games: int = 1000, layer: int | None 
     result = {"model": str(model_path), "game": game, "layer": layer, "games": games, "seed": seed,
               "subjects": {r["name"]: r for r in records}}
     print(format_summary(records), flush=True)
+    if records and "unavailable" in records[0]["faithfulness"]:
+        print(f"faithfulness: not scored ({records[0]['faithfulness']['unavailable']})", flush=True)
     for r in records[: len(found)]:
         print(format_top(r), flush=True)
     if json_out:

@@ -82,6 +82,7 @@ class EvaluatorMetrics:
         self.latent_share = tel.metric(metrics.EVALUATOR_LATENT_SHARE)
         self.ref_latent_score = tel.metric(metrics.EVALUATOR_REFERENCE_LATENT_SCORE)
         self.describe_seconds = tel.metric(metrics.EVALUATOR_DESCRIBE)
+        self.describe_failures = tel.metric(metrics.EVALUATOR_DESCRIBE_FAILURES)
 
 
 class LiveEvaluator:
@@ -102,6 +103,7 @@ class LiveEvaluator:
         self.descriptions: dict[str, dict] = {}  # per SAE: step, summary, top latents of the newest description
         self.description_refs: dict[str, dict] = {}  # per reference: summary
         self.evaluated: dict[str, int] = {}  # evaluations per SAE (the describe cadence)
+        self.describe_errors: set[str] = set()  # kinds of description failure logged with a traceback
         self.scorer: Scorer | None = None  # made with the eval set
         self.layer = 0
         self.run_dir = Path(cfg.run_dir)
@@ -199,9 +201,20 @@ class LiveEvaluator:
         if every and ((n - 1) % every == 0 or self.trainer_ended):
             try:
                 self.describe(snap)
-            except Exception:  # a description is an extra: it never costs the run its evaluations
-                log.exception("describing %s step %d failed", name, step)
+            except Exception as e:  # noqa: BLE001 - counted and logged; it never costs the run its evaluations
+                self._describe_failed(name, step, e)
         return record
+
+    def _describe_failed(self, name: str, step: int, e: Exception) -> None:
+        """Count every failure (boardlens_evaluator_describe_failures_total, alerted on when it
+        repeats); log the traceback the first time each kind of failure is seen, one line after."""
+        self.m.describe_failures.inc()
+        kind = f"{type(e).__name__}: {e}"
+        if kind in self.describe_errors:
+            log.error("describing %s step %d failed again: %s", name, step, kind)
+        else:
+            self.describe_errors.add(kind)
+            log.error("describing %s step %d failed", name, step, exc_info=e)
 
     def describe(self, snap: Snapshot) -> dict:
         """Every latent's best BSP and FADE scores (`boardlens.interpret`): the full record to

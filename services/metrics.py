@@ -204,6 +204,8 @@ EVALUATOR_REFERENCE_LATENT_SCORE = Metric("boardlens_evaluator_reference_latent_
                                           "random SAE)", ("reference", "family", "score"))
 EVALUATOR_DESCRIBE = Metric("boardlens_evaluator_describe_seconds", HISTOGRAM,
                             "Wall time of describing and scoring every latent of one snapshot", buckets=_EVAL_S)
+EVALUATOR_DESCRIBE_FAILURES = Metric("boardlens_evaluator_describe_failures_total", COUNTER,
+                                     "Snapshot descriptions that raised (the evaluation itself stands; the log has the traceback)")
 
 
 def _collect() -> dict[str, Metric]:

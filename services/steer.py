@@ -20,10 +20,9 @@ from pathlib import Path
 import torch
 
 from boardlens.atomic import write_json
-from boardlens.interpret.boards import boards_for
 from boardlens.interpret.describe import BSPIndex, describe
 from boardlens.interpret.interventions import ComponentSite, SAESite
-from boardlens.interpret.report import probe_subject, sae_subject, test_prefixes
+from boardlens.interpret.report import no_board_edits, probe_subject, sae_subject, test_prefixes
 from boardlens.interpret.steer import SteerConfig, draw_pairs, steer
 from boardlens.metrics.evalset import model_evalset
 from boardlens.registry import GAMES
@@ -72,6 +71,9 @@ def run(path: str, model_path: str, bsp: str | None = None, family: str | None =
         components: bool = True, cfg: SteerConfig | None = None, probes: bool = False) -> dict:
     cfg = cfg or SteerConfig()
     model, game, layer, sae = model_and_sae(path, model_path, layer)
+    boards = GAMES[game].board_editor()
+    if boards is None:
+        raise ValueError(no_board_edits(game))
     log.info("steer config %s", {"sae": sae.name, "model": str(model_path), "game": game, "layer": layer,
                                  "bsp": bsp, "family": family, "max_bsps": max_bsps, "games": games, "seed": seed,
                                  "components": components, "probes": probes, "steer": cfg.__dict__})
@@ -82,7 +84,6 @@ def run(path: str, model_path: str, bsp: str | None = None, family: str | None =
     desc = describe(subject.train, t["train"]["labels"])
     latent_names = [index.name(int(b)) if b >= 0 else "" for b in desc.bsp]
     lab_test = torch.cat(list(t["test"]["labels"].values()), 1)
-    boards = boards_for(game)
     prefixes = test_prefixes(es)
     comp = ComponentSite(model)
     probe = probe_subject(es, layer) if probes else None  # the oracle: latent j detects BSP j

@@ -1,7 +1,9 @@
 """`boardlens up`: the three services as separate processes on loopback, with live progress.
 
-Writes `<run>/config.yaml` (all three resolved sections, also what the children read),
-starts evaluator, trainer and producer (the producer waits for both consumers), shows one
+Settings follow one rule: built-in defaults < `up`'s small-machine defaults < --config file <
+BOARDLENS_<SERVICE>_* environment < the flags given. Writes `<run>/config.yaml` (all three
+resolved sections, each value with where it came from; what the children read, with those
+environment variables taken out of their environment, so they run exactly that), starts evaluator, trainer and producer (the producer waits for both consumers), shows one
 progress line read from their status records (`<run>/<service>_status.json`, see
 services/status.py; never from /metrics, which is Prometheus' interface), and stops after
 --tokens (end of stream flows producer -> trainer -> evaluator) or on Ctrl-C (SIGTERM to
@@ -22,8 +24,6 @@ import threading
 import time
 from pathlib import Path
 
-import yaml
-
 from boardlens.atomic import write_text
 from boardlens.layout import shard_folder
 from boardlens.progress import Progress
@@ -34,7 +34,9 @@ from boardlens.services.config import (
     ProducerConfig,
     TrainerConfig,
     bundled_model,
-    resolve,
+    env_prefix,
+    merge,
+    user_layers,
 )
 from boardlens.services.status import (
     EvaluatorStatus,
@@ -45,7 +47,8 @@ from boardlens.services.status import (
     status_path,
 )
 
-SERVICES = ("evaluator", "trainer", "producer")
+SERVICES = ("evaluator", "trainer", "producer")  # start order: the producer waits for the consumers
+SECTIONS_ORDER = ("producer", "trainer", "evaluator")
 
 
 def free_ports(n: int) -> list[int]:
@@ -61,72 +64,139 @@ def free_ports(n: int) -> list[int]:
 
 
 UP_SAES = ("standard:penalty=0.05,normalize=true", "p_anneal:penalty=0.05,normalize=true")
-"""`up`'s sweep without a config file or --saes. Normalised: on the bundled Othello model (1M
-tokens) average board reconstruction 0.219 / 0.188 against 0.147 / 0.193 unnormalised (a
-trained model's residual is far from unit norm: starting losses ~50x larger slow a short run)."""
+"""`up`'s sweep unless a file, the environment or --saes names one. Normalised: a trained
+model's residual is far from unit norm, and starting losses ~50x larger slow a short run."""
+UP_TOKENS = 2_000_000
+"""Tokens `up` streams (over all producers) unless --tokens or producer.max_tokens says otherwise."""
 
 
-def build_configs(config_file: str | None, run_dir: str, tokens: int, base_port: int,
-                  game=DEFAULT_GAME, model=None, source=None, label_workers=None, saes=(), d_sae=None,
+def up_defaults(ncpu: int) -> dict[str, dict]:
+    """`up`'s small-machine defaults: above the built-in ones, below file, environment and flags.
+
+    A short run on a laptop: lr 1e-3 with a 100-step warmup (the paper's 3e-4 and 1000 steps suit
+    its 36k-step runs), batches of 2048, activations normalised (UP_SAES), snapshots every 50
+    steps, and one torch thread for producer and evaluator (three processes share the cores:
+    oversubscribed torch threads spin and slow everyone)."""
+    return {"producer": {"threads": 1},
+            "trainer": {"saes": UP_SAES, "batch_size": 2048, "lr": 1e-3, "warmup_steps": 100,
+                        "snapshot_every": 50, "threads": max(1, ncpu - 2)},
+            "evaluator": {"threads": 1}}
+
+
+UNSET = ("default", "up")  # sources a derived `up` value may replace: nobody asked for them
+
+
+class Ports:
+    """The loopback ports of one `up` run: data, lossy data, snapshots, then producer / trainer /
+    evaluator metrics; then 3 per further producer (data, lossy, metrics) and 2 per further
+    shard (snapshots, metrics)."""
+
+    def __init__(self, base_port: int, producers: int, shards: int) -> None:
+        n = 6 + 3 * (producers - 1) + 2 * (shards - 1)
+        ports = list(range(base_port, base_port + n)) if base_port else free_ports(n)
+        more = iter(ports[6:])
+        self.producers = [(ports[0], ports[1], ports[3])] + [(next(more), next(more), next(more))
+                                                             for _ in range(producers - 1)]
+        self.shards = [(ports[2], ports[4])] + [(next(more), next(more)) for _ in range(shards - 1)]
+        self.evaluator_metrics = ports[5]
+
+
+def tcp(port: int) -> str:
+    return f"tcp://127.0.0.1:{port}"
+
+
+def build_configs(config_file: str | None, run_dir: str, tokens: int | None, base_port: int,
+                  game=None, model=None, source=None, label_workers=None, saes=(), d_sae=None,
                   batch_size=None, steps=None, lr=None, train_games=None, test_games=None,
-                  device=None, evaluate=True, producers=1, shards=1) -> dict:
-    """Resolve the three configs for a loopback run; flags given to `up` win over the file.
-    evaluate=False: producer and trainer only (no evaluator section, nothing waits for one).
-    producers=N, shards=M: the sections hold instance 0; `instances` gives the others' flags.
+                  device=None, evaluate=True, producers=1, shards=1, environ=None) -> dict:
+    """Resolve the configs of a loopback run by one rule: built-in defaults < `up`'s own
+    (`up_defaults`) < the config file < the environment < the flags given (None = not given);
+    then `up`'s wiring (endpoints, ports, run folder, status folders), which connects the
+    processes and is no setting. evaluate=False: producer and trainer only.
 
-    Without a config file, `up` is tuned for a short run on a laptop: lr 1e-3 with a
-    100-step warmup (the paper's 3e-4 and 1000 steps suit its 36k-step runs), activations
-    scaled to unit mean squared norm (UP_SAES), snapshots every 50 steps, one torch thread per
-    process on small machines.
+    -> {service: config (instance 0), "instances": {service: [flags of instance 1..]},
+        "sources": {service: {field: default|up|file|environment|flag|wiring}}}.
     """
     if producers < 1 or shards < 1:
         raise ValueError("--producers and --shards must be >= 1")
-    # Ports: data, lossy data, snapshots, then producer / trainer / evaluator metrics; then 3 per
-    # further producer (data, lossy, metrics) and 2 per further shard (snapshots, metrics).
-    n_ports = 6 + 3 * (producers - 1) + 2 * (shards - 1)
-    ports = list(range(base_port, base_port + n_ports)) if base_port else free_ports(n_ports)
-    more = iter(ports[6:])
-    prod_ports = [(ports[0], ports[1], ports[3])] + [(next(more), next(more), next(more))
-                                                     for _ in range(producers - 1)]
-    shard_ports = [(ports[2], ports[4])] + [(next(more), next(more)) for _ in range(shards - 1)]
-    tcp = "tcp://127.0.0.1:{}".format
-    batch = batch_size or 2048
-    # Three processes share the cores: oversubscribed torch threads spin and slow everyone.
-    ncpu = os.cpu_count() or 2
-    threads = None if config_file else {"producer": 1, "evaluator": 1, "trainer": max(1, ncpu - 2)}
-    th = (lambda name: threads[name]) if threads else (lambda name: None)
-    if model is None and game != DEFAULT_GAME:  # the default game's model is the config default
+    ports = Ports(base_port, producers, shards)
+    defaults = up_defaults(os.cpu_count() or 2)
+    if model is None and game not in (None, DEFAULT_GAME):  # --game picks that game's bundled model
         model = bundled_model(game)
-    prod = resolve(ProducerConfig, config_file, {
-        "model": model, "source": source, "label_workers": label_workers, "device": device,
-        "bind": tcp(ports[0]), "bind_lossy": tcp(ports[1]), "max_tokens": -(-tokens // producers),  # each its share
-        "wait_consumers": shards, "wait_lossy_consumers": int(evaluate), "metrics_port": ports[3],
-        "threads": th("producer"), "status_dir": run_dir if producers == 1 else f"{run_dir}/producer-0",
+    given = {"producer": {"model": model, "source": source, "label_workers": label_workers, "device": device,
+                          "max_tokens": None if tokens is None else -(-tokens // producers)},  # each its share
+             "trainer": {"saes": tuple(saes), "d_sae": d_sae, "batch_size": batch_size, "steps": steps, "lr": lr,
+                         "device": device},
+             "evaluator": {"train_games": train_games, "test_games": test_games}}
+    defaults["producer"]["max_tokens"] = -(-UP_TOKENS // producers)
+
+    def layered(cls, section, wiring, derive=lambda values, sources: None):
+        values, sources = merge(cls, [("up", defaults[section]),
+                                      *user_layers(cls, config_file, given[section], environ)])
+        derive(values, sources)
+        values.update(wiring)
+        sources.update(dict.fromkeys(wiring, "wiring"))
+        return cls(**values), sources
+
+    prod, prod_src = layered(ProducerConfig, "producer", {
+        "bind": tcp(ports.producers[0][0]), "bind_lossy": tcp(ports.producers[0][1]),
+        "metrics_port": ports.producers[0][2], "wait_consumers": shards, "wait_lossy_consumers": int(evaluate),
+        "status_dir": run_dir if producers == 1 else f"{run_dir}/producer-0",
         **({"name": "p0"} if producers > 1 else {})})
-    train = resolve(TrainerConfig, config_file, {
-        "connect": ",".join(tcp(p[0]) for p in prod_ports), "snapshot_bind": tcp(ports[2]), "run_dir": run_dir,
-        **({"shard": f"0/{shards}"} if shards > 1 else {}),
-        "saes": tuple(saes) or (UP_SAES if not config_file else None),
-        "d_sae": d_sae, "batch_size": batch, "device": device, "metrics_port": ports[4],
-        "buffer_activations": max(16 * batch, 30_000),
-        "steps": steps or max(1, tokens // batch) if tokens else steps,
-        "lr": lr or (1e-3 if not config_file else None),
-        "warmup_steps": 100 if not config_file else None, "snapshot_every": 50 if not config_file else None,
-        "threads": th("trainer"), "resume": "never"})  # `up` always starts a run afresh
-    instances = {  # service -> the flags of its instances 1..
-        "producer": [{"seed": prod.seed + i, "name": f"p{i}", "bind": tcp(data), "bind_lossy": tcp(lossy),
-                      "metrics_port": port, "status_dir": f"{run_dir}/producer-{i}"}
-                     for i, (data, lossy, port) in enumerate(prod_ports) if i],
-        "trainer": [{"shard": f"{i}/{shards}", "snapshot_bind": tcp(snap), "metrics_port": port}
-                    for i, (snap, port) in enumerate(shard_ports) if i]}
-    cfgs = {"producer": prod, "trainer": train, "instances": instances}
+    total_tokens = prod.max_tokens * producers
+
+    def derive_trainer(values, sources):  # sized by the resolved batch size, unless someone set them
+        batch = values.get("batch_size", TrainerConfig.batch_size)
+        if sources["buffer_activations"] in UNSET:
+            values["buffer_activations"], sources["buffer_activations"] = max(16 * batch, 30_000), "up"
+        if sources["steps"] in UNSET and total_tokens:
+            values["steps"], sources["steps"] = max(1, total_tokens // batch), "up"
+
+    train, train_src = layered(TrainerConfig, "trainer", {
+        "connect": ",".join(tcp(p[0]) for p in ports.producers), "snapshot_bind": tcp(ports.shards[0][0]),
+        "metrics_port": ports.shards[0][1], "run_dir": run_dir, "resume": "never",  # `up` always starts afresh
+        **({"shard": f"0/{shards}"} if shards > 1 else {})}, derive_trainer)
+    cfgs = {"producer": prod, "trainer": train, "instances": _instances(prod, ports, run_dir, shards),
+            "sources": {"producer": prod_src, "trainer": train_src}}
     if evaluate:
-        cfgs["evaluator"] = resolve(EvaluatorConfig, config_file, {
-            "connect": ",".join(tcp(p[1]) for p in prod_ports), "snapshots": ",".join(tcp(s[0]) for s in shard_ports),
-            "run_dir": run_dir, "train_games": train_games, "test_games": test_games,
-            "metrics_port": ports[5], "threads": th("evaluator"),
+        cfgs["evaluator"], cfgs["sources"]["evaluator"] = layered(EvaluatorConfig, "evaluator", {
+            "connect": ",".join(tcp(p[1]) for p in ports.producers),
+            "snapshots": ",".join(tcp(s[0]) for s in ports.shards), "run_dir": run_dir,
+            "metrics_port": ports.evaluator_metrics,
             "model": prod.model})  # the same LM: its MLP neurons and floor SAEs are references
     return cfgs
+
+
+def _instances(prod: ProducerConfig, ports: Ports, run_dir: str, shards: int) -> dict[str, list[dict]]:
+    """service -> the flags of its instances 1.. (on top of config.yaml's section, instance 0)."""
+    return {"producer": [{"seed": prod.seed + i, "name": f"p{i}", "bind": tcp(data), "bind_lossy": tcp(lossy),
+                          "metrics_port": port, "status_dir": f"{run_dir}/producer-{i}"}
+                         for i, (data, lossy, port) in enumerate(ports.producers) if i],
+            "trainer": [{"shard": f"{i}/{shards}", "snapshot_bind": tcp(snap), "metrics_port": port}
+                        for i, (snap, port) in enumerate(ports.shards) if i]}
+
+
+def config_yaml(cfgs: dict) -> str:
+    """config.yaml: a section per service, each field on one line with where its value came
+    from as a comment (the children read the values; the comments are for people)."""
+    out = ["# Resolved by `boardlens up`: defaults < up < file < environment < flag; wiring is up's own."]
+    for service in (s for s in SECTIONS_ORDER if s in cfgs):
+        out.append(f"{service}:")
+        values = dataclasses.asdict(cfgs[service])
+        for k in sorted(values):  # JSON is YAML's flow style: every value on its line
+            out.append(f"  {k}: {json.dumps(values[k])}  # {cfgs['sources'][service][k]}")
+    return "\n".join(out) + "\n"
+
+
+def settings_line(cfgs: dict) -> str:
+    """One line: the fields set by anything but the built-in defaults and the wiring, by source."""
+    by_source: dict[str, list[str]] = {}
+    for service in (s for s in SECTIONS_ORDER if s in cfgs):
+        for k, where in cfgs["sources"][service].items():
+            if where not in ("default", "wiring"):
+                value = getattr(cfgs[service], k)
+                by_source.setdefault(where, []).append(f"{service}.{k}={json.dumps(value) if isinstance(value, tuple) else value}")
+    return "; ".join(f"{where}: {', '.join(v)}" for where, v in by_source.items()) or "all defaults"
 
 
 def progress_line(run_dir: Path, t0: float, producer_dirs=None, trainer_dirs=None) -> str:
@@ -216,7 +286,7 @@ def format_table(final: dict) -> str:
     return summary + "\n\n" + per_family
 
 
-def run(config_file=None, tokens=2_000_000, run_dir=None, quiet=False, base_port=0, **flags) -> int:
+def run(config_file=None, tokens=None, run_dir=None, quiet=False, base_port=0, **flags) -> int:
     run_path = Path(run_dir or f"{RUNS_DIR}/{time.strftime('%Y%m%d-%H%M%S')}")
     try:
         run_path.mkdir(parents=True, exist_ok=True)
@@ -229,11 +299,10 @@ def run(config_file=None, tokens=2_000_000, run_dir=None, quiet=False, base_port
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    instances = cfgs.pop("instances")  # the flags of producers and shards 1.. (not in the file)
     cfg_file = run_path / "config.yaml"
-    write_text(cfg_file, yaml.safe_dump({k: _plain(dataclasses.asdict(v)) for k, v in cfgs.items()}, sort_keys=True))
+    write_text(cfg_file, config_yaml(cfgs))
     (run_path / "logs").mkdir(exist_ok=True)
-    children = _children(cfgs, instances)  # process name -> (service, its flags)
+    children = _children(cfgs, cfgs["instances"])  # process name -> (service, its flags)
     producer_dirs = [Path(flags_.get("status_dir", cfgs["producer"].status_dir))
                      for service, flags_ in children.values() if service == "producer"]
     train = cfgs["trainer"]
@@ -243,18 +312,32 @@ def run(config_file=None, tokens=2_000_000, run_dir=None, quiet=False, base_port
     for service, folder in [("evaluator", run_path), *[("producer", d) for d in producer_dirs],
                             *[("trainer", d) for d in trainer_dirs]]:
         status_path(folder, service).unlink(missing_ok=True)  # an earlier run's would pass for this one's
-    print(f"boardlens up: run folder {run_path}, config {cfg_file}", flush=True)
+    print(f"boardlens up: run folder {run_path}, config {cfg_file}; settings: {settings_line(cfgs)}", flush=True)
     commands = {"evaluator": "evaluate", "trainer": "train", "producer": "produce"}
     procs = {name: spawn(commands[service], ["--config", str(cfg_file), *_flags(flags_)],
                          run_path / "logs" / f"{name}.log")
              for name, (service, flags_) in children.items()}
+    total = cfgs["producer"].max_tokens * len(producer_dirs)
+    code = _supervise(procs, children, run_path, producer_dirs, trainer_dirs, total, quiet)
+    if "evaluator" in cfgs:
+        print(final_table(run_path), flush=True)
+    metrics = ", metrics.jsonl" if "evaluator" in cfgs else ""
+    trained = "checkpoints/, train.jsonl" if len(trainer_dirs) == 1 else "shard-I-of-M/ (checkpoints/, train.jsonl)"
+    print(f"run folder: {run_path} (config.yaml, {trained}{metrics}, logs/)")
+    return code
+
+
+def _supervise(procs: dict[str, subprocess.Popen], children: dict, run_path: Path, producer_dirs: list[Path],
+               trainer_dirs: list[Path], total_tokens: int, quiet: bool) -> int:
+    """Show progress until every child has exited (0), one failed or a trainer stalled (1), or
+    Ctrl-C / SIGTERM (0); then stop the children."""
     interrupted = threading.Event()
     old = {s: signal.signal(s, lambda *_: interrupted.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     t0, code = time.time(), 0
     watches = {name: StallWatch(d) for name, d in zip(
         [n for n, (s, _) in children.items() if s == "trainer"], trainer_dirs, strict=True)}
     producer_procs = [p for n, p in procs.items() if children[n][0] == "producer"]
-    bar = Progress(tokens or None, "token", every_s=10.0)
+    bar = Progress(total_tokens or None, "token", every_s=10.0)
     try:
         while not interrupted.is_set():
             failed = [n for n, p in procs.items() if p.poll() not in (None, 0)]
@@ -285,11 +368,6 @@ def run(config_file=None, tokens=2_000_000, run_dir=None, quiet=False, base_port
             print(f"{name} did not stop within 60 s; killed it", file=sys.stderr)
         for s, h in old.items():
             signal.signal(s, h)
-    if "evaluator" in cfgs:
-        print(final_table(run_path), flush=True)
-    metrics = ", metrics.jsonl" if "evaluator" in cfgs else ""
-    trained = "checkpoints/, train.jsonl" if len(trainer_dirs) == 1 else "shard-I-of-M/ (checkpoints/, train.jsonl)"
-    print(f"run folder: {run_path} (config.yaml, {trained}{metrics}, logs/)")
     return code
 
 
@@ -309,10 +387,16 @@ def _flags(values: dict) -> list[str]:
 
 
 def spawn(command: str, args: list[str], log_path: Path) -> subprocess.Popen:
-    """Start `boardlens <command> <args>` as a child process logging to log_path."""
+    """Start `boardlens <command> <args>` as a child process logging to log_path.
+
+    The child's environment lacks the BOARDLENS_<SERVICE>_* settings: config.yaml already holds
+    them, and a child that read them again over the file would run what config.yaml does not say
+    (e.g. a file value beaten by the environment in `up` but not in the child)."""
+    prefixes = tuple(env_prefix(s) for s in SECTIONS_ORDER)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
     with open(log_path, "w") as logf:  # the child keeps its own copy of the descriptor
         return subprocess.Popen([sys.executable, "-m", "boardlens.services.cli", command, *args],
-                                stdout=logf, stderr=subprocess.STDOUT)
+                                stdout=logf, stderr=subprocess.STDOUT, env=env)
 
 
 def stop_processes(procs: dict[str, subprocess.Popen], timeout_s: float) -> list[str]:
@@ -329,7 +413,3 @@ def stop_processes(procs: dict[str, subprocess.Popen], timeout_s: float) -> list
             p.wait()
             killed.append(name)
     return killed
-
-
-def _plain(d: dict) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}

@@ -1,6 +1,9 @@
 """Extending BoardLens from outside the package: the toy plugin (tests/plugins/toy.py) adds a
 game (tic-tac-toe), an SAE architecture and a trainer kind, each one module plus one register()
-line; here they go through `lm train`, `sae options` and the whole of `up` in real processes."""
+line; here they go through `lm train`, `sae options`, the whole of `up`, `describe`, `browse` and
+`steer` in real processes. The game has no board editor and no drawing of its own: descriptions
+still come (without faithfulness), the browser draws the Game's default grid, and `steer` says
+what it lacks."""
 
 import json
 import os
@@ -13,11 +16,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
 ENV = {**os.environ, "BOARDLENS_PLUGINS": "tests.plugins.toy"}
 
 
-def _cli(*args, timeout=300):
+def _cli(*args, timeout=300, code=0):
     r = subprocess.run([sys.executable, "-m", "boardlens.services.cli", *args], capture_output=True, text=True,
                        env=ENV, timeout=timeout)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return r.stdout
+    assert r.returncode == code, r.stdout + r.stderr
+    return r.stdout if code == 0 else r.stderr
 
 
 def test_a_plugin_game_architecture_and_trainer_run_through_up(tmp_path):
@@ -40,3 +43,22 @@ def test_a_plugin_game_architecture_and_trainer_run_through_up(tmp_path):
     assert fam["num_bsps"] == 18 and 0 <= fam["coverage"] <= 1
     meta = json.loads((run / "checkpoints" / "latest" / "toy_lp-32-0.05.json").read_text())
     assert meta["arch"] == "toy_relu" and meta["hyperparams"]["power"] == 1.5
+    # Descriptions, live: the first and the last evaluation of each SAE, with the three scores
+    # a game without board edits can have, and the reason faithfulness is missing.
+    desc = json.loads((run / "descriptions" / "toy_lp-32-0.05.json").read_text())
+    assert desc["step"] == 20000 // 128 and desc["described"] > 0
+    assert "clarity" in desc["summary"]["all"] and desc["faithfulness"]["scored"] == 0
+    assert "has none" in desc["faithfulness"]["unavailable"]
+    evaluator_log = (run / "logs" / "evaluator.log").read_text()
+    assert "describing" not in evaluator_log and "Traceback" not in evaluator_log
+    sae = str(run / "checkpoints" / "latest" / "toy_lp-32-0.05.safetensors")
+    out = _cli("describe", sae, "--model", str(lm / "model"), "--games", "40", "--no-references")
+    assert "faithfulness: not scored" in out and "toy_lp-32-0.05" in out
+    page = tmp_path / "browser"
+    _cli("browse", sae, "--model", str(lm / "model"), "--games", "40", "--pages", "4", "--out", str(page))
+    latents = sorted((page / "latents").glob("*.html"))
+    assert (page / "index.html").exists() and latents
+    drawn = [p.read_text() for p in latents]
+    assert any(text.count('class="cell"') >= 9 and ">mine</text>" in text for text in drawn)  # 3 x 3 grids
+    err = _cli("steer", sae, "--model", str(lm / "model"), "--games", "40", code=1)
+    assert err.count("\n") == 1 and "need board edits" in err and "tictactoe" in err

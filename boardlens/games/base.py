@@ -16,7 +16,9 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
+import torch
 
+from boardlens.games.edits import BoardEditor
 from boardlens.games.labelled import LabelledGames
 from boardlens.labels import Family
 
@@ -103,6 +105,21 @@ class Game:
 
     def lm_data(self) -> LMData:
         raise NotImplementedError
+
+    # --- optional: what a game adds for causal checks and for pictures --------------------
+    def board_editor(self) -> BoardEditor | None:
+        """Edits of real positions so a board BSP holds, and the model's moves after them
+        (`boardlens.games.edits`): faithfulness and `steer` need it. None (the default): the
+        game has none; descriptions still get clarity, responsiveness and purity."""
+        return None
+
+    def draw_board(self, tokens: torch.Tensor, cell: int | None, board: torch.Tensor) -> tuple[str, str]:
+        """(SVG of the position after `tokens` with `cell` outlined, a caption) for the feature
+        browser. board: the first family's (num_bsps,) bool labels there. The default draws a
+        plain grid of that family's shape with the class that holds in each cell."""
+        from boardlens.games.drawing import grid_svg
+
+        return grid_svg(self.families()[0], board, cell), f"after token {tokens.numel()}"
 
     def __repr__(self) -> str:
         return f"<game {self.name}>"

@@ -5,7 +5,8 @@
 index.html lists every described latent (a table sortable by any column, plain JavaScript,
 no network); latents/<j>.html shows one latent: its description and scores, a histogram of
 its nonzero activations on the test split, its top-activating positions drawn as boards (the
-described square outlined; Othello from the game's replay, chess by python-chess's SVG), and
+described square outlined; drawn by the game, `Game.draw_board`: Othello from its replay,
+chess by python-chess's SVG, any other game as a plain grid of its board family), and
 its faithfulness and steering results when they were computed. Pages are written for the
 `pages` latents with the best description F1 (every latent is in the index).
 """
@@ -19,8 +20,6 @@ from pathlib import Path
 import torch
 
 from boardlens.atomic import write_text
-
-CELL = 28  # px per Othello square
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
@@ -42,63 +41,6 @@ document.querySelectorAll('th').forEach((th, col) => th.addEventListener('click'
   rows.forEach(r => body.appendChild(r));
 }));
 """
-
-
-def othello_svg(black: int, white: int, outline: int | None = None, last: int | None = None) -> str:
-    """An 8x8 Othello board (rows A-H top to bottom, columns 0-7 as OthelloGPT names squares)."""
-    size = 8 * CELL + 16
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{size}" height="{size}" viewBox="0 0 {size} {size}">',
-             f'<rect x="0" y="0" width="{size}" height="{size}" fill="#fff"/>',
-             f'<rect x="16" y="16" width="{8 * CELL}" height="{8 * CELL}" fill="#2e7d32"/>']
-    for i in range(8):
-        parts.append(f'<text x="{16 + i * CELL + CELL // 2}" y="12" font-size="10" text-anchor="middle">{i}</text>')
-        parts.append(f'<text x="6" y="{16 + i * CELL + CELL // 2 + 4}" font-size="10" text-anchor="middle">'
-                     f'{"ABCDEFGH"[i]}</text>')
-    for sq in range(64):
-        r, c = divmod(sq, 8)
-        x, y = 16 + c * CELL, 16 + r * CELL
-        parts.append(f'<rect x="{x}" y="{y}" width="{CELL}" height="{CELL}" fill="none" stroke="#1b5e20"/>')
-        bit = 1 << sq
-        if black & bit or white & bit:
-            fill = "#111" if black & bit else "#f5f5f5"
-            parts.append(f'<circle class="disc" cx="{x + CELL / 2}" cy="{y + CELL / 2}" r="{CELL / 2 - 3}" '
-                         f'fill="{fill}" stroke="#000"/>')
-        if sq == last:
-            parts.append(f'<circle cx="{x + CELL / 2}" cy="{y + CELL / 2}" r="3" fill="#e53935"/>')
-    if outline is not None:
-        r, c = divmod(outline, 8)
-        parts.append(f'<rect x="{16 + c * CELL + 1}" y="{16 + r * CELL + 1}" width="{CELL - 2}" height="{CELL - 2}" '
-                     f'fill="none" stroke="#ffb300" stroke-width="3"/>')
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def board_svg(game: str, tokens: torch.Tensor, cell: int | None) -> tuple[str, str]:
-    """(SVG of the position after `tokens`, a caption) with the described cell outlined."""
-    if game == "othello":
-        from boardlens.games.othello import tokenizer
-        from boardlens.games.othello.engine import BLACK, replay
-
-        squares = tokenizer.decode(tokens.numpy())
-        rec = replay(squares[None, :])
-        i = tokens.numel() - 1
-        side = int(rec.to_move[0, i])
-        caption = f"after move {i + 1} ({tokenizer.square_name(int(squares[-1]))}); " + (
-            "game over" if side < 0 else f"{'black' if side == BLACK else 'white'} to move (mine)")
-        return othello_svg(int(rec.black[0, i]), int(rec.white[0, i]), cell, int(squares[-1])), caption
-    if game == "chess":
-        import chess
-        import chess.svg
-
-        from boardlens.games.chess import tokenizer
-        from boardlens.games.chess.transcripts import parse_transcript, replay
-
-        text = tokenizer.decode(tokens.numpy())
-        sans = parse_transcript(text)[0]
-        board = replay(sans)[-1]
-        fill = {cell: "#ffb300aa"} if cell is not None else {}
-        return chess.svg.board(board, size=240, fill=fill), html.escape(text[-40:])
-    raise ValueError(f"no board drawing for game {game!r}")
 
 
 def histogram_svg(values: torch.Tensor, bins: int = 24, width: int = 360, height: int = 120) -> str:
@@ -166,11 +108,13 @@ def latent_page(record: dict, lat: dict, boards_html: str, hist: str, steering: 
 
 
 def write_browser(out: str | Path, record: dict, meta: dict, test_codes, prefixes: list[torch.Tensor],
-                  game: str, families, pages: int = 200, top: int = 6, steering: dict | None = None) -> Path:
+                  game: str, families, board_labels: torch.Tensor, pages: int = 200, top: int = 6,
+                  steering: dict | None = None) -> Path:
     """Write index.html and a page for each of the `pages` best-described latents; returns index.html.
 
     test_codes: `Codes` of the test split's labelled positions; prefixes: the token prefix of
-    each of those positions (`report.test_prefixes`); steering: {latent: {bsp, flip_before,
+    each of those positions (`report.test_prefixes`); board_labels: (positions, num_bsps) bool
+    labels of the first (board) family there; steering: {latent: {bsp, flip_before,
     flip_after, kl, alpha}} for latents with a steering result."""
     from boardlens.interpret.describe import BSPIndex
     from boardlens.interpret.fade import column_blocks
@@ -178,7 +122,8 @@ def write_browser(out: str | Path, record: dict, meta: dict, test_codes, prefixe
 
     out = Path(out)
     (out / "latents").mkdir(parents=True, exist_ok=True)
-    index = BSPIndex(GAMES[game], families)
+    the_game = GAMES[game]
+    index = BSPIndex(the_game, families)
     chosen = sorted(record["latents"], key=lambda r: -(r["f1"] or 0))[:pages]
     by_latent = {r["latent"]: r for r in chosen}
     wanted = sorted(by_latent)
@@ -192,7 +137,7 @@ def write_browser(out: str | Path, record: dict, meta: dict, test_codes, prefixe
             for r in torch.argsort(col, descending=True)[:top].tolist():
                 if col[r] <= 0:
                     break
-                svg, caption = board_svg(game, prefixes[r], cell)
+                svg, caption = the_game.draw_board(prefixes[r], cell, board_labels[r])
                 boards.append(f"<div class='board'>{svg}<br>activation {float(col[r]):.3g}<br>{caption}</div>")
             write_text(out / "latents" / f"{j}.html",
                        latent_page(record, lat, "".join(boards), histogram_svg(col), (steering or {}).get(j)))

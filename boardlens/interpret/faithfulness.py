@@ -1,7 +1,7 @@
 """FADE's faithfulness with the rules as the judge: does setting a latent make the model act as
 if its description held?
 
-For latent j described by BSP b (a board BSP: `boards.py`): draw `n_prefixes` (50) natural
+For latent j described by BSP b (a BSP of a family the game's board editor can edit: `boardlens.games.edits`): draw `n_prefixes` (50) natural
 positions of the test split where b does not hold and the edit is valid; for each factor k in
 FACTORS set the latent to k x (its max activation) at every position of the prefix; a prefix
 scores 1 when the model's greedy next move is legal on the board edited so that b holds but
@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import torch
 
-from boardlens.interpret.boards import MoveTask
+from boardlens.games.edits import MoveTask
 from boardlens.interpret.interventions import Site
 
 FACTORS = (-50.0, -10.0, -1.0, 0.0, 1.0, 10.0, 50.0)

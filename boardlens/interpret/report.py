@@ -6,8 +6,9 @@ per-family summaries, as a JSON-ready record.
 A `Subject` is what is being described: its name, its codes on both splits' labelled
 positions and the `Site` to intervene on. Faithfulness runs on at most `faithful_latents`
 latents drawn at random from those that pass FADE's gate (clarity and responsiveness >= 0.5)
-and whose description is a board BSP (`boards.py`); the record says how many passed and how
-many were scored.
+and whose description is a BSP the game's board editor can edit (`Game.board_editor`); the
+record says how many passed and how many were scored, or, for a game without board edits,
+that faithfulness needs them.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from typing import NamedTuple
 
 import torch
 
-from boardlens.interpret.boards import boards_for
 from boardlens.interpret.describe import BSPIndex, describe
 from boardlens.interpret.fade import fade_scores
 from boardlens.interpret.faithfulness import FACTORS, draw_tasks, faithfulness
@@ -119,9 +119,10 @@ def interpret(subject: Subject, evalset: EvalSet, model, game: str, faithful_lat
     t_fade = time.perf_counter() - t0
     # faithfulness: gated latents with a board description, a random sample of them
     fams = index.family_of(desc.bsp)
-    boards = boards_for(game)
+    boards = GAMES[game].board_editor()
+    editable = boards.editable if boards is not None else ()
     gated = [j for j in range(subject.test.width)
-             if desc.bsp[j] >= 0 and fams[j] in boards.editable
+             if desc.bsp[j] >= 0 and fams[j] in editable
              and scores.clarity[j] >= GATE and scores.responsiveness[j] >= GATE]
     g = torch.Generator().manual_seed(seed)
     chosen = [gated[i] for i in torch.randperm(len(gated), generator=g)[:faithful_latents].tolist()]
@@ -152,9 +153,15 @@ def interpret(subject: Subject, evalset: EvalSet, model, game: str, faithful_lat
     return {"name": subject.name, "kind": subject.kind, "latents_total": subject.test.width,
             "described": len(latents), "summary": summarise(latents, list(evalset.families)),
             "faithfulness": {"factors": list(FACTORS), "prefixes": prefixes, "gated": len(gated),
-                             "scored": len(faith), "limit": faithful_latents},
+                             "scored": len(faith), "limit": faithful_latents,
+                             **({} if boards is not None else {"unavailable": no_board_edits(game)})},
             "seconds": {"describe_fade": round(t_fade, 2), "total": round(time.perf_counter() - t0, 2)},
             "latents": latents}
+
+
+def no_board_edits(game: str) -> str:
+    return (f"faithfulness and steering need board edits, and game {game!r} has none "
+            "(Game.board_editor returns None)")
 
 
 def summarise(latents: list[dict], families: list[str]) -> dict:

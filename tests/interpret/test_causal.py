@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from boardlens.games.chess import tokenizer as chess_tok
+from boardlens.games.chess.edits import ChessBoardEditor
 from boardlens.games.chess.families import PIECE_FAMILY
 from boardlens.games.othello import tokenizer as oth_tok
+from boardlens.games.othello.edits import OthelloBoardEditor
 from boardlens.games.othello.engine import play_random
 from boardlens.games.othello.labels import FAMILIES as OTHELLO_FAMILIES
-from boardlens.interpret.boards import ChessBoards, OthelloBoards
 from boardlens.interpret.faithfulness import FACTORS, faithfulness
 from boardlens.interpret.interventions import MLPSite, SAESite
 from boardlens.lm.model import GPT, GPTConfig
@@ -42,7 +43,7 @@ def test_othello_edit_gives_the_rules_legal_moves_on_both_boards():
     from boardlens.games.othello.lm_data import labelled_games
 
     g = labelled_games(np.random.default_rng(3), 6)
-    boards, checked = OthelloBoards(), 0
+    boards, checked = OthelloBoardEditor(), 0
     rng = np.random.default_rng(0)
     for game in range(6):
         for pos in range(0, int(g.lengths[game]) - 1, 7):
@@ -67,13 +68,13 @@ def test_othello_edit_needs_a_next_move_and_an_editable_family():
     rec = play_random(1, seed=5)
     n = int(rec.lengths[0])
     toks = torch.from_numpy(oth_tok.encode(rec.moves[0, :n]))
-    assert OthelloBoards().edit(toks, MTE, 0 if rec.black[0, n - 1] else 1) is None  # game over
+    assert OthelloBoardEditor().edit(toks, MTE, 0 if rec.black[0, n - 1] else 1) is None  # game over
     # legal_moves: the legal set gains the square (None where it is legal already)
     legal = OTHELLO_FAMILIES[1]
-    task = OthelloBoards().edit(toks[:1], legal, 0)  # A0 is never legal after one move
+    task = OthelloBoardEditor().edit(toks[:1], legal, 0)  # A0 is never legal after one move
     assert task.edited == task.real | {int(oth_tok.encode(np.array([0]))[0])}
     first_legal = int(np.flatnonzero(np.unpackbits(np.array([rec.legal[0, 0]]).view(np.uint8), bitorder="little"))[0])
-    assert OthelloBoards().edit(toks[:1], legal, first_legal) is None
+    assert OthelloBoardEditor().edit(toks[:1], legal, first_legal) is None
 
 
 def _chess_prefix(sans: list[str]) -> torch.Tensor:
@@ -92,7 +93,7 @@ def _board(sans):
 
 def test_chess_edit_changes_legal_sans_and_skips_invalid_boards():
     toks = _chess_prefix(["e4", "e5"])
-    kb = ChessBoards()
+    kb = ChessBoardEditor()
     # a white knight on d5: Nxc7, Nf6+ ... become legal
     task = kb.edit(toks, PIECE_FAMILY, chess.D5 * 12 + 7)  # class 8 = 'N' (kept slot 7)
     assert PIECE_FAMILY.class_names[PIECE_FAMILY.bsp(chess.D5 * 12 + 7)[1]] == "N"
@@ -161,7 +162,7 @@ def test_faithfulness_of_a_planted_causal_latent():
     """A model whose move is read off one direction that one SAE latent writes: clamping that
     latent high makes it play the move only the edited board allows (F = 1); a latent writing
     an unread direction gets F = 0."""
-    from boardlens.interpret.boards import MoveTask
+    from boardlens.games.edits import MoveTask
 
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=61, block_size=59, n_layer=2, n_head=2, n_embd=32, norm="none")).eval()
@@ -176,21 +177,21 @@ def test_faithfulness_of_a_planted_causal_latent():
         ae.decoder.weight[5, 1] = 1.0  # latent 1 writes e5, which nothing reads
     site = SAESite(ae, 0)
     tasks = [MoveTask(torch.randint(1, 61, (n,)), frozenset({3}), frozenset({9})) for n in (5, 9, 12, 7)]
-    f0 = faithfulness(model, site, OthelloBoards(), 0, 0, fmax=1.0, tasks=tasks)
+    f0 = faithfulness(model, site, OthelloBoardEditor(), 0, 0, fmax=1.0, tasks=tasks)
     assert f0.rates == [0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0] and f0.score == 1.0
     assert f0.graded == pytest.approx(1.0)  # top-1 move = the edited board's only legal move
-    f1 = faithfulness(model, site, OthelloBoards(), 1, 0, fmax=1.0, tasks=tasks)
+    f1 = faithfulness(model, site, OthelloBoardEditor(), 1, 0, fmax=1.0, tasks=tasks)
     assert f1.rates == [0.0] * len(FACTORS) and f1.score == 0.0
 
 
 def test_chess_faithfulness_and_boards_run_on_the_bundled_model():
     """The chess path end to end on real transcripts: edits at '.' positions, greedy SANs
     written character by character under the clamp, board drawings."""
-    from boardlens.interpret.browse import board_svg
     from boardlens.interpret.faithfulness import draw_tasks
     from boardlens.lm.formats import load_any
     from boardlens.metrics.evalset import model_evalset
     from boardlens.metrics.references import random_sae
+    from boardlens.registry import GAMES
 
     model, meta = load_any(str(__import__("pathlib").Path(__file__).resolve().parents[2] / "models/chess-gpt"))
     es = model_evalset(model.eval(), "chess", meta["sae_layer"], 3, 3, 7, 8, workers=0)
@@ -199,11 +200,11 @@ def test_chess_faithfulness_and_boards_run_on_the_bundled_model():
     prefixes = test_prefixes(es)
     assert all(chess_tok.decode(p[-1:].numpy()) == "." for p in prefixes)
     index = chess.F3 * 12 + PIECE_FAMILY.kept_classes.index(8)  # a white knight on f3
-    tasks = draw_tasks(ChessBoards(), prefixes, PIECE_FAMILY, index, 4, torch.Generator().manual_seed(0))
+    tasks = draw_tasks(ChessBoardEditor(), prefixes, PIECE_FAMILY, index, 4, torch.Generator().manual_seed(0))
     assert tasks and all(t.edited != t.real for t in tasks)
     site = SAESite(random_sae(model.config.n_embd, 64), meta["sae_layer"])
-    f = faithfulness(model, site, ChessBoards(), 3, index, 1.0, tasks)
+    f = faithfulness(model, site, ChessBoardEditor(), 3, index, 1.0, tasks)
     assert f.prefixes == len(tasks) and len(f.rates) == len(FACTORS) and f.graded is None
     assert all(0.0 <= r <= 1.0 for r in f.rates)
-    svg, caption = board_svg("chess", prefixes[0], chess.F3)
+    svg, caption = GAMES["chess"].draw_board(prefixes[0], chess.F3, None)
     assert svg.startswith("<svg") and "f3" in svg.lower()

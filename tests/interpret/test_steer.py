@@ -3,7 +3,7 @@ the others stay; the cached SAE path equals the hooked forward."""
 
 import torch
 
-from boardlens.interpret.boards import OthelloBoards
+from boardlens.games.othello.edits import OthelloBoardEditor
 from boardlens.interpret.interventions import ComponentSite, SAESite
 from boardlens.interpret.steer import Pair, SteerConfig, steer
 from boardlens.lm.model import GPT, GPTConfig
@@ -36,7 +36,7 @@ def _pairs(n=16):
 
 def test_the_latent_that_carries_the_move_is_the_one_scaled():
     model, ae = _planted()
-    r = steer(model, SAESite(ae, 0), OthelloBoards(), _pairs(), SteerConfig(steps=200, lr=0.1))
+    r = steer(model, SAESite(ae, 0), OthelloBoardEditor(), _pairs(), SteerConfig(steps=200, lr=0.1))
     assert r.flip_before == 0.0 and r.flip_after == 1.0 and r.train_flip_after == 1.0
     assert r.moved == [0] and r.alpha[0] < 0  # flipping the sign of e0 is what flips 3 -> 9
     assert abs(float(r.alpha[1]) - 1) < 0.1
@@ -72,13 +72,13 @@ def test_chess_move_scores_are_the_sans_log_probabilities():
     """A chess move's score is the teacher-forced log-probability of its characters and the
     closing space, computed by hand here on a random model."""
     from boardlens.games.chess import tokenizer
-    from boardlens.interpret.boards import ChessBoards
+    from boardlens.games.chess.edits import ChessBoardEditor
 
     torch.manual_seed(4)
     model = GPT(GPTConfig(vocab_size=32, block_size=256, n_layer=2, n_head=2, n_embd=32)).eval()
     prefix = torch.from_numpy(tokenizer.encode(";1.e4 e5 2."))
     pairs = [Pair(prefix, ["Nf3"], ["Qh5+"], ["d4", "Bc4"]), Pair(prefix[:-2], ["e5"], ["c5"], [])]
-    mb = ChessBoards().move_batch(pairs, 32)
+    mb = ChessBoardEditor().move_batch(pairs, 32)
     with torch.no_grad():
         scores = mb.scores(model(mb.tokens)[0])
 

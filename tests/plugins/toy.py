@@ -79,7 +79,8 @@ class TicTacToe(Game):
     default_batch_games = 256
 
     def families(self):
-        return (Family("mine_theirs_empty", shape=(3, 3), num_classes=3, masked_classes=(EMPTY,)),)
+        return (Family("mine_theirs_empty", shape=(3, 3), num_classes=3, masked_classes=(EMPTY,),
+                       class_names=("empty", "mine", "theirs")),)
 
     def random_games(self, rng, num_games):
         return labelled(rng, num_games)

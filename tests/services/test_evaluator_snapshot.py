@@ -106,3 +106,29 @@ def test_an_sae_name_snapshots_cannot_carry_fails_at_start(tmp_path):
     cfg = _trainer_cfg(tmp_path, saes=("standard:name=my sae",))
     with pytest.raises(StartupError, match="name"):
         SweepTrainer(cfg, D, TrainerMetrics(Telemetry("trainer", 0)), torch.device("cpu"))
+
+
+def test_a_failing_description_is_counted_and_logged_once_with_its_traceback(tmp_path, caplog):
+    """The evaluation stands; every failure counts (boardlens_evaluator_describe_failures_total,
+    alerted on when it repeats); the traceback is logged once per kind of failure."""
+    from boardlens.sae.archs.relu import AutoEncoder
+    from boardlens.services.evaluator import Snapshot
+    from tests.services.helpers import synthetic_batch
+
+    tel = Telemetry("evaluator", 0)
+    cfg = EvaluatorConfig(run_dir=str(tmp_path / "eval"), references=False, metrics_port=0, train_games=16,
+                          test_games=16, describe_every=1)
+    ev = LiveEvaluator(cfg, EvaluatorMetrics(tel))
+    (tmp_path / "eval" / "descriptions").write_text("a file where the descriptions folder goes")
+    for seq in range(4):
+        ev.on_batch(synthetic_batch("e", seq))
+    assert ev.ready
+    ae = AutoEncoder(32, 64)
+    with caplog.at_level("ERROR", logger="boardlens"):
+        first = ev.evaluate(Snapshot("standard-64", 10, ae))
+        second = ev.evaluate(Snapshot("standard-64", 20, ae))
+    assert first["step"] == 10 and second["step"] == 20  # evaluated all the same
+    assert tel.registry.get_sample_value("boardlens_evaluator_describe_failures_total") == 2
+    tracebacks = [r for r in caplog.records if r.exc_info]
+    assert len(tracebacks) == 1 and "describing standard-64 step 10 failed" in tracebacks[0].getMessage()
+    assert any("step 20 failed again: FileExistsError" in r.getMessage() for r in caplog.records)

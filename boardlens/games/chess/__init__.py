@@ -86,5 +86,15 @@ class Chess(Game):
         return LMData(tokenizer.VOCAB_SIZE, tokenizer.GAME_CHARS, {"next": lm_data.training_batch},
                       lm_data.eval_prompts, lm_data.legal_move_rate, "legal_move_rate")
 
+    def board_editor(self):
+        from boardlens.games.chess.edits import ChessBoardEditor
+
+        return ChessBoardEditor()
+
+    def draw_board(self, tokens, cell, board):
+        from boardlens.games.chess.draw import draw_board
+
+        return draw_board(tokens, cell)
+
 
 GAMES.register(Chess.name, Chess())

@@ -36,5 +36,15 @@ class Othello(Game):
                       {"next": lm_data.training_batch, "legal": lm_data.legal_target_batch},
                       lambda n, seed: play_random(n, seed=seed), lm_data.legal_move_accuracy, "legal_move_acc")
 
+    def board_editor(self):
+        from boardlens.games.othello.edits import OthelloBoardEditor
+
+        return OthelloBoardEditor()
+
+    def draw_board(self, tokens, cell, board):
+        from boardlens.games.othello.draw import draw_board
+
+        return draw_board(tokens, cell)
+
 
 GAMES.register(Othello.name, Othello())
