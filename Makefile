@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 TOKENS ?= 1000000
 GAME ?= othello
 
-.PHONY: venv deps demo test lint bench clean
+.PHONY: venv deps demo test lint bench clean example-reports
 
 venv: $(VENV)/.installed
 
@@ -44,6 +44,11 @@ test: venv deps
 
 lint: venv
 	$(BIN)/ruff check .
+
+# The committed example report (docs/reports/sweep-othello.html) from the bundled model again:
+# about 25 minutes on 2 cores. tests/test_example_reports.py says when it is needed.
+example-reports: venv
+	$(BIN)/python docs/make_examples.py othello
 
 bench: venv
 	for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -305,3 +305,24 @@ def load_any(path: str | Path, device: str | torch.device = "cpu",
     game = game_of_vocab(model.config.vocab_size, path)
     meta = {"game": game.name, "sae_layer": game.default_sae_layer(model.config.n_layer), "format": fmt}
     return model.to(device=device, dtype=dtype).eval(), meta
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def model_digest(path: str | Path) -> str:
+    """First 12 hex digits of the SHA-256 of what defines a model: a checkpoint file, or a
+    folder's config.json and weight files (not its card, probes or floor/). Names which weights
+    a report or run was made with."""
+    import hashlib
+
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(
+        p for p in path.iterdir() if p.is_file() and (p.name == "config.json" or p.suffix in WEIGHT_SUFFIXES))
+    h = hashlib.sha256()
+    for p in files:
+        h.update(p.name.encode() + b"\0")
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:12]

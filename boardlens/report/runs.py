@@ -2,7 +2,8 @@
 
 A source is a run folder (`metrics.jsonl`: one record per evaluation or reference, written
 live by the evaluator; `trainer_config.json` for the batch size; `checkpoints/latest/*.json`
-for each SAE's trainer kind, game and layer; a sweep split over trainer shards has these in each
+for each SAE's trainer kind, game and layer; `config.yaml`, where `up` wrote one, for the
+model's weights digest; a sweep split over trainer shards has these in each
 shard-I-of-M folder) or a `boardlens score` JSON file (final records
 only: no curves). Records are the evaluator's (`boardlens.metrics.scorer`).
 """
@@ -134,7 +135,22 @@ def load_source(path: str | Path) -> Source:
     src.saes = dict(sorted(src.saes.items(), key=lambda kv: (kv[1].kind, kv[0])))  # grouped by kind
     some = next(iter(metas.values()), {})
     src.meta = {k: some[k] for k in ("game", "model", "layer") if k in some}
+    if weights := _weights(p):
+        src.meta["weights"] = weights
     return src
+
+
+def _weights(run: Path) -> str | None:
+    """'sha256 <digest>' of the run's model (`up`'s config.yaml names it), when it is still there."""
+    import yaml
+
+    from boardlens.lm.formats import model_digest
+
+    try:
+        model = Path(yaml.safe_load((run / "config.yaml").read_text())["producer"]["model"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+    return f"sha256 {model_digest(model)}" if model.exists() else None
 
 
 def _load_scores(path: Path) -> Source:
