@@ -9,7 +9,7 @@ import torch
 
 from boardlens.labels import Family
 
-CELL = 28  # px per cell
+CELL = 40  # px per cell: room for a 6-letter class name
 
 
 def grid_svg(family: Family, bsps: torch.Tensor, outline: int | None = None) -> str:
@@ -30,6 +30,6 @@ def grid_svg(family: Family, bsps: torch.Tensor, outline: int | None = None) -> 
         parts.append(f'<rect class="cell" x="{x}" y="{y}" width="{CELL}" height="{CELL}" fill="none" {stroke}/>')
         if cell in holds:
             parts.append(f'<text x="{x + CELL / 2}" y="{y + CELL / 2 + 4}" font-size="10" text-anchor="middle">'
-                         f"{html.escape(holds[cell][:4])}</text>")
+                         f"{html.escape(holds[cell][:6])}</text>")
     parts.append("</svg>")
     return "".join(parts)
