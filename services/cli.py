@@ -319,6 +319,10 @@ def lm() -> None:
 @click.option("--resume", is_flag=True, help="Continue from <run-dir>/train_state.pt.")
 @click.option("--init-from", default="", help="Start from a saved model's weights, step and games seen "
               "(same game and shape; fresh AdamW, LR re-warmed); give another --seed for new games.")
+@click.option("--board-head", "board_heads", multiple=True,
+              help="Auxiliary board objective LAYER[:weight=W,anneal=F] (repeatable): a linear head on that "
+                   "block predicts the board, W beside the LM loss, annealed to 0 over the last F of the steps "
+                   "[default W 1.0, F 0.25]; never the SAE layer; not in the exported model.")
 def lm_train(resume: bool, run_dir: str | None, out: str | None, checkpoint_every: int | None,
              ckpt_every: int | None, **options) -> None:
     """Train a game LM on freshly generated games (progress bar, checkpoints, resume)."""

@@ -54,6 +54,10 @@ class LMData(NamedTuple):
     eval_set: Callable[[int, int], object]  # (num_games, seed) -> held-out set
     score: Callable[..., float]  # (model, held-out set, **options) -> legal-move score in [0, 1]
     score_name: str
+    board_batches: dict[str, Callable] = {}  # objective -> (rng, batch_size) -> (inputs, targets, board)
+    """The same batches with the board family's classes at every position, for `lm train`'s
+    auxiliary board heads: board (B, T, cells) int64, -100 where no position is labelled.
+    Empty: the game's LMs train without board heads."""
 
 
 class Game:

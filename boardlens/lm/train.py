@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from boardlens.atomic import write_atomic, write_json
+from boardlens.lm.board_heads import BoardHead, BoardHeads
 from boardlens.lm.checkpoint import CheckpointError, save_model
 from boardlens.lm.model import GPT, GPTConfig
 from boardlens.progress import Progress
@@ -48,17 +49,23 @@ def lm_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def train_step(model: GPT, forward, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-               bf16: bool = False) -> torch.Tensor:
+               bf16: bool = False, board: torch.Tensor | None = None, heads: BoardHeads | None = None,
+               head_weights: list[float] = ()) -> tuple[torch.Tensor, list[float]]:
     """One optimiser step (forward via `forward`, the model or its compiled wrapper; grad-norm
-    clip 1.0); returns the loss. bf16: forward under CPU bf16 autocast."""
+    clip 1.0 over model and heads) -> (the LM loss, each board head's loss). bf16: forward
+    under CPU bf16 autocast. heads: auxiliary board heads, trained on `board` (B, T, cells)
+    with head_weights beside the LM loss."""
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        logits, _ = forward(x)
+        logits, resid = forward(x, resid_layers=heads.layers) if heads is not None else forward(x)
     loss = lm_loss(logits, y)
+    aux = heads.losses(resid, board) if heads is not None else []
+    total = loss + sum(w * a for w, a in zip(head_weights, aux, strict=True))
     opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    total.backward()
+    params = [*model.parameters(), *(heads.parameters() if heads is not None else ())]
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
     opt.step()
-    return loss.detach()
+    return loss.detach(), [float(a.detach()) for a in aux]
 
 
 @dataclass(frozen=True)
@@ -118,6 +125,15 @@ class LMTrainConfig:
     """Start from this saved model's weights (a bundled-model folder of the same game and shape),
     its step and games seen; AdamW starts fresh and the LR re-warms. Give a --seed other than the
     model's so the games are new ones. Ignored when --resume finds a training state."""
+    board_heads: tuple[str, ...] = ()
+    """Auxiliary board objectives, `LAYER[:weight=W,anneal=F]` each (boardlens.lm.board_heads):
+    a linear head on that block's output predicts the board family at every position, its
+    cross-entropy x W beside the LM loss, W falling to 0 over the last F of the steps (default
+    1.0, 0.25). Never on sae_layer; dropped from the exported model, named in its config."""
+
+    @property
+    def heads(self) -> tuple[BoardHead, ...]:
+        return tuple(BoardHead.parse(h) for h in self.board_heads)
 
     def __post_init__(self) -> None:
         game = GAMES[self.game]  # an unknown game fails here, naming the known ones
@@ -137,6 +153,12 @@ class LMTrainConfig:
             raise ValueError(f"schedule must be cosine or wsd, got {self.schedule!r}")
         if not 0 < self.decay_frac <= 1:
             raise ValueError(f"decay_frac must be in (0, 1], got {self.decay_frac}")
+        for h in self.heads:
+            if not 0 <= h.layer < self.n_layer or h.layer == self.sae_layer:
+                raise ValueError(f"board head {h.spec}: its layer must be in 0..{self.n_layer - 1} and not the "
+                                 f"SAE layer {self.sae_layer} (an SAE there could just find the head)")
+        if self.heads and not game.lm_data().board_batches:
+            raise ValueError(f"{game.name} has no board batches (LMData.board_batches): no board heads")
 
 
 def lr_at(cfg: LMTrainConfig, step: int) -> float:
@@ -150,17 +172,19 @@ def lr_at(cfg: LMTrainConfig, step: int) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
-def _optimizer(model: GPT, cfg: LMTrainConfig) -> torch.optim.AdamW:
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    other = [p for p in model.parameters() if p.dim() < 2]
+def _optimizer(model: GPT, cfg: LMTrainConfig, heads: BoardHeads | None = None) -> torch.optim.AdamW:
+    params = [*model.parameters(), *(heads.parameters() if heads is not None else ())]
+    decay = [p for p in params if p.dim() >= 2]
+    other = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}]
     # fused: one kernel for all parameters instead of a loop over them
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=True)
 
 
-def _save_state(path: Path, model, opt, step, rng, best, seen) -> None:
+def _save_state(path: Path, model, opt, step, rng, best, seen, heads=None) -> None:
     state = {
         "model": model.state_dict(),
+        **({"board_heads": heads.state_dict()} if heads is not None else {}),
         "opt": opt.state_dict(),
         "step": step,
         "best_acc": best,
@@ -193,8 +217,12 @@ class _Run:
         self.forward = torch.compile(self.model) if cfg.compile else self.model
         self.objective = cfg.objective if cfg.objective != "auto" else (
             "legal" if "legal" in self.data.batches else "next")
-        self.batch = self.data.batches[self.objective]
-        self.opt = _optimizer(self.model, cfg)
+        self.heads, self.head_weights, self.head_losses = None, [], []
+        if cfg.heads:  # the board family's cells x classes, one head per spec
+            fam = GAMES[cfg.game].families()[0]
+            self.heads = BoardHeads(cfg.heads, cfg.n_embd, fam.shape[0] * fam.shape[1], fam.num_classes)
+        self.batch = (self.data.board_batches if self.heads is not None else self.data.batches)[self.objective]
+        self.opt = _optimizer(self.model, cfg, self.heads)
         self.rng = np.random.default_rng(cfg.seed)
         self.eval_set = self.data.eval_set(cfg.eval_games, 10_000_019 + cfg.seed)  # disjoint seed stream
         self.step, self.best, self.seen = 0, -1.0, 0
@@ -206,6 +234,10 @@ class _Run:
         try:  # weights_only: a pickle that is more than tensors and containers is refused
             st = torch.load(self.state_path, weights_only=True)
             self.model.load_state_dict(st["model"])  # copies into the fp32 parameters, whatever the dtype
+            if self.heads is not None:
+                if "board_heads" not in st:
+                    raise KeyError("it has no board heads: resume it without --board-head")
+                self.heads.load_state_dict(st["board_heads"])
             self.step, self.best, self.seen = st["step"], st["best_acc"], st["games_seen"]
             if "opt" in st:
                 self.opt.load_state_dict(st["opt"])
@@ -240,7 +272,11 @@ class _Run:
             lr *= min(1.0, (self.step - self.rewarm_from + 1) / self.cfg.warmup_steps)
         for g in self.opt.param_groups:
             g["lr"] = lr
-        loss = train_step(self.model, self.forward, self.opt, *self.batch(self.rng, self.cfg.batch_games))
+        x, y, *board = self.batch(self.rng, self.cfg.batch_games)  # board: with heads only
+        if self.heads is not None:
+            self.head_weights = self.heads.weights_at(self.step, self.cfg.steps)
+        loss, self.head_losses = train_step(self.model, self.forward, self.opt, x, y, board=board[0] if board else None,
+                                            heads=self.heads, head_weights=self.head_weights)
         self.step += 1
         self.seen += self.cfg.batch_games
         return loss.item()
@@ -258,7 +294,8 @@ class _Run:
             rec["probe_reconstruction"] = _probe_curve(self.model, cfg)
             say(f"step {step}: probe reconstruction by layer {rec['probe_reconstruction']}")
         meta = {"game": cfg.game, "sae_layer": cfg.sae_layer, data.score_name: acc, "train_steps": step,
-                "games_seen": self.seen, "tokens_seen": self.seen * data.context, "objective": self.objective}
+                "games_seen": self.seen, "tokens_seen": self.seen * data.context, "objective": self.objective,
+                **({"board_heads": self.heads.card()} if self.heads is not None else {})}
         if cfg.snapshots:
             save_model(self.model, self.out / "snapshots" / f"step-{step:07d}", meta)
         if acc > self.best:
@@ -266,7 +303,7 @@ class _Run:
             save_model(self.model, self.out / "model", meta)
 
     def save(self) -> None:
-        _save_state(self.state_path, self.model, self.opt, self.step, self.rng, self.best, self.seen)
+        _save_state(self.state_path, self.model, self.opt, self.step, self.rng, self.best, self.seen, self.heads)
 
 
 def train(cfg: LMTrainConfig, resume: bool = False) -> dict:
@@ -292,6 +329,9 @@ def train(cfg: LMTrainConfig, resume: bool = False) -> dict:
             rate = (run.seen * run.data.context - tokens0) / max(time.time() - t0, 1e-9)
             bar.show(run.step, f"loss {loss:.4f} {rate:,.0f} tok/s")
             rec = {"step": run.step, "loss": round(loss, 5), "games": run.seen}
+            if run.heads is not None:
+                rec["board_heads"] = [{"layer": h.layer, "weight": round(w, 5), "loss": round(a, 5)} for h, w, a
+                                      in zip(run.heads.specs, run.head_weights, run.head_losses, strict=True)]
             if run.step % cfg.eval_every == 0 or run.step == cfg.steps:
                 run.evaluate(rec, bar.write)
             log.write(json.dumps(rec) + "\n")

@@ -49,18 +49,27 @@ def labelled(rng: np.random.Generator, num_games: int) -> LabelledGames:
     lengths = np.minimum(lengths, CONTEXT).astype(np.int16)
     pos = np.arange(CONTEXT, dtype=np.int16)[None, :]
     label_pos = np.where(pos < lengths[:, None], pos, np.int16(-1)).astype(np.int16)
-    mover = np.where(np.arange(CONTEXT) % 2 == 0, -1, 1)[None, :, None]  # O moves after X's move 0
-    b = boards[:, :CONTEXT] * mover  # (G, P, 9): +1 = the side to move
-    state = np.where(b > 0, MINE, np.where(b < 0, THEIRS, EMPTY)).astype(np.int8)
+    state = board_states(moves, lengths, boards)
     return LabelledGames(tokens, lengths, label_pos, {"mine_theirs_empty": state.reshape(-1, CONTEXT, 3, 3)})
 
 
-def training_batch(rng: np.random.Generator, batch_size: int):
-    moves, _, _ = play(rng, batch_size)
+def board_states(moves, lengths, boards) -> np.ndarray:
+    """(G, CONTEXT, 9) empty/mine/theirs per square after each move, mine = the side to move."""
+    mover = np.where(np.arange(CONTEXT) % 2 == 0, -1, 1)[None, :, None]  # O moves after X's move 0
+    b = boards[:, :CONTEXT] * mover  # (G, P, 9): +1 = the side to move
+    return np.where(b > 0, MINE, np.where(b < 0, THEIRS, EMPTY)).astype(np.int8)
+
+
+def training_batch(rng: np.random.Generator, batch_size: int, board: bool = False):
+    moves, lengths, boards = play(rng, batch_size)
     toks = torch.from_numpy(np.where(moves >= 0, moves + 1, 0))  # (B, 9)
     x, y = toks[:, :CONTEXT].clone(), toks[:, 1:].clone()
     y[y == 0] = -100
-    return x, y
+    if not board:
+        return x, y
+    state = torch.from_numpy(board_states(moves, lengths, boards)).long()  # (B, P, 9)
+    state[torch.arange(CONTEXT)[None, :] >= torch.from_numpy(lengths.astype(np.int64))[:, None]] = -100
+    return x, y, state
 
 
 @torch.no_grad()
@@ -87,7 +96,8 @@ class TicTacToe(Game):
 
     def lm_data(self) -> LMData:
         return LMData(self.vocab_size, CONTEXT, {"next": training_batch},
-                      lambda n, seed: play(np.random.default_rng(seed), n), legal_move_accuracy, "legal_move_acc")
+                      lambda n, seed: play(np.random.default_rng(seed), n), legal_move_accuracy, "legal_move_acc",
+                      {"next": lambda rng, n: training_batch(rng, n, board=True)})
 
 
 # --- the architecture: ReLU encoder, decoder with its own bias, no pre-encoder centring ---

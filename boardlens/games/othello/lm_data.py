@@ -18,10 +18,32 @@ def tokens_of(rec: GameRecord) -> np.ndarray:
 
 def training_batch(rng: np.random.Generator, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Fresh random games -> inputs (B, 59) and next-move targets (B, 59), -100 = ignored."""
-    toks = torch.from_numpy(tokens_of(play_random(batch_size, rng=rng)))  # (B, 60)
+    return next_targets(play_random(batch_size, rng=rng))
+
+
+def next_targets(rec: GameRecord) -> tuple[torch.Tensor, torch.Tensor]:
+    toks = torch.from_numpy(tokens_of(rec))  # (B, 60)
     x, y = toks[:, :-1].clone(), toks[:, 1:].clone()
     y[y == tokenizer.PAD] = -100  # no move follows: nothing to predict
     return x, y
+
+
+def board_targets(rec: GameRecord) -> torch.Tensor:
+    """(B, 59, 64) mine/theirs/empty class per square at every position, as the producer labels
+    them (position p: the board after move p, 'mine' the side to move); -100 past a game's end."""
+    T = tokenizer.CONTEXT
+    board = torch.from_numpy(label_games(rec, T)["mine_theirs_empty"].reshape(-1, T, 64)).long()
+    past = torch.arange(T)[None, :] >= torch.from_numpy(rec.lengths.astype(np.int64))[:, None]
+    board[past] = -100
+    return board
+
+
+def with_board(targets):
+    """A batch function over game records -> the same batch plus its board targets."""
+    def batch(rng: np.random.Generator, batch_size: int):
+        rec = play_random(batch_size, rng=rng)
+        return (*targets(rec), board_targets(rec))
+    return batch
 
 
 def legal_target_batch(rng: np.random.Generator, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,7 +56,11 @@ def legal_target_batch(rng: np.random.Generator, batch_size: int) -> tuple[torch
     noise of the one move actually played (Rao-Blackwellised). Rows after the game's end
     are all zero (nothing to predict; `lm_loss` skips them).
     """
-    rec = play_random(batch_size, rng=rng)
+    return legal_targets(play_random(batch_size, rng=rng))
+
+
+def legal_targets(rec: GameRecord) -> tuple[torch.Tensor, torch.Tensor]:
+    batch_size = rec.moves.shape[0]
     x = torch.from_numpy(tokens_of(rec)[:, : tokenizer.CONTEXT])
     legal = bits_to_bool(rec.legal[:, : tokenizer.CONTEXT])  # (B, 59, 64)
     q = np.zeros((batch_size, tokenizer.CONTEXT, tokenizer.VOCAB_SIZE), dtype=np.float32)
