@@ -128,8 +128,8 @@ class LMTrainConfig:
     board_heads: tuple[str, ...] = ()
     """Auxiliary board objectives, `LAYER[:weight=W,anneal=F]` each (boardlens.lm.board_heads):
     a linear head on that block's output predicts the board family at every position, its
-    cross-entropy x W beside the LM loss, W falling to 0 over the last F of the steps (default
-    1.0, 0.25). Never on sae_layer; dropped from the exported model, named in its config."""
+    cross-entropy x W beside the LM loss, W falling to 0 over the last F of this run's steps
+    (from 0, or from --init-from's step; default W 1.0, F 0.25). Never on sae_layer; dropped from the exported model, named in its config."""
 
     @property
     def heads(self) -> tuple[BoardHead, ...]:
@@ -181,9 +181,10 @@ def _optimizer(model: GPT, cfg: LMTrainConfig, heads: BoardHeads | None = None) 
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=True)
 
 
-def _save_state(path: Path, model, opt, step, rng, best, seen, heads=None) -> None:
+def _save_state(path: Path, model, opt, step, rng, best, seen, heads=None, start_step=0) -> None:
     state = {
         "model": model.state_dict(),
+        "start_step": start_step,
         **({"board_heads": heads.state_dict()} if heads is not None else {}),
         "opt": opt.state_dict(),
         "step": step,
@@ -226,6 +227,7 @@ class _Run:
         self.rng = np.random.default_rng(cfg.seed)
         self.eval_set = self.data.eval_set(cfg.eval_games, 10_000_019 + cfg.seed)  # disjoint seed stream
         self.step, self.best, self.seen = 0, -1.0, 0
+        self.start_step = 0  # where this run began (--init-from: the model's step): board heads anneal over the rest
         self.state_path = self.out / "train_state.pt"
         self.rewarm_from: int | None = None  # a compact state has no AdamW moments: re-warm the LR from here
 
@@ -239,6 +241,7 @@ class _Run:
                     raise KeyError("it has no board heads: resume it without --board-head")
                 self.heads.load_state_dict(st["board_heads"])
             self.step, self.best, self.seen = st["step"], st["best_acc"], st["games_seen"]
+            self.start_step = int(st.get("start_step", 0))
             if "opt" in st:
                 self.opt.load_state_dict(st["opt"])
             else:
@@ -262,7 +265,7 @@ class _Run:
                                   f"{self.cfg.game} run of {self.model.config.to_dict()}")
         self.model.load_state_dict(model.state_dict())
         self.step, self.seen = int(meta.get("train_steps", 0)), int(meta.get("games_seen", 0))
-        self.rewarm_from = self.step
+        self.rewarm_from = self.start_step = self.step
         print(f"starting from {folder} at step {self.step} ({self.seen:,} games seen); fresh AdamW, LR "
               f"re-warmed over {self.cfg.warmup_steps} steps", flush=True)
 
@@ -274,7 +277,7 @@ class _Run:
             g["lr"] = lr
         x, y, *board = self.batch(self.rng, self.cfg.batch_games)  # board: with heads only
         if self.heads is not None:
-            self.head_weights = self.heads.weights_at(self.step, self.cfg.steps)
+            self.head_weights = self.heads.weights_at(self.step - self.start_step, self.cfg.steps - self.start_step)
         loss, self.head_losses = train_step(self.model, self.forward, self.opt, x, y, board=board[0] if board else None,
                                             heads=self.heads, head_weights=self.head_weights)
         self.step += 1
@@ -303,7 +306,8 @@ class _Run:
             save_model(self.model, self.out / "model", meta)
 
     def save(self) -> None:
-        _save_state(self.state_path, self.model, self.opt, self.step, self.rng, self.best, self.seen, self.heads)
+        _save_state(self.state_path, self.model, self.opt, self.step, self.rng, self.best, self.seen, self.heads,
+                    self.start_step)
 
 
 def train(cfg: LMTrainConfig, resume: bool = False) -> dict:
@@ -321,7 +325,7 @@ def train(cfg: LMTrainConfig, resume: bool = False) -> dict:
     stop = threading.Event()
     old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
     log = open(run.out / "lm_metrics.jsonl", "a")
-    t0, tokens0 = time.time(), run.seen * run.data.context
+    t0, cpu0, tokens0 = time.time(), time.process_time(), run.seen * run.data.context
     bar = Progress(cfg.steps, "step", initial=run.step)
     try:
         while run.step < cfg.steps and not stop.is_set():
@@ -333,6 +337,8 @@ def train(cfg: LMTrainConfig, resume: bool = False) -> dict:
                 rec["board_heads"] = [{"layer": h.layer, "weight": round(w, 5), "loss": round(a, 5)} for h, w, a
                                       in zip(run.heads.specs, run.head_weights, run.head_losses, strict=True)]
             if run.step % cfg.eval_every == 0 or run.step == cfg.steps:
+                # this sitting's cost so far (CPU: every thread), for learning curves per CPU-minute
+                rec.update(wall_s=round(time.time() - t0, 1), cpu_s=round(time.process_time() - cpu0, 1))
                 run.evaluate(rec, bar.write)
             log.write(json.dumps(rec) + "\n")
             if run.step % cfg.checkpoint_every == 0:

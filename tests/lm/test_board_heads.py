@@ -15,7 +15,6 @@ from boardlens.lm.board_heads import BoardHead
 from boardlens.lm.checkpoint import CheckpointError, load_model
 from boardlens.lm.probe import probe_board
 from boardlens.lm.train import LMTrainConfig, train
-from boardlens.registry import GAMES
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +93,17 @@ def test_a_head_makes_a_tiny_model_read_the_board_and_leaves_no_trace_in_it(tmp_
         _train(tmp_path, "plain", ("1",), steps=160, resume=True)
 
 
-def test_a_game_without_board_batches_cannot_have_heads():
-    if GAMES["chess"].lm_data().board_batches:
-        pytest.skip("chess has board batches")
-    with pytest.raises(ValueError, match="no board batches"):
-        LMTrainConfig(game="chess", n_layer=8, sae_layer=5, board_heads=("3",))
+def test_chess_board_targets_are_the_producers_piece_labels_at_every_dot():
+    from boardlens.games.chess.lm_data import labelled_transcripts, training_batch_with_board
+    from boardlens.games.chess.tokenizer import GAME_CHARS
+    from boardlens.games.chess.transcripts import random_game
+
+    x, _, board = training_batch_with_board(np.random.default_rng(0), 6)
+    rng = np.random.default_rng(0)
+    texts = [random_game(rng, GAME_CHARS + 1)[:GAME_CHARS] for _ in range(6)]
+    lg = labelled_transcripts(texts)
+    for g in range(6):
+        dots = [int(p) for p in lg.label_pos[g] if p >= 0]
+        assert dots and set(dots) <= set((board[g, :, 0] != -100).nonzero().flatten().tolist())
+        for slot, p in enumerate(dots):
+            assert board[g, p].tolist() == lg.labels["piece"][g, slot].reshape(64).tolist()

@@ -84,7 +84,8 @@ class Chess(Game):
         from boardlens.games.chess import lm_data, tokenizer
 
         return LMData(tokenizer.VOCAB_SIZE, tokenizer.GAME_CHARS, {"next": lm_data.training_batch},
-                      lm_data.eval_prompts, lm_data.legal_move_rate, "legal_move_rate")
+                      lm_data.eval_prompts, lm_data.legal_move_rate, "legal_move_rate",
+                      {"next": lm_data.training_batch_with_board})
 
     def board_editor(self):
         from boardlens.games.chess.edits import ChessBoardEditor

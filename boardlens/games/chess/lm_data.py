@@ -42,12 +42,33 @@ def encode_padded(texts: list[str], length: int) -> tuple[np.ndarray, np.ndarray
 
 def training_batch(rng: np.random.Generator, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Fresh random games -> inputs (B, 256) and next-character targets (B, 256), -100 = none."""
-    texts = [random_game(rng, GAME_CHARS + 1) for _ in range(batch_size)]
+    return next_chars([random_game(rng, GAME_CHARS + 1) for _ in range(batch_size)])
+
+
+def next_chars(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     ids, lengths = encode_padded(texts, GAME_CHARS + 1)
     toks = torch.from_numpy(ids)
     x, y = toks[:, :-1].clone(), toks[:, 1:].clone()
     y[torch.arange(GAME_CHARS)[None, :] >= torch.from_numpy(lengths)[:, None] - 1] = -100
     return x, y
+
+
+def piece_targets(texts: list[str]) -> torch.Tensor:
+    """(B, 256, 64) piece class per square at every '.' of the inputs (White to move: where the
+    evaluator labels), as the producer labels them; -100 at every other character."""
+    from boardlens.games.chess.families import piece
+
+    board = torch.full((len(texts), GAME_CHARS, 64), -100, dtype=torch.long)
+    for g, text in enumerate(texts):
+        for pos, b in dot_positions(text[:GAME_CHARS], max_dots=GAME_CHARS):
+            board[g, pos] = torch.from_numpy(piece(b).reshape(64).astype(np.int64))
+    return board
+
+
+def training_batch_with_board(rng: np.random.Generator, batch_size: int):
+    """training_batch plus piece_targets of the same games (`lm train --board-head`)."""
+    texts = [random_game(rng, GAME_CHARS + 1) for _ in range(batch_size)]
+    return (*next_chars(texts), piece_targets(texts))
 
 
 class Prompt(NamedTuple):
