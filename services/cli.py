@@ -319,6 +319,12 @@ def lm() -> None:
 @click.option("--resume", is_flag=True, help="Continue from <run-dir>/train_state.pt.")
 @click.option("--init-from", default="", help="Start from a saved model's weights, step and games seen "
               "(same game and shape; fresh AdamW, LR re-warmed); give another --seed for new games.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda[:i] or auto (CUDA when present).")
+@click.option("--bf16/--no-bf16", default=False, show_default=True, help="Forward under bf16 autocast.")
+@click.option("--data-workers", default=0, show_default=True,
+              help="Processes generating the games (0 = in the trainer; batch i from seed (seed, i)).")
+@click.option("--max-minutes", default=0.0, show_default=True,
+              help="Stop (evaluate, export, checkpoint) after this many minutes (0 = run to --steps).")
 @click.option("--board-head", "board_heads", multiple=True,
               help="Auxiliary board objective LAYER[:weight=W,anneal=F] (repeatable): a linear head on that "
                    "block predicts the board, W beside the LM loss, annealed to 0 over the last F of the steps "

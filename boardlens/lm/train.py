@@ -10,11 +10,13 @@ the fraction of sampled continuations that are legal moves.
 A training checkpoint (`train_state.pt`: weights, AdamW moments, step, RNG states) is written
 atomically every `checkpoint_every` steps and on SIGTERM/Ctrl-C; `--resume` continues from it. The
 best model by held-out legal-move accuracy is also exported in the bundled format
-(`<out>/model/`), ready for `models/`.
+(`<out>/model/`), ready for `models/`; with board heads (boardlens.lm.board_heads) it is the
+newest evaluated one instead, so that a finished run exports the end of the heads' anneal.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import pickle
@@ -53,9 +55,9 @@ def train_step(model: GPT, forward, opt: torch.optim.Optimizer, x: torch.Tensor,
                head_weights: list[float] = ()) -> tuple[torch.Tensor, list[float]]:
     """One optimiser step (forward via `forward`, the model or its compiled wrapper; grad-norm
     clip 1.0 over model and heads) -> (the LM loss, each board head's loss). bf16: forward
-    under CPU bf16 autocast. heads: auxiliary board heads, trained on `board` (B, T, cells)
-    with head_weights beside the LM loss."""
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    under bf16 autocast on x's device. heads: auxiliary board heads, trained on `board`
+    (B, T, cells) with head_weights beside the LM loss."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
         logits, resid = forward(x, resid_layers=heads.layers) if heads is not None else forward(x)
     loss = lm_loss(logits, y)
     aux = heads.losses(resid, board) if heads is not None else []
@@ -125,6 +127,16 @@ class LMTrainConfig:
     """Start from this saved model's weights (a bundled-model folder of the same game and shape),
     its step and games seen; AdamW starts fresh and the LR re-warms. Give a --seed other than the
     model's so the games are new ones. Ignored when --resume finds a training state."""
+    device: str = "cpu"
+    """'cpu', 'cuda[:i]' or 'auto' (CUDA when present). Probes run on a CPU copy."""
+    bf16: bool = False
+    """Forward under bf16 autocast (weights and optimiser stay fp32)."""
+    data_workers: int = 0
+    """Processes generating the training games (0 = in the training process). With workers,
+    batch i is made from seed (seed, i), so --resume continues exactly."""
+    max_minutes: float = 0.0
+    """Stop after this many wall-clock minutes (then evaluate, export and checkpoint; 0 = run to
+    --steps). The schedules still span --steps: pick steps that fit the time."""
     board_heads: tuple[str, ...] = ()
     """Auxiliary board objectives, `LAYER[:weight=W,anneal=F]` each (boardlens.lm.board_heads):
     a linear head on that block's output predicts the board family at every position, its
@@ -140,6 +152,10 @@ class LMTrainConfig:
         if self.objective != "auto" and self.objective not in game.lm_objectives:
             raise ValueError(f"objective must be auto or one of {game.name}'s {game.lm_objectives}, "
                              f"got {self.objective!r}")
+        if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
+            raise ValueError(f"device must be auto, cpu or cuda[:i], got {self.device!r}")
+        if self.data_workers < 0 or self.max_minutes < 0:
+            raise ValueError("data_workers and max_minutes must be >= 0")
         for k in ("steps", "batch_games", "checkpoint_every", "eval_every", "eval_games"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{k} must be >= 1")
@@ -213,15 +229,18 @@ class _Run:
         self.cfg, self.data = cfg, GAMES[cfg.game].lm_data()
         self.out = Path(cfg.run_dir)
         torch.manual_seed(cfg.seed)
+        self.device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
+                                   else "cpu" if cfg.device == "auto" else cfg.device)
         self.model = GPT(GPTConfig(vocab_size=self.data.vocab_size, block_size=self.data.context,
-                                   n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd))
+                                   n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd)).to(self.device)
+        self.pool = None  # BatchPool of data_workers, started at the first step (after any resume)
         self.forward = torch.compile(self.model) if cfg.compile else self.model
         self.objective = cfg.objective if cfg.objective != "auto" else (
             "legal" if "legal" in self.data.batches else "next")
         self.heads, self.head_weights, self.head_losses = None, [], []
         if cfg.heads:  # the board family's cells x classes, one head per spec
             fam = GAMES[cfg.game].families()[0]
-            self.heads = BoardHeads(cfg.heads, cfg.n_embd, fam.shape[0] * fam.shape[1], fam.num_classes)
+            self.heads = BoardHeads(cfg.heads, cfg.n_embd, fam.shape[0] * fam.shape[1], fam.num_classes).to(self.device)
         self.batch = (self.data.board_batches if self.heads is not None else self.data.batches)[self.objective]
         self.opt = _optimizer(self.model, cfg, self.heads)
         self.rng = np.random.default_rng(cfg.seed)
@@ -275,11 +294,17 @@ class _Run:
             lr *= min(1.0, (self.step - self.rewarm_from + 1) / self.cfg.warmup_steps)
         for g in self.opt.param_groups:
             g["lr"] = lr
-        x, y, *board = self.batch(self.rng, self.cfg.batch_games)  # board: with heads only
+        if self.cfg.data_workers and self.pool is None:
+            from boardlens.lm.batches import BatchPool
+
+            self.pool = BatchPool(self.batch, self.cfg.batch_games, self.cfg.seed, self.cfg.data_workers, self.step)
+        batch = self.pool.next() if self.pool is not None else self.batch(self.rng, self.cfg.batch_games)
+        x, y, *board = (t.to(self.device, non_blocking=True) for t in batch)  # board: with heads only
         if self.heads is not None:
             self.head_weights = self.heads.weights_at(self.step - self.start_step, self.cfg.steps - self.start_step)
-        loss, self.head_losses = train_step(self.model, self.forward, self.opt, x, y, board=board[0] if board else None,
-                                            heads=self.heads, head_weights=self.head_weights)
+        loss, self.head_losses = train_step(self.model, self.forward, self.opt, x, y, bf16=self.cfg.bf16,
+                                            board=board[0] if board else None, heads=self.heads,
+                                            head_weights=self.head_weights)
         self.step += 1
         self.seen += self.cfg.batch_games
         return loss.item()
@@ -294,15 +319,16 @@ class _Run:
         rec[data.score_name] = acc
         say(f"step {step}: held-out {data.score_name} {acc:.4f}")
         if cfg.probe_games:
-            rec["probe_reconstruction"] = _probe_curve(self.model, cfg)
+            rec["probe_reconstruction"] = _probe_curve(self.model if self.device.type == "cpu"
+                                                       else copy.deepcopy(self.model).cpu(), cfg)
             say(f"step {step}: probe reconstruction by layer {rec['probe_reconstruction']}")
         meta = {"game": cfg.game, "sae_layer": cfg.sae_layer, data.score_name: acc, "train_steps": step,
                 "games_seen": self.seen, "tokens_seen": self.seen * data.context, "objective": self.objective,
                 **({"board_heads": self.heads.card()} if self.heads is not None else {})}
         if cfg.snapshots:
             save_model(self.model, self.out / "snapshots" / f"step-{step:07d}", meta)
-        if acc > self.best:
-            self.best = acc
+        if acc > self.best or self.heads is not None:  # with board heads: the newest (the anneal's end)
+            self.best = max(acc, self.best)
             save_model(self.model, self.out / "model", meta)
 
     def save(self) -> None:
@@ -325,33 +351,54 @@ def train(cfg: LMTrainConfig, resume: bool = False) -> dict:
     stop = threading.Event()
     old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
     log = open(run.out / "lm_metrics.jsonl", "a")
-    t0, cpu0, tokens0 = time.time(), time.process_time(), run.seen * run.data.context
+    clock = _Clock(run.seen * run.data.context)
     bar = Progress(cfg.steps, "step", initial=run.step)
     try:
         while run.step < cfg.steps and not stop.is_set():
             loss = run.train_step()
-            rate = (run.seen * run.data.context - tokens0) / max(time.time() - t0, 1e-9)
-            bar.show(run.step, f"loss {loss:.4f} {rate:,.0f} tok/s")
+            bar.show(run.step, f"loss {loss:.4f} {clock.rate(run.seen * run.data.context):,.0f} tok/s")
             rec = {"step": run.step, "loss": round(loss, 5), "games": run.seen}
             if run.heads is not None:
                 rec["board_heads"] = [{"layer": h.layer, "weight": round(w, 5), "loss": round(a, 5)} for h, w, a
                                       in zip(run.heads.specs, run.head_weights, run.head_losses, strict=True)]
-            if run.step % cfg.eval_every == 0 or run.step == cfg.steps:
-                # this sitting's cost so far (CPU: every thread), for learning curves per CPU-minute
-                rec.update(wall_s=round(time.time() - t0, 1), cpu_s=round(time.process_time() - cpu0, 1))
+            out_of_time = cfg.max_minutes and clock.wall() > 60 * cfg.max_minutes
+            if run.step % cfg.eval_every == 0 or run.step == cfg.steps or out_of_time:
+                rec.update(clock.cost())
                 run.evaluate(rec, bar.write)
             log.write(json.dumps(rec) + "\n")
             if run.step % cfg.checkpoint_every == 0:
                 log.flush()
                 run.save()
+            if out_of_time:
+                bar.write(f"stopping at step {run.step}: --max-minutes {cfg.max_minutes:g} reached")
+                break
     finally:
         bar.close()
         run.save()
         log.close()
+        if run.pool is not None:
+            run.pool.close()
         for s, h in old.items():
             signal.signal(s, h)
     print(f"stopped at step {run.step}; best legal-move accuracy {run.best:.4f}", flush=True)
     return {"step": run.step, "best_acc": run.best, "games_seen": run.seen}
+
+
+class _Clock:
+    """This sitting's wall and CPU time (CPU: every thread of this process)."""
+
+    def __init__(self, tokens0: int) -> None:
+        self.t0, self.cpu0, self.tokens0 = time.time(), time.process_time(), tokens0
+
+    def wall(self) -> float:
+        return time.time() - self.t0
+
+    def rate(self, tokens: int) -> float:
+        return (tokens - self.tokens0) / max(self.wall(), 1e-9)
+
+    def cost(self) -> dict:
+        """For learning curves per CPU-minute."""
+        return {"wall_s": round(self.wall(), 1), "cpu_s": round(time.process_time() - self.cpu0, 1)}
 
 
 def _probe_curve(model: GPT, cfg: LMTrainConfig) -> dict[str, float]:

@@ -35,8 +35,7 @@ class Othello(Game):
         return LMData(tokenizer.VOCAB_SIZE, tokenizer.CONTEXT,
                       {"next": lm_data.training_batch, "legal": lm_data.legal_target_batch},
                       lambda n, seed: play_random(n, seed=seed), lm_data.legal_move_accuracy, "legal_move_acc",
-                      {"next": lm_data.with_board(lm_data.next_targets),
-                       "legal": lm_data.with_board(lm_data.legal_targets)})
+                      {"next": lm_data.next_board_batch, "legal": lm_data.legal_board_batch})
 
     def board_editor(self):
         from boardlens.games.othello.edits import OthelloBoardEditor

@@ -38,12 +38,16 @@ def board_targets(rec: GameRecord) -> torch.Tensor:
     return board
 
 
-def with_board(targets):
-    """A batch function over game records -> the same batch plus its board targets."""
-    def batch(rng: np.random.Generator, batch_size: int):
-        rec = play_random(batch_size, rng=rng)
-        return (*targets(rec), board_targets(rec))
-    return batch
+def next_board_batch(rng: np.random.Generator, batch_size: int):
+    """training_batch plus the board targets of the same games (`lm train --board-head`)."""
+    rec = play_random(batch_size, rng=rng)
+    return (*next_targets(rec), board_targets(rec))
+
+
+def legal_board_batch(rng: np.random.Generator, batch_size: int):
+    """legal_target_batch plus the board targets of the same games (`lm train --board-head`)."""
+    rec = play_random(batch_size, rng=rng)
+    return (*legal_targets(rec), board_targets(rec))
 
 
 def legal_target_batch(rng: np.random.Generator, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
