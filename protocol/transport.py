@@ -524,8 +524,8 @@ class SeqTracker:
     lost shows up as an ordinary gap.
     """
 
-    def __init__(self, max_gap: int = 1 << 16, max_retired: int = 256) -> None:
-        self.max_gap, self.max_retired = max_gap, max_retired
+    def __init__(self, max_gap: int = 1 << 16, max_retired: int = 256, max_rejected: int = 1024) -> None:
+        self.max_gap, self.max_retired, self.max_rejected = max_gap, max_retired, max_rejected
         self.epoch: str | None = None
         self.last_seq = -1
         self.received = 0  # messages observed, rejected ones included
@@ -533,31 +533,57 @@ class SeqTracker:
         self.out_of_order = 0  # replays, duplicates or older seqs (never from one ZMQ stream)
         self.epochs_seen = 0
         self._retired: dict[str, None] = {}  # insertion-ordered set, oldest dropped first
+        self._rejected: set[int] = set()  # seqs of this epoch above last_seq whose message was rejected
 
-    def check(self, epoch: str, seq: int, kind: str = "batch") -> tuple[int, str | None]:
-        """Record one message: (lost just before it, None) or (0, reason to drop it)."""
+    def verdict(self, epoch: str, seq: int, kind: str = "batch") -> tuple[int, str | None]:
+        """What this message would mean, changing nothing but the counts of messages seen:
+        (lost just before it, None) or (0, reason to drop it). The consumer then calls
+        `accept` once the whole message is accepted, or `reject`; so a message rejected for its
+        body (or by the consumer) never moves the stream: a forged new epoch is not adopted."""
         self.received += 1
         if epoch != self.epoch:
             if kind == "end":
                 return 0, "end_epoch"
             if epoch in self._retired:
                 return 0, "epoch_flap"
-            if self.epoch is not None:
-                self._retired[self.epoch] = None
-                if len(self._retired) > self.max_retired:
-                    del self._retired[next(iter(self._retired))]
-            self.epoch, self.last_seq = epoch, seq
-            self.epochs_seen += 1
             return 0, None
         if seq <= self.last_seq:
             self.out_of_order += 1
             return 0, "out_of_order"
-        lost = seq - self.last_seq - 1
-        if lost > self.max_gap:
+        gap = seq - self.last_seq - 1
+        if gap > self.max_gap:
             return 0, "seq_jump"
+        return gap - sum(1 for r in self._rejected if r < seq), None
+
+    def accept(self, epoch: str, seq: int, kind: str = "batch") -> int:
+        """Commit a message `verdict` passed and the consumer accepted: a new epoch is adopted
+        (the old one retired), the seq advances. -> how many were lost just before it."""
+        if epoch != self.epoch:
+            if self.epoch is not None:
+                self._retired[self.epoch] = None
+                if len(self._retired) > self.max_retired:
+                    del self._retired[next(iter(self._retired))]
+            self.epoch, self.last_seq, self._rejected = epoch, seq, set()
+            self.epochs_seen += 1
+            return 0
+        lost = seq - self.last_seq - 1 - sum(1 for r in self._rejected if r < seq)
         self.last_seq = seq
+        self._rejected = {r for r in self._rejected if r > seq}
         self.lost_total += lost
-        return lost, None
+        return lost
+
+    def reject(self, epoch: str, seq: int) -> None:
+        """A message `verdict` passed was then rejected (its body, or by the consumer): nothing
+        moves. A seq of the current epoch is remembered, so that the gap it leaves is counted as
+        rejected, not also as lost (a bounded set: a flood of forged seqs only fills it)."""
+        if epoch == self.epoch and seq > self.last_seq and len(self._rejected) < self.max_rejected:
+            self._rejected.add(seq)
+
+    def check(self, epoch: str, seq: int, kind: str = "batch") -> tuple[int, str | None]:
+        """`verdict`, and `accept` when it passes: for readers that accept every message that
+        decodes (tests, plain subscribers)."""
+        lost, reason = self.verdict(epoch, seq, kind)
+        return (self.accept(epoch, seq, kind), None) if reason is None else (0, reason)
 
     def observe(self, epoch: str, seq: int) -> int:
         """`check` for a batch, returning only the count lost before it (0 when dropped)."""
@@ -591,20 +617,37 @@ class Streams:
         self.trackers: dict[str, SeqTracker] = {}
         self.ended: set[str] = set()  # sources whose latest epoch has sent 'end'
 
-    def check(self, source: str, epoch: str, seq: int, kind: str = "batch") -> tuple[int, str | None]:
-        """SeqTracker.check for the message's source: (lost just before it, None) or (0, reason)."""
+    def verdict(self, source: str, epoch: str, seq: int, kind: str = "batch") -> tuple[int, str | None]:
+        """SeqTracker.verdict for the message's source (a source not heard yet: as a fresh stream;
+        'limits' once max_sources sources are tracked). Changes nothing; see accept, reject."""
         tracker = self.trackers.get(source)
         if tracker is None:
             if len(self.trackers) >= self.max_sources:
                 return 0, "limits"
+            return SeqTracker(self.max_gap).verdict(epoch, seq, kind)
+        return tracker.verdict(epoch, seq, kind)
+
+    def accept(self, source: str, epoch: str, seq: int, kind: str = "batch") -> int:
+        """SeqTracker.accept: a source is tracked from its first accepted message on."""
+        tracker = self.trackers.get(source)
+        if tracker is None:
             tracker = self.trackers[source] = SeqTracker(self.max_gap)
-        lost, reason = tracker.check(epoch, seq, kind)
-        if reason is None:
-            if kind == "end":
-                self.ended.add(source)
-            else:  # a source that ended and came back (a new run of that producer) is live again
-                self.ended.discard(source)
-        return lost, reason
+            tracker.received = 1
+        lost = tracker.accept(epoch, seq, kind)
+        if kind == "end":
+            self.ended.add(source)
+        else:  # a source that ended and came back (a new run of that producer) is live again
+            self.ended.discard(source)
+        return lost
+
+    def reject(self, source: str, epoch: str, seq: int) -> None:
+        if source in self.trackers:
+            self.trackers[source].reject(epoch, seq)
+
+    def check(self, source: str, epoch: str, seq: int, kind: str = "batch") -> tuple[int, str | None]:
+        """verdict, then accept when it passes (readers that accept whatever decodes)."""
+        lost, reason = self.verdict(source, epoch, seq, kind)
+        return (self.accept(source, epoch, seq, kind), None) if reason is None else (0, reason)
 
     def all_ended(self, expected: int = 1) -> bool:
         """True once at least `expected` sources (the senders connected) have sent 'end'.

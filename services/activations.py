@@ -26,7 +26,8 @@ from collections.abc import Iterator
 
 import torch
 
-from boardlens.protocol import ProtocolError, Streams, Subscriber, decode, decode_batch, source_of
+from boardlens.protocol import ProtocolError, Streams, Subscriber
+from boardlens.protocol.intake import admit, settle
 from boardlens.sae.buffer import ShuffleBuffer
 
 
@@ -63,16 +64,13 @@ class ActivationStream:
             if frames is None:
                 return
             try:
-                msg = decode(frames)
-                h = msg.header
-                lost, reason = self.streams.check(source_of(h), h.epoch, h.seq, h.kind)
-                self.lost += lost
-                if reason is not None:
-                    raise ProtocolError(reason, f"seq {h.seq}")
-                batch = decode_batch(msg) if h.kind == "batch" else None
+                admitted = admit(frames, self.streams)  # the services' own intake
             except ProtocolError:
                 self.rejected += 1
                 continue
+            self.lost += settle(self.streams, admitted)
+            h = admitted.header
+            batch = admitted.payload if h.kind == "batch" else None
             if h.kind == "end":
                 self.sub.confirm_end(h.epoch, h.seq)  # the producer waits for this to exit
                 if self.streams.all_ended(len(self.sub.connected)):

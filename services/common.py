@@ -14,16 +14,8 @@ from pathlib import Path
 import torch
 
 from boardlens.atomic import write_json
-from boardlens.protocol import (
-    REASONS,
-    ProtocolError,
-    Streams,
-    Subscriber,
-    TransportConfig,
-    decode,
-    decode_batch,
-    source_of,
-)
+from boardlens.protocol import REASONS, ProtocolError, Streams, Subscriber, TransportConfig
+from boardlens.protocol.intake import Admitted, admit, settle
 from boardlens.services.config import ServiceOptions, to_json
 from boardlens.services.metrics import Channel
 from boardlens.services.status import ServiceStatus, StatusFile
@@ -145,6 +137,9 @@ class BadSnapshot(Rejected):
 
 
 HANDLER_REASONS = (IncompatibleBatch.reason, BadSnapshot.reason)
+MAX_SOURCE_LABELS = 32
+"""Senders that get their own `source` label value (a sweep's producers and shards); the rest
+count under 'other'."""
 
 
 class MessageCounters:
@@ -158,6 +153,26 @@ class MessageCounters:
         self.lost = tel.metric(channel.lost)
         self.bytes = tel.metric(channel.bytes)
         self.streams = Streams()  # (epoch, seq) per sender: a consumer may hear several
+        self.labelled: set[str] = set()  # senders with their own `source` label value
+
+    def source_label(self, source: str) -> str:
+        """The `source` label of a sender: its name once it has had a message accepted, for
+        the first MAX_SOURCE_LABELS such senders; 'other' beyond (an unauthenticated peer
+        inventing names must not open a series per name)."""
+        if source not in self.labelled and len(self.labelled) < MAX_SOURCE_LABELS:
+            self.labelled.add(source)
+            self.lost.labels(source or "-")  # its zero series: rate() and the alert see its first loss
+        return (source or "-") if source in self.labelled else "other"
+
+    def settle(self, admitted: Admitted, accepted: bool) -> None:
+        """protocol.intake.settle, counting what an accepted message reveals was lost."""
+        lost = settle(self.streams, admitted, accepted)
+        if accepted:
+            label = self.source_label(admitted.source)
+            if lost:
+                self.lost.labels(label).inc(lost)
+                log.warning("lost %d messages before seq %d%s", lost, admitted.header.seq,
+                            f" of {admitted.source}" if admitted.source else "")
 
 
 def receive(sub: Subscriber, counters: MessageCounters, timeout_ms: int,
@@ -167,8 +182,9 @@ def receive(sub: Subscriber, counters: MessageCounters, timeout_ms: int,
     `on_message(kind, message_or_batch)` gets an ActivationBatch for kind 'batch' and the raw
     protocol Message otherwise. Bad messages, and messages the handler refuses (Rejected),
     are counted by reason and skipped, as are messages out of sequence
-    (Streams, per sender: replays, implausible jumps, a stale epoch, a foreign 'end'). An
-    accepted 'end' is confirmed to the sender (it waits for that before it exits);
+    (Streams, per sender: replays, implausible jumps, a stale epoch, a foreign 'end'); none of
+    them changes its sender's stream (protocol.intake). An accepted 'end' is confirmed to the
+    sender (it waits for that before it exits);
     `counters.streams.all_ended(len(sub.connected))` says when every sender has ended.
     """
     frames = sub.recv(timeout_ms)
@@ -176,33 +192,23 @@ def receive(sub: Subscriber, counters: MessageCounters, timeout_ms: int,
         return False
     counters.bytes.inc(sum(len(f.buffer) for f in frames))
     try:
-        msg = decode(frames)
-        h = msg.header
-        # Sequence first: a replayed or stale message costs no batch validation, and a batch
-        # with a bad body still uses up its seq (it is counted as rejected, not also as lost).
-        src = source_of(h)
-        known = src in counters.streams.trackers
-        lost, reason = counters.streams.check(src, h.epoch, h.seq, h.kind)  # every kind shares seq
-        if not known and src in counters.streams.trackers:
-            # A sender seen for the first time (Streams bounds how many): its series starts at
-            # 0, so rate() and the alert see its first loss.
-            counters.lost.labels(src or "-")
-        if lost:
-            counters.lost.labels(src or "-").inc(lost)
-            log.warning("lost %d messages before seq %d%s", lost, h.seq, f" of {src}" if src else "")
-        if reason is not None:
-            raise ProtocolError(reason, f"{h.kind} epoch {h.epoch} seq {h.seq}")
-        payload = decode_batch(msg) if h.kind == "batch" else msg
+        admitted = admit(frames, counters.streams)
     except ProtocolError as e:
         counters.rejected.labels(e.reason).inc()
         log.warning("rejected message: %s", e)
         return True
     counters.received.inc()
+    h = admitted.header
     if h.kind == "end":  # everything before it has been handed on: confirm to the sender
+        counters.settle(admitted, True)
         sub.confirm_end(h.epoch, h.seq)
     try:
-        on_message(msg.header.kind, payload)
+        on_message(h.kind, admitted.payload)
     except Rejected as e:
         counters.rejected.labels(e.reason).inc()
         log.warning("skipped message: %s", e)
+        counters.settle(admitted, False)
+        return True
+    if h.kind != "end":
+        counters.settle(admitted, True)
     return True

@@ -97,8 +97,9 @@ def wait_for(predicate, timeout_s: float, what: str, procs=None, interval_s: flo
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
-def synthetic_batch(epoch: str, seq: int, d: int = 32, acts=None):
-    """A valid Othello-shaped batch of random numbers: 16 games of 59 positions, width d."""
+def synthetic_batch(epoch: str, seq: int, d: int = 32, acts=None, src: str = ""):
+    """A valid Othello-shaped batch of random numbers: 16 games of 59 positions, width d, from
+    sender `src` ('' = a lone sender)."""
     import torch
 
     from boardlens.protocol import ActivationBatch
@@ -110,7 +111,7 @@ def synthetic_batch(epoch: str, seq: int, d: int = 32, acts=None):
         label_pos=torch.arange(T, dtype=torch.int16).repeat(B, 1),
         labels={"mine_theirs_empty": torch.randint(0, 3, (B, T, 8, 8), dtype=torch.int8),
                 "legal_moves": torch.randint(0, 2, (B, T, 8, 8), dtype=torch.int8)},
-        epoch=epoch, seq=seq, game="othello", model="test", layer=0)
+        epoch=epoch, seq=seq, game="othello", model="test", layer=0, meta={"src": src} if src else {})
 
 
 def model_dims(folder) -> tuple[int, int]:

@@ -191,10 +191,12 @@ class _HostileFeed:
         self.expected: Counter = Counter()
         self.a, self.b = "aaaa", "bbbb"
         self.seq = {self.a: 0, self.b: 0}
+        self.last_good = {self.a: -1, self.b: -1}  # the stream's last accepted seq
         self.good_sent = 0
 
     def good(self, epoch: str) -> None:
         self.pub.send(encode_batch(synthetic_batch(epoch, self.seq[epoch])))
+        self.last_good[epoch] = self.seq[epoch]
         self.seq[epoch] += 1
         self.good_sent += 1
 
@@ -223,9 +225,9 @@ class _HostileFeed:
             acts = torch.randn(16, 59, 32)
             acts[rng.randrange(16), rng.randrange(59)] = poison
             self.hostile(encode_batch(synthetic_batch(a, seq[a], acts=acts)), "non_finite")
-            seq[a] += 1  # a rejected body still uses up its seq: not lost
-        for _ in range(10):
-            self.hostile(encode_batch(synthetic_batch(a, rng.randrange(seq[a]))), "out_of_order")
+            seq[a] += 1  # a rejected body moves nothing, but the gap it leaves is not counted as lost
+        for _ in range(10):  # replays of accepted seqs (a rejected seq may still come, valid)
+            self.hostile(encode_batch(synthetic_batch(a, rng.randrange(self.last_good[a] + 1))), "out_of_order")
         for _ in range(5):
             self.hostile(encode_batch(synthetic_batch(a, seq[a] + 10**12)), "seq_jump")
             self.hostile(encode("end", epoch="dead", seq=0, game="othello", model="m", layer=0, tensors={}),
@@ -278,6 +280,43 @@ def test_hostile_and_malformed_messages_against_a_live_trainer(tmp_path):
     _, states = read_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))
     (state,) = states.values()
     assert all(bool(torch.isfinite(w).all()) for w in state["ae"].values())
+
+
+def test_a_forged_batch_naming_the_real_producer_with_a_new_epoch_changes_nothing(tmp_path):
+    """One batch naming the real producer (src p0) with a new epoch and the wrong width is
+    refused (incompatible) and changes nothing: every real batch after it is trained on. (Once,
+    the trainer adopted the forged epoch before refusing the body, dropped every real batch
+    after it as epoch_flap and stopped training with /healthz still 200.)"""
+    data, snaps, tm = free_ports(3)
+    logs = {"trainer": tmp_path / "trainer.log"}
+    pub = Publisher(f"tcp://127.0.0.1:{data}", None, TransportConfig(send_timeout_ms=10_000))
+    procs = {"trainer": start("train", "--connect", f"tcp://127.0.0.1:{data}", "--snapshot-bind",
+                              f"tcp://127.0.0.1:{snaps}", "--run-dir", str(tmp_path / "run"), "--saes", "standard",
+                              "--d-sae", "64", "--batch-size", "128", "--buffer-activations", "1024",
+                              "--steps", "100000", "--warmup-steps", "1", "--threads", "1",
+                              "--metrics-port", str(tm), log_path=logs["trainer"])}
+    try:
+        with services(procs, logs):
+            assert pub.wait_for_subscribers(1, 60), "trainer never subscribed"
+            for seq in range(10):
+                pub.send(encode_batch(synthetic_batch("aaaa", seq, src="p0")))
+            wait_for(lambda: value(scrape(tm), "boardlens_trainer_messages_total") >= 10, 120, "10 batches", procs)
+            steps_before = value(scrape(tm), "boardlens_trainer_steps_total")
+            pub.send(encode_batch(synthetic_batch("ffff", 0, d=16, src="p0")))  # the forgery
+            for seq in range(10, 40):
+                pub.send(encode_batch(synthetic_batch("aaaa", seq, src="p0")))
+            wait_for(lambda: value(scrape(tm), "boardlens_trainer_messages_total") >= 41, 120, "every batch", procs)
+            wait_for(lambda: value(scrape(tm), "boardlens_trainer_steps_total") >= steps_before + 150, 120,
+                     "training on the batches after the forgery", procs)
+            t = scrape(tm)
+            assert value(t, "boardlens_trainer_messages_rejected_total", reason="incompatible") == 1
+            assert value(t, "boardlens_trainer_messages_rejected_total", reason="epoch_flap") == 0
+            assert value(t, "boardlens_trainer_batches_lost_total", source="p0") == 0
+            pub.send(encode("end", epoch="aaaa", seq=40, game="othello", model="m", layer=0, tensors={},
+                            meta={"src": "p0"}))
+            assert procs["trainer"].wait(60) == 0
+    finally:
+        pub.close(linger_ms=0)
 
 
 def test_curve_keeps_an_unauthenticated_client_out_of_a_live_producer(tmp_path):

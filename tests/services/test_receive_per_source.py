@@ -53,3 +53,40 @@ def test_losses_are_counted_under_the_producer_that_lost_them():
         for p in pubs.values():
             p.close(linger_ms=0)
         tel.close()
+
+
+def test_invented_sender_names_open_a_bounded_number_of_series():
+    """An unauthenticated peer naming every message differently: a name gets a series only once
+    a message of its is accepted, and only the first MAX_SOURCE_LABELS names; the rest count as
+    'other' (1,030 invented names once opened 1,024 series)."""
+    from boardlens.services.common import MAX_SOURCE_LABELS
+
+    tel = Telemetry("trainer", 0)
+    counters = MessageCounters(tel, M.TRAINER_DATA)
+    pub = Publisher("tcp://127.0.0.1:0", None)
+    sub = Subscriber(pub.lossless_endpoint)
+    try:
+        assert pub.wait_for_subscribers(1, timeout_s=30)
+        for i in range(100):  # rejected for their bodies (NaN): no series, no stream
+            pub.send(encode_batch(ActivationBatch(
+                acts=torch.full((2, 3, 4), float("nan")), tokens=torch.zeros(2, 3, dtype=torch.int64),
+                game_ids=torch.arange(2), lengths=torch.full((2,), 3, dtype=torch.int16),
+                label_pos=torch.zeros(2, 1, dtype=torch.int16), epoch="ab", seq=0,
+                meta={SOURCE_KEY: f"forged-{i}"})))
+        for i in range(100):  # accepted, each losing 2 before its second message
+            pub.send(_batch(f"invented-{i}", 0))
+            pub.send(_batch(f"invented-{i}", 3))
+        seen = 0
+        deadline = time.monotonic() + 60
+        while seen < 300 and time.monotonic() < deadline:
+            seen += receive(sub, counters, 1000, lambda kind, batch: None)
+        assert seen == 300
+        lost = _lost(tel)
+        assert len(lost) == MAX_SOURCE_LABELS + 1 and "other" in lost
+        assert not any(name.startswith("forged") for name in lost) and not counters.streams.trackers.keys() & {
+            f"forged-{i}" for i in range(100)}
+        assert sum(lost.values()) == 200
+    finally:
+        sub.close()
+        pub.close(linger_ms=0)
+        tel.close()
