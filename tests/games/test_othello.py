@@ -126,6 +126,26 @@ def test_tokenizer_round_trip_and_vocab():
         tokenizer.decode(np.array([61]))
 
 
+def test_a_game_over_right_after_a_pass_labels_the_side_that_did_not_move_last_as_mine():
+    """After a pass one side moves twice, so move parity names the wrong side as the one that
+    did not move last (about 1 game in 1,024 ends so)."""
+    rec = play_random(8000, seed=11)
+    last = rec.lengths.astype(np.int64) - 1
+    g_idx = np.arange(len(last))
+    square = rec.moves[g_idx, last].astype(np.int64)
+    black_last = ((rec.black[g_idx, last] >> square.astype(np.uint64)) & np.uint64(1)).astype(bool)
+    made_last = np.where(black_last, 0, 1)  # the colour of the disc the last move put down
+    by_parity = last % 2  # move i is black's by parity when i is even
+    after_pass = np.flatnonzero((made_last != by_parity) & (rec.lengths <= 59))
+    assert len(after_pass) > 0
+    state = label_games(rec, 59)["mine_theirs_empty"]
+    for g in after_pass:
+        i = int(last[g])
+        theirs = bits_to_bool(rec.black[g, i] if made_last[g] == 0 else rec.white[g, i]).reshape(8, 8)
+        assert ((state[g, i] == 2) == theirs).all(), g  # the last mover's discs are theirs
+        assert (state[g, 58] == state[g, i]).all()  # positions past the end keep the final label
+
+
 def test_labels_mine_theirs_follow_the_side_to_move():
     rec = play_random(300, seed=5)
     labels = label_games(rec, 59)
@@ -135,8 +155,8 @@ def test_labels_mine_theirs_follow_the_side_to_move():
         for i in range(min(59, rec.lengths[g])):
             black = bits_to_bool(rec.black[g, i]).reshape(8, 8)
             mover = rec.to_move[g, i]
-            if mover < 0:
-                mover = (i + 1) % 2
+            if mover < 0:  # over: the side that did not make the last move (whose disc is on its square)
+                mover = 1 - int(black[divmod(int(rec.moves[g, i]), 8)] == 0)
             mine = black if mover == 0 else bits_to_bool(rec.white[g, i]).reshape(8, 8)
             assert ((state[g, i] == 1) == mine).all()
             assert ((legal[g, i] == 1) == bits_to_bool(rec.legal[g, i]).reshape(8, 8)).all()

@@ -3,7 +3,8 @@
 Convention (differs from upstream, which flips mine/theirs by token parity and so ignores
 passes): at position i (the state after move i) "mine" is the side that actually moves next,
 passes resolved by the rules. When the game is over nobody moves; we then use the side that
-did not make the last move, which is what parity gives. Both families are (8, 8) per position.
+did not make the last move (passes included: after a pass the same side moves twice, so
+parity would name the wrong one). Both families are (8, 8) per position.
 
 - `mine_theirs_empty`: class 0 empty (masked), 1 mine, 2 theirs -> 128 BSPs.
 - `legal_moves`: 1 where the side to move has a legal move (binary, one class) -> 64 BSPs.
@@ -40,8 +41,10 @@ def label_games(rec: GameRecord, num_positions: int) -> dict[str, np.ndarray]:
     rows = np.arange(G)[:, None]
     black, white = rec.black[rows, idx], rec.white[rows, idx]
     mover = rec.to_move[rows, idx]
-    # Over: the side that did not make the last move (parity of the move index).
-    mover = np.where(mover == GAME_OVER, (idx + 1) % 2, mover)
+    # Over: the side that did not make the last move. Move i was made by whoever was to move
+    # after move i - 1 (black for move 0): passes are resolved there, unlike by parity.
+    made_last = np.where(idx == 0, BLACK, rec.to_move[rows, np.maximum(idx - 1, 0)])
+    mover = np.where(mover == GAME_OVER, 1 - made_last, mover)
     mine = np.where(mover == BLACK, black, white)
     theirs = np.where(mover == BLACK, white, black)
     state = bits_to_bool(mine).view(np.int8) * np.int8(MINE) + bits_to_bool(theirs).view(np.int8) * np.int8(THEIRS)
