@@ -27,18 +27,31 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 TORCH_DTYPES = {name: getattr(torch, name) for name in DTYPES}
 
 # The header of the SPEC.md example, checked in: any change to the wire layout fails here.
-GOLDEN_HEADER = bytes.fromhex(
-    "8aa17601a16ba56261746368a165b030313233343536373839616263646566a1"
-    "7307a174cf17979cfe362a0000a167a76f7468656c6c6fa16dab6f7468656c6c"
-    "6f2d677074a16c06a17881a573706c6974a5747261696ea1649194a461637473"
-    "a7666c6f6174333292020301"
-)
+def _spec_block(tag: str) -> str:
+    return (ROOT / "protocol" / "SPEC.md").read_text().split(f"```{tag}\n")[1].split("```")[0]
 
 
 def golden_frames():
-    return encode("batch", epoch="0123456789abcdef", seq=7, game="othello", model="othello-gpt",
-                  layer=6, tensors={"acts": np.zeros((2, 3), np.float32)},
-                  meta={"split": "train"}, sent_ns=1_700_000_000_000_000_000)
+    """SPEC.md's golden batch, made by our encoder."""
+    import torch
+
+    from boardlens.protocol import ActivationBatch, encode_batch
+
+    labels = torch.zeros(1, 1, 8, 8, dtype=torch.int8)
+    labels[0, 0, 2, 3] = labels[0, 0, 4, 5] = 1
+    return encode_batch(ActivationBatch(
+        acts=torch.tensor([[[0.5, -1.0], [2.0, 0.25]]]), tokens=torch.tensor([[20, 38]]), game_ids=torch.tensor([7]),
+        lengths=torch.tensor([2], dtype=torch.int16), label_pos=torch.tensor([[1]], dtype=torch.int16),
+        labels={"legal_moves": labels}, epoch="0123456789abcdef", seq=7, game="othello", model="othello-gpt",
+        layer=6, sent_ns=1_700_000_000_000_000_000, meta={"src": "p0"}))
+
+
+def golden_end():
+    return encode("end", epoch="0123456789abcdef", seq=8, game="othello", model="othello-gpt", layer=6,
+                  tensors={}, meta={"src": "p0", "tokens": 2}, sent_ns=1_700_000_001_000_000_000)
+
+
+GOLDEN_HEADER = bytes.fromhex("".join(_spec_block("golden").split()))
 
 
 def wire_map(**changes):
@@ -134,7 +147,7 @@ def test_decode_accepts_memoryviews_and_bytearrays_without_warnings():
     frames = golden_frames()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        decode([memoryview(frames[0]), memoryview(bytearray(frames[1].tobytes()))])
+        decode([memoryview(frames[0]), *(memoryview(bytearray(bytes(f))) for f in frames[1:])])
         decode([bytes(f) for f in frames])  # read-only: the torch warning is suppressed
 
 
@@ -146,18 +159,24 @@ def test_new_epoch_is_fresh_hex():
 # --------------------------------------------------------------------------- golden bytes
 
 
-def test_golden_header_bytes():
+def test_the_encoder_makes_spec_md_s_golden_messages_byte_for_byte():
     frames = golden_frames()
-    assert frames[0] == GOLDEN_HEADER
+    assert bytes(frames[0]) == GOLDEN_HEADER and len(GOLDEN_HEADER) == 210
+    spec_frames = dict(line.split(": ") for line in _spec_block("golden-frames").strip().splitlines())
+    assert {int(i): bytes.fromhex(h) for i, h in spec_frames.items()} == {
+        i: bytes(f) for i, f in enumerate(frames) if i}
+    end = golden_end()
+    assert len(end) == 1 and bytes(end[0]) == bytes.fromhex("".join(_spec_block("golden-end").split()))
     assert PROTOCOL_VERSION == 1
-    assert bytes(frames[1]) == bytes(24)
 
 
-def test_spec_shows_the_golden_bytes():
-    spec = (ROOT / "protocol" / "SPEC.md").read_text()
-    hex_in_spec = "".join(line.strip() for line in spec.split("```golden")[1].split("```")[0]
-                          .splitlines())
-    assert bytes.fromhex(hex_in_spec) == GOLDEN_HEADER
+def test_spec_md_s_golden_messages_are_valid_messages_of_their_kind():
+    from boardlens.protocol import decode_batch
+
+    batch = decode_batch(decode([bytes(f) for f in golden_frames()]))
+    assert batch.acts.tolist() == [[[0.5, -1.0], [2.0, 0.25]]] and batch.labels["legal_moves"].sum() == 2
+    end = decode(golden_end()).header
+    assert (end.kind, end.seq, end.meta) == ("end", 8, {"src": "p0", "tokens": 2})
 
 
 # --------------------------------------------------------------------------- error reasons
