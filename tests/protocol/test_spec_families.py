@@ -21,7 +21,7 @@ def test_the_spec_lists_every_family_of_the_built_in_games_as_the_code_defines_i
     rows = list(_rows())
     want = [(g, f) for g in ("othello", "chess") for f in GAMES[g].families()]
     assert [(r[0], r[1].strip("`")) for r in rows] == [(g, f.name) for g, f in want]
-    for (game, fam), (_, _, shape, classes, masked) in zip(want, rows, strict=True):
+    for (_, fam), (_, _, shape, classes, masked) in zip(want, rows, strict=True):
         assert shape == f"{fam.shape[0]} x {fam.shape[1]}", fam.name
         assert masked == ", ".join(map(str, fam.masked_classes)), fam.name
         if fam.class_names:  # every class value with its name, in order
