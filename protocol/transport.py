@@ -182,6 +182,9 @@ class Publisher:
         self._subs = {True: 0, False: 0}  # lossless? -> live subscriptions (topic b"")
         self._names: Counter[str] = Counter()  # named lossless subscribers (a name may reconnect)
         self._acks: set[tuple[str, int, str]] = set()  # (epoch, seq, name) of confirmed ends
+        self._monitors: list[zmq.Socket] = []  # handshake failures of a CURVE publisher's sockets
+        self.handshake_failures = 0  # clients refused before ZAP (no CURVE, a wrong mechanism)
+        self.on_handshake_failed = None  # optional callable(), e.g. a Prometheus counter's inc
         try:
             if lossless_endpoint is not None:
                 self._lossless = self._bind(lossless_endpoint, lossless=True)
@@ -211,11 +214,24 @@ class Publisher:
             else:
                 sock.setsockopt(zmq.HEARTBEAT_IVL, cfg.heartbeat_ivl_ms)
                 sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, cfg.heartbeat_timeout_ms)
+            if self._curve is not None:
+                # A client without CURVE (or speaking another mechanism) fails the handshake
+                # before ZAP sees a key: only the socket monitor tells. ZAP counts the rest.
+                self._monitors.append(sock.get_monitor_socket(
+                    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL))
             sock.bind(endpoint)
         except BaseException:
             sock.close(linger=0)
             raise
         return sock
+
+    def _poll_handshakes(self) -> None:
+        for mon in self._monitors:
+            while mon.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                mon.recv_multipart(zmq.NOBLOCK)  # event frame + endpoint frame
+                self.handshake_failures += 1
+                if self.on_handshake_failed is not None:
+                    self.on_handshake_failed()
 
     @property
     def lossless_endpoint(self) -> str | None:
@@ -229,7 +245,10 @@ class Publisher:
         return None if self._lossy is None else self._lossy.getsockopt_string(zmq.LAST_ENDPOINT)
 
     def poll_subscriptions(self) -> None:
-        """Read pending (un)subscription messages from both XPUB sockets and update counts."""
+        """Read pending (un)subscription messages from both XPUB sockets and update counts
+        (and count failed CURVE handshakes)."""
+        if self._monitors:
+            self._poll_handshakes()
         for lossless, sock in ((True, self._lossless), (False, self._lossy)):
             # EVENTS first: cheaper than a NOBLOCK recv raising zmq.Again on every send.
             if sock is None or not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
@@ -367,7 +386,11 @@ class Publisher:
         linger = self.cfg.linger_ms if linger_ms is None else linger_ms
         for sock in (self._lossless, self._lossy):
             if sock is not None and not sock.closed:
+                if self._monitors:
+                    sock.disable_monitor()
                 sock.close(linger=linger)
+        for mon in self._monitors:
+            mon.close(linger=0)
 
     def __enter__(self) -> Publisher:
         return self

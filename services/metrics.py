@@ -119,7 +119,7 @@ PRODUCER_SEND_TIMEOUTS = Metric("boardlens_producer_send_timeouts_total", COUNTE
                                 "Sends that timed out on a full lossless subscriber")
 PRODUCER_SUBSCRIBERS = Metric("boardlens_producer_subscribers", GAUGE, "Connected subscribers", ("mode",))
 PRODUCER_AUTH_DENIED = Metric("boardlens_producer_auth_denied_total", COUNTER,
-                              "Connections refused: a CURVE client key not on the allow-list")
+                              "Connections refused: a client without CURVE, or with a key not on the allow-list")
 PRODUCER_RESTARTS = Metric("boardlens_producer_stream_restarts", GAUGE,
                            "Times this stream was continued from its state file (kept across restarts)")
 
@@ -151,7 +151,7 @@ TRAINER_SPARSITY_ALPHA = Metric("boardlens_trainer_sparsity_alpha", GAUGE, "Curr
 TRAINER_BUFFER = Metric("boardlens_trainer_buffer_activations", GAUGE, "Unread activations in the shuffle buffer")
 TRAINER_SNAPSHOTS = Metric("boardlens_trainer_snapshots_total", COUNTER, "Snapshots published", ("outcome",))
 TRAINER_AUTH_DENIED = Metric("boardlens_trainer_auth_denied_total", COUNTER,
-                             "Evaluator connections refused: a CURVE key not on the allow-list")
+                             "Evaluator connections refused: no CURVE, or a key not on the allow-list")
 # Checkpoints are minutes apart: a histogram's rate would be empty in most windows.
 TRAINER_LAST_CHECKPOINT = Metric("boardlens_trainer_last_checkpoint_seconds", GAUGE,
                                  "Wall time of the latest checkpoint write")

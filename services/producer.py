@@ -154,7 +154,7 @@ class Producer:
         self.m.restarts.set(self.state.restarts)
         self.pub = Publisher(cfg.bind, cfg.bind_lossy, transport(cfg), curve=curve(cfg, "server"))
         if self.pub.allow_list is not None:
-            self.pub.allow_list.on_denied = self.m.auth_denied.inc
+            self.pub.allow_list.on_denied = self.pub.on_handshake_failed = self.m.auth_denied.inc
         self.end_report: EndReport | None = None
         self.sending_since: float | None = None  # monotonic start of the send in progress
         self.m.blocked_now.set_function(self._blocked_s)

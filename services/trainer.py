@@ -334,7 +334,7 @@ class SnapshotPublisher:
         fast = dataclasses.replace(transport(cfg), send_timeout_ms=min(cfg.send_timeout_ms, 2000))
         self.pub = Publisher(cfg.snapshot_bind, None, fast, curve=curve(cfg, "server"))
         if self.pub.allow_list is not None:
-            self.pub.allow_list.on_denied = metrics.auth_denied.inc
+            self.pub.allow_list.on_denied = self.pub.on_handshake_failed = metrics.auth_denied.inc
         self.m, self.epoch, self.seq = metrics, new_epoch(), 0
         self.name = sender_name(cfg.snapshot_bind)  # meta 'src': evaluators tell the shards apart
         self.end_confirmed = False

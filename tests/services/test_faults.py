@@ -336,14 +336,18 @@ def test_curve_keeps_an_unauthenticated_client_out_of_a_live_producer(tmp_path):
                                "--max-tokens", "3000", "--wait-consumers", "1", "--threads", "1",
                                "--metrics-port", str(pm), log_path=log)}
     endpoint = f"tcp://127.0.0.1:{port}"
-    intruder = Subscriber(endpoint, name="intruder",
-                          curve=dataclasses.replace(client_keys(str(tmp_path / "stranger")),
-                                                    server_public=client_keys(str(keys)).server_public))
-    plain = Subscriber(endpoint, name="plain")
+    plain = Subscriber(endpoint, name="plain")  # no CURVE at all: refused before any key is seen
+    intruder = None
     try:
         with services(procs, {"producer": log}):
             wait_for(lambda: value(scrape(pm), "boardlens_producer_auth_denied_total") >= 1, 60,
-                     "the producer to refuse the intruder", procs)
+                     "the producer to count the client without CURVE (its handshake fails)", procs)
+            intruder = Subscriber(endpoint, name="intruder",
+                                  curve=dataclasses.replace(client_keys(str(tmp_path / "stranger")),
+                                                            server_public=client_keys(str(keys)).server_public))
+            denied = value(scrape(pm), "boardlens_producer_auth_denied_total")
+            wait_for(lambda: value(scrape(pm), "boardlens_producer_auth_denied_total") > denied, 60,
+                     "the producer to refuse the intruder's key", procs)
             assert value(scrape(pm), "boardlens_producer_subscribers", mode="lossless") == 0
             trusted = Subscriber(endpoint, name="trusted", curve=client_keys(str(keys)))
             got = 0
@@ -357,7 +361,8 @@ def test_curve_keeps_an_unauthenticated_client_out_of_a_live_producer(tmp_path):
             assert got >= 1 and procs["producer"].wait(30) == 0
         assert intruder.recv(200) is None and plain.recv(200) is None  # nothing, ever
     finally:
-        intruder.close()
+        if intruder is not None:
+            intruder.close()
         plain.close()
     assert "end of stream confirmed by trusted" in log.read_text()
 
