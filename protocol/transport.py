@@ -62,6 +62,8 @@ def tune_malloc(
 
 _HELLO = b"\xfehello:"  # + name: a lossless Subscriber introduces itself
 _END_ACK = b"\xffend:"  # + "<epoch>:<seq>:<name>": it has read that 'end'
+_READ = b"\xferead:"  # + "<messages read>:<name>": a lossless Subscriber's progress, about every second
+_READ_EVERY_S = 1.0
 _MAX_PEERS = 4096  # bound on tracked names and confirmations (hostile subscribers)
 
 
@@ -182,6 +184,9 @@ class Publisher:
         self._subs = {True: 0, False: 0}  # lossless? -> live subscriptions (topic b"")
         self._names: Counter[str] = Counter()  # named lossless subscribers (a name may reconnect)
         self._acks: set[tuple[str, int, str]] = set()  # (epoch, seq, name) of confirmed ends
+        self._sent = 0  # lossless messages sent
+        self._joined: dict[str, int] = {}  # name -> messages sent when it said hello
+        self._reads: dict[str, int] = {}  # name -> messages it last reported read
         self._monitors: list[zmq.Socket] = []  # handshake failures of a CURVE publisher's sockets
         self.handshake_failures = 0  # clients refused before ZAP (no CURVE, a wrong mechanism)
         self.on_handshake_failed = None  # optional callable(), e.g. a Prometheus counter's inc
@@ -276,18 +281,29 @@ class Publisher:
             name = topic[len(_HELLO):].decode("utf-8", "replace")
             if delta > 0 and len(self._names) < _MAX_PEERS:
                 self._names[name] += 1
+                self._joined.setdefault(name, self._sent)
             elif delta < 0 and self._names[name] > 0:
                 self._names[name] -= 1
                 if not self._names[name]:
                     del self._names[name]
+                    self._joined.pop(name, None)
+                    self._reads.pop(name, None)
+        elif topic.startswith(_READ) and delta > 0:
+            count, _, name = topic[len(_READ):].decode("utf-8", "replace").partition(":")
+            if count.isdigit() and name in self._names:
+                self._reads[name] = int(count)
         elif topic.startswith(_END_ACK) and delta > 0 and len(self._acks) < _MAX_PEERS:
             epoch, seq, name = (topic[len(_END_ACK):].decode("utf-8", "replace").split(":", 2) + ["", ""])[:3]
             if seq.isdigit():
                 self._acks.add((epoch, int(seq), name))
 
-    def known_names(self) -> list[str]:
-        """The names as last polled; safe from another thread (touches no socket)."""
-        return sorted(list(self._names))
+    def behind(self) -> dict[str, int]:
+        """Named lossless subscribers -> messages sent since they joined that they have not
+        reported read (they report about every second while reading), furthest behind first:
+        when a send blocks, the first is the one that does not read. Safe from another thread."""
+        joined, reads, sent = dict(self._joined), dict(self._reads), self._sent
+        lag = {n: max(0, sent - j - reads.get(n, 0)) for n, j in joined.items()}
+        return dict(sorted(lag.items(), key=lambda kv: -kv[1]))
 
     def subscriber_names(self) -> list[str]:
         """Names of the lossless subscribers connected now (polls first)."""
@@ -336,6 +352,7 @@ class Publisher:
                 raise SendTimeout(
                     f"lossless subscriber full for {self.cfg.send_timeout_ms} ms") from None
             blocked_s = time.perf_counter() - t0
+            self._sent += 1
         if self._lossy is not None:
             self._lossy.send_multipart(frames, copy=False)  # plain XPUB never blocks
         return blocked_s
@@ -468,6 +485,7 @@ class Subscriber:
         self.rediscover_s = rediscover_s
         self.connected: set[str] = set()  # concrete endpoints connected now
         self._next_discovery = float("inf")
+        self._read, self._reported, self._report_at = 0, b"", 0.0  # progress reports (lossless)
         ctx = ctx if ctx is not None else zmq.Context.instance()
         self._sock = ctx.socket(zmq.SUB)
         self._rcvtimeo = -1  # mirrors the socket's RCVTIMEO (-1 = wait forever)
@@ -510,9 +528,25 @@ class Subscriber:
             self._sock.setsockopt(zmq.RCVTIMEO, timeo)
             self._rcvtimeo = timeo
         try:
-            return self._sock.recv_multipart(copy=False)
+            frames = self._sock.recv_multipart(copy=False)
+            self._read += 1
         except zmq.Again:
-            return None
+            frames = None
+        if not self.lossy and time.monotonic() >= self._report_at:
+            self._report_progress()
+        return frames
+
+    def _report_progress(self) -> None:
+        """Tell the publishers how many messages this subscriber has read (a subscription
+        topic: it travels upstream even while the stream is blocked), so that a producer that
+        blocks can name the subscriber that does not read."""
+        topic = _READ + f"{self._read}:{self.name}".encode()
+        if topic != self._reported:
+            self._sock.setsockopt(zmq.SUBSCRIBE, topic)
+            if self._reported:
+                self._sock.setsockopt(zmq.UNSUBSCRIBE, self._reported)
+            self._reported = topic
+        self._report_at = time.monotonic() + _READ_EVERY_S
 
     def confirm_end(self, epoch: str, seq: int) -> None:
         """Tell the publisher this subscriber's application has read 'end' (epoch, seq)."""

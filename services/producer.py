@@ -256,9 +256,17 @@ class Producer:
     def _blocked_problem(self) -> str | None:  # runs in the HTTP thread: never touches a socket
         blocked = self._blocked_s()
         if blocked > self.cfg.blocked_unhealthy_s:
-            return (f"one send blocked for {blocked:.0f} s by a lossless subscriber that does not read "
-                    f"(subscribers: {', '.join(self.pub.known_names()) or 'unnamed'})")
+            return f"one send blocked for {blocked:.0f} s by a lossless subscriber that does not read ({self._who()})"
         return None
+
+    def _who(self) -> str:
+        """The subscriber furthest behind (the one that blocks), and the others."""
+        behind = self.pub.behind()
+        if not behind:
+            return "it is unnamed"
+        first, *rest = behind.items()
+        return (f"furthest behind: {first[0]}, {first[1]} messages" +
+                (f"; others: {', '.join(f'{n} ({b})' for n, b in rest)}" if rest else ""))
 
     def _send(self, frames: list, stop) -> bool:
         """Send, retrying on SendTimeout until stopped (a lossless consumer must not miss it)."""
@@ -277,7 +285,7 @@ class Producer:
             except SendTimeout:
                 self.m.send_timeouts.inc()
                 self.tel.idle("blocked on a slow lossless subscriber")
-                log.warning("send timed out on a slow lossless subscriber; retrying")
+                log.warning("send timed out on a slow lossless subscriber (%s); retrying", self._who())
         return False
 
     def run(self, stop) -> int:

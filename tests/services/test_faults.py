@@ -371,20 +371,29 @@ def test_a_subscriber_that_never_reads_turns_producer_healthz_unhealthy(tmp_path
     port, pm = free_ports(2)
     log = tmp_path / "producer.log"
     rogue = Subscriber(f"tcp://127.0.0.1:{port}", cfg=TransportConfig(rcvhwm_msgs=1), name="rogue")
+    reader = Subscriber(f"tcp://127.0.0.1:{port}", name="reader")  # healthy: reads all it gets
+    stop = threading.Event()
+    thread = threading.Thread(target=lambda: [reader.recv(200) for _ in iter(stop.is_set, True)], daemon=True)
+    thread.start()
     procs = {"producer": start("produce", "--model", RANDOM_MODEL, "--bind", f"tcp://127.0.0.1:{port}",
                                "--bind-lossy", "tcp://127.0.0.1:0", "--batch-games", "64", "--sndhwm-msgs", "2",
-                               "--send-timeout-ms", "1000", "--blocked-unhealthy-s", "3", "--wait-consumers", "1",
+                               "--send-timeout-ms", "1000", "--blocked-unhealthy-s", "3", "--wait-consumers", "2",
                                "--threads", "1", "--metrics-port", str(pm), log_path=log)}
     try:
         with services(procs, {"producer": log}):
             code, info = wait_for(lambda: (h := healthz(pm))[0] == 503 and h, 120,
                                   "/healthz to report the blocked producer", procs)
-            assert "blocked" in info["problems"][0] and "rogue" in info["problems"][0]
+            # the one that blocks is named first; the one that reads is not blamed
+            assert "blocked" in info["problems"][0] and "furthest behind: rogue" in info["problems"][0], info
+            assert "furthest behind: rogue" in log.read_text()  # and so does the log
             assert value(scrape(pm), "boardlens_producer_send_blocked_now_seconds") > 3
             rogue.close()  # once it is gone the producer is free again
             wait_for(lambda: healthz(pm)[0] == 200, 60, "/healthz to recover", procs)
     finally:
+        stop.set()
+        thread.join(5)
         rogue.close()
+        reader.close()
 
 
 def test_a_stopped_lossy_consumer_never_slows_the_producer(tmp_path):
