@@ -28,10 +28,6 @@ class Admitted(NamedTuple):
     source: str  # the sender's name (`source_of`)
     payload: ActivationBatch | Message  # a decoded, validated batch for kind 'batch'; else the message
 
-    @property
-    def kind(self) -> str:
-        return self.header.kind
-
 
 def admit(frames, streams: Streams) -> Admitted:
     """Decode and validate one message and check its place in its sender's sequence, changing
