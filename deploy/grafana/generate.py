@@ -229,6 +229,7 @@ ROWS: list[tuple[str, list[Panel]]] = [
         Panel("Evaluations / min per SAE", (
             (per_minute(M.EVALUATOR_EVALUATIONS, "sae", SAE), "{{sae}}"),
             (per_minute(M.EVALUATOR_SNAPSHOTS_SKIPPED), "superseded (skipped)"),
+            (per_minute(M.EVALUATOR_DESCRIBE_FAILURES), "descriptions failed"),
         ), "short"),
         Panel("Eval set games", ((f"sum by (split) ({gauge(M.EVALUATOR_EVAL_SET_GAMES)})", "{{split}}"),),
               "short"),
