@@ -242,9 +242,9 @@ class _HostileFeed:
             self.good(b)
 
 
-def test_hostile_and_malformed_messages_against_a_live_trainer(tmp_path):
-    """236 bad messages of 15 kinds interleaved with 44 good batches: every one rejected and counted by
-    reason, nothing counted as lost, training goes on, and no NaN reaches a checkpoint."""
+def _live_trainer(tmp_path):
+    """A publisher of our own and a live trainer (one small SAE) subscribed to it: (pub, procs,
+    logs, the trainer's metrics port)."""
     data, snaps, tm = free_ports(3)
     logs = {"trainer": tmp_path / "trainer.log"}
     pub = Publisher(f"tcp://127.0.0.1:{data}", None, TransportConfig(send_timeout_ms=10_000))
@@ -253,6 +253,13 @@ def test_hostile_and_malformed_messages_against_a_live_trainer(tmp_path):
                               "--d-sae", "64", "--batch-size", "128", "--buffer-activations", "1024",
                               "--steps", "100000", "--warmup-steps", "1", "--threads", "1",
                               "--metrics-port", str(tm), log_path=logs["trainer"])}
+    return pub, procs, logs, tm
+
+
+def test_hostile_and_malformed_messages_against_a_live_trainer(tmp_path):
+    """236 bad messages of 15 kinds interleaved with 44 good batches: every one rejected and counted by
+    reason, nothing counted as lost, training goes on, and no NaN reaches a checkpoint."""
+    pub, procs, logs, tm = _live_trainer(tmp_path)
     feed = _HostileFeed(pub)
     try:
         with services(procs, logs):
@@ -287,14 +294,7 @@ def test_a_forged_batch_naming_the_real_producer_with_a_new_epoch_changes_nothin
     refused (incompatible) and changes nothing: every real batch after it is trained on. (Once,
     the trainer adopted the forged epoch before refusing the body, dropped every real batch
     after it as epoch_flap and stopped training with /healthz still 200.)"""
-    data, snaps, tm = free_ports(3)
-    logs = {"trainer": tmp_path / "trainer.log"}
-    pub = Publisher(f"tcp://127.0.0.1:{data}", None, TransportConfig(send_timeout_ms=10_000))
-    procs = {"trainer": start("train", "--connect", f"tcp://127.0.0.1:{data}", "--snapshot-bind",
-                              f"tcp://127.0.0.1:{snaps}", "--run-dir", str(tmp_path / "run"), "--saes", "standard",
-                              "--d-sae", "64", "--batch-size", "128", "--buffer-activations", "1024",
-                              "--steps", "100000", "--warmup-steps", "1", "--threads", "1",
-                              "--metrics-port", str(tm), log_path=logs["trainer"])}
+    pub, procs, logs, tm = _live_trainer(tmp_path)
     try:
         with services(procs, logs):
             assert pub.wait_for_subscribers(1, 60), "trainer never subscribed"
