@@ -27,7 +27,7 @@ import msgpack
 from boardlens.protocol.errors import ProtocolError
 
 PROTOCOL_VERSION = 1
-KINDS: tuple[str, ...] = ("batch", "snapshot", "end")
+KINDS: tuple[str, ...] = ("batch", "snapshot", "end", "heartbeat")
 # Wire dtype name -> bytes per element. Little-endian only.
 ITEMSIZE: dict[str, int] = {
     "float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int8": 1, "uint8": 1,

@@ -187,6 +187,7 @@ class Publisher:
         self._sent = 0  # lossless messages sent
         self._joined: dict[str, int] = {}  # name -> messages sent when it said hello
         self._reads: dict[str, int] = {}  # name -> messages it last reported read
+        self.last_sent = 0.0  # time.monotonic() of the latest send or heartbeat
         self._monitors: list[zmq.Socket] = []  # handshake failures of a CURVE publisher's sockets
         self.handshake_failures = 0  # clients refused before ZAP (no CURVE, a wrong mechanism)
         self.on_handshake_failed = None  # optional callable(), e.g. a Prometheus counter's inc
@@ -343,6 +344,7 @@ class Publisher:
         buffers must stay unmodified until libzmq has sent them.
         """
         self.poll_subscriptions()
+        self.last_sent = time.monotonic()
         blocked_s = 0.0
         if self._lossless is not None:
             t0 = time.perf_counter()
@@ -356,6 +358,21 @@ class Publisher:
         if self._lossy is not None:
             self._lossy.send_multipart(frames, copy=False)  # plain XPUB never blocks
         return blocked_s
+
+    def beat(self, frames: list[Any]) -> bool:
+        """Send a heartbeat message `frames` to both endpoints without ever blocking: False when
+        a lossless subscriber is full (it has messages to read, so it knows the sender lives)."""
+        self.poll_subscriptions()
+        self.last_sent = time.monotonic()
+        if self._lossless is not None:
+            try:
+                self._lossless.send_multipart(frames, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return False
+            self._sent += 1
+        if self._lossy is not None:
+            self._lossy.send_multipart(frames)
+        return True
 
     def finish(self, frames: list[Any], epoch: str, seq: int, timeout_s: float,
                should_stop=lambda: False) -> EndReport:
@@ -536,6 +553,10 @@ class Subscriber:
             self._report_progress()
         return frames
 
+    def pending(self) -> bool:
+        """Whether a message is queued, ready to be read now."""
+        return bool(self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+
     def _report_progress(self) -> None:
         """Tell the publishers how many messages this subscriber has read (a subscription
         topic: it travels upstream even while the stream is blocked), so that a producer that
@@ -601,7 +622,7 @@ class SeqTracker:
         if epoch != self.epoch:
             if kind == "end":
                 return 0, "end_epoch"
-            if epoch in self._retired:
+            if self.has_left(epoch):
                 return 0, "epoch_flap"
             return 0, None
         if seq <= self.last_seq:
@@ -628,6 +649,10 @@ class SeqTracker:
         self._rejected = {r for r in self._rejected if r > seq}
         self.lost_total += lost
         return lost
+
+    def has_left(self, epoch: str) -> bool:
+        """Whether this stream has left `epoch` for a newer one (a message of it is a flap)."""
+        return epoch in self._retired
 
     def reject(self, epoch: str, seq: int) -> None:
         """A message `verdict` passed was then rejected (its body, or by the consumer): nothing
@@ -660,32 +685,51 @@ def source_of(header: Header) -> str:
     return src
 
 
+NEVER_HEARD = "never-heard-"
+"""Name prefix of the senders `Streams.expire` counts as gone without ever having heard them."""
+
+
 class Streams:
-    """Order and loss of every sender a consumer hears: one SeqTracker per source.
+    """Order, loss and liveness of every sender a consumer hears: one SeqTracker per source.
 
     A consumer fed by several producers (or an evaluator by several trainer shards) sees their
     epochs interleaved; a single SeqTracker would take each switch for a new stream. Here each
     source (`source_of`) keeps its own (epoch, seq), so a restarted producer is still told from
     a second one, and an 'end' ends only its own source.
+
+    Liveness: every accepted message of a source, heartbeats included (kind 'heartbeat': a
+    sender with nothing else to send says it is alive; it takes no seq), marks it heard;
+    `expire(timeout_s)` declares the sources silent for longer gone. `finished(n)` is true once
+    n sources have each either ended or gone, so a dead sender never holds the consumer.
     """
 
     def __init__(self, max_sources: int = 1024, max_gap: int = 1 << 16) -> None:
         self.max_sources, self.max_gap = max_sources, max_gap
         self.trackers: dict[str, SeqTracker] = {}
         self.ended: set[str] = set()  # sources whose latest epoch has sent 'end'
+        self.heard: dict[str, float] = {}  # source -> time.monotonic() of its last accepted message
+        self.gone: set[str] = set()  # sources declared gone by expire() and not heard since
 
     def verdict(self, source: str, epoch: str, seq: int, kind: str = "batch") -> tuple[int, str | None]:
         """SeqTracker.verdict for the message's source (a source not heard yet: as a fresh stream;
-        'limits' once max_sources sources are tracked). Changes nothing; see accept, reject."""
+        'limits' once max_sources sources are tracked). Changes nothing; see accept, reject.
+        A heartbeat is checked only against the epochs its source has left (epoch_flap)."""
         tracker = self.trackers.get(source)
         if tracker is None:
-            if len(self.trackers) >= self.max_sources:
+            if len(self.trackers) >= self.max_sources or (
+                    kind == "heartbeat" and source not in self.heard and len(self.heard) >= self.max_sources):
                 return 0, "limits"
-            return SeqTracker(self.max_gap).verdict(epoch, seq, kind)
+            return (0, None) if kind == "heartbeat" else SeqTracker(self.max_gap).verdict(epoch, seq, kind)
+        if kind == "heartbeat":
+            return (0, "epoch_flap") if tracker.has_left(epoch) else (0, None)
         return tracker.verdict(epoch, seq, kind)
 
     def accept(self, source: str, epoch: str, seq: int, kind: str = "batch") -> int:
-        """SeqTracker.accept: a source is tracked from its first accepted message on."""
+        """SeqTracker.accept: a source is tracked from its first accepted message on (a heartbeat
+        only marks it heard)."""
+        self._heard(source)
+        if kind == "heartbeat":
+            return 0
         tracker = self.trackers.get(source)
         if tracker is None:
             tracker = self.trackers[source] = SeqTracker(self.max_gap)
@@ -697,6 +741,11 @@ class Streams:
             self.ended.discard(source)
         return lost
 
+    def _heard(self, source: str) -> None:
+        if source in self.heard or len(self.heard) < self.max_sources:
+            self.heard[source] = time.monotonic()
+        self.gone.discard(source)  # a source declared gone that speaks again is back
+
     def reject(self, source: str, epoch: str, seq: int) -> None:
         if source in self.trackers:
             self.trackers[source].reject(epoch, seq)
@@ -706,12 +755,43 @@ class Streams:
         lost, reason = self.verdict(source, epoch, seq, kind)
         return (self.accept(source, epoch, seq, kind), None) if reason is None else (0, reason)
 
+    def expire(self, timeout_s: float, now: float | None = None, expected: int = 0) -> list[str]:
+        """Declare gone every source heard before, not ended, and silent for more than timeout_s
+        (0: never); -> the sources newly gone. One that speaks again is live again.
+
+        expected: the senders connected. Once every source heard has ended or gone and nothing at
+        all has come for timeout_s, the ones never heard (dead before their first message) count
+        as gone too, under the names NEVER_HEARD + i."""
+        if timeout_s <= 0:
+            return []
+        now = time.monotonic() if now is None else now
+        lost = sorted(s for s, t in self.heard.items()
+                      if now - t > timeout_s and s not in self.ended and s not in self.gone)
+        self.gone.update(lost)
+        unheard = expected - len(self.heard)
+        if (unheard > 0 and self.heard and now - max(self.heard.values()) > timeout_s
+                and set(self.heard) <= self.ended | self.gone):
+            never = [f"{NEVER_HEARD}{i}" for i in range(unheard) if f"{NEVER_HEARD}{i}" not in self.gone]
+            self.gone.update(never)
+            lost += never
+        return lost
+
     def all_ended(self, expected: int = 1) -> bool:
         """True once at least `expected` sources (the senders connected) have sent 'end'.
 
         A count, not "every source ever heard": a producer pod rescheduled under a new name
         leaves its old source behind, silent, and must not hold the consumer forever."""
         return len(self.ended) >= max(1, expected)
+
+    def finished(self, expected: int = 1) -> bool:
+        """True once at least `expected` sources have each ended or been declared gone: the
+        stream is over (complete only if none is gone)."""
+        return len(self.ended | self.gone) >= max(1, expected)
+
+    @property
+    def complete(self) -> bool:
+        """No source is gone (meaningful once `finished`)."""
+        return not self.gone
 
     @property
     def received(self) -> int:

@@ -111,7 +111,7 @@ def evaluate(config_file, **options):
     from boardlens.services.common import StartupError
 
     try:
-        evaluator.run(_resolve(EvaluatorConfig, config_file, options))
+        sys.exit(evaluator.run(_resolve(EvaluatorConfig, config_file, options)))
     except StartupError as e:
         raise click.ClickException(str(e)) from e
 
@@ -142,6 +142,8 @@ def evaluate(config_file, **options):
 @click.option("--shards", type=int, default=1, show_default=True,
               help="Trainer processes the sweep is split over (train --shard I/M).")
 @click.option("--quiet", is_flag=True, help="No live progress line.")
+@click.option("--stop-on-shard-loss", is_flag=True,
+              help="Stop the run when a trainer shard fails (default: the others go on; the run ends incomplete, exit 4).")
 @click.option("--evaluate/--no-evaluate", default=True, show_default=True,
               help="Run the evaluator (--no-evaluate: train only, no metrics or final table).")
 def up(config_file, saes, saes_old, **options):

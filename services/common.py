@@ -8,13 +8,21 @@ import logging
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from boardlens.atomic import write_json
-from boardlens.protocol import REASONS, ProtocolError, Streams, Subscriber, TransportConfig
+from boardlens.protocol import (
+    REASONS,
+    ProtocolError,
+    Publisher,
+    Streams,
+    Subscriber,
+    TransportConfig,
+)
 from boardlens.protocol.intake import Admitted, admit, settle
 from boardlens.services.config import ServiceOptions, to_json
 from boardlens.services.metrics import Channel
@@ -22,6 +30,9 @@ from boardlens.services.status import ServiceStatus, StatusFile
 from boardlens.services.telemetry import Telemetry
 
 log = logging.getLogger("boardlens")
+EXIT_INCOMPLETE = 4
+"""Exit status of a consumer whose stream ended because senders were declared gone (not every
+one sent its end): what it received is used, the run is not whole."""
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -151,9 +162,11 @@ class MessageCounters:
         for reason in (*REASONS, *HANDLER_REASONS):  # zero series: rate() sees the first
             self.rejected.labels(reason)
         self.lost = tel.metric(channel.lost)
+        self.gone = tel.metric(channel.gone)
         self.bytes = tel.metric(channel.bytes)
         self.streams = Streams()  # (epoch, seq) per sender: a consumer may hear several
         self.labelled: set[str] = set()  # senders with their own `source` label value
+        self._next_expiry = 0.0
 
     def source_label(self, source: str) -> str:
         """The `source` label of a sender: its name once it has had a message accepted, for
@@ -161,8 +174,24 @@ class MessageCounters:
         inventing names must not open a series per name)."""
         if source not in self.labelled and len(self.labelled) < MAX_SOURCE_LABELS:
             self.labelled.add(source)
-            self.lost.labels(source or "-")  # its zero series: rate() and the alert see its first loss
+            self.lost.labels(source or "-")  # zero series: rate() and the alerts see the first one
+            self.gone.labels(source or "-")
         return (source or "-") if source in self.labelled else "other"
+
+    def expire(self, sub: Subscriber, timeout_s: float) -> list[str]:
+        """Declare the senders silent for more than timeout_s gone (Streams.expire, looked at
+        about once a second, and only with nothing queued on `sub`: a consumer busy elsewhere
+        judges silence once it has read what waits): counted and logged; -> their names."""
+        now = time.monotonic()
+        if now < self._next_expiry or sub.pending():
+            return []
+        self._next_expiry = now + 1.0
+        lost = self.streams.expire(timeout_s, now, expected=len(sub.connected))
+        for source in lost:
+            self.gone.labels(self.source_label(source)).inc()
+            log.error("sender %s declared gone: nothing from it, not even a heartbeat, for %.0f s",
+                      source or "-", timeout_s)
+        return lost
 
     def settle(self, admitted: Admitted, accepted: bool) -> None:
         """protocol.intake.settle, counting what an accepted message reveals was lost."""
@@ -175,9 +204,17 @@ class MessageCounters:
                             f" of {admitted.source}" if admitted.source else "")
 
 
+def keep_alive(pub: Publisher, every_s: float, make_frames: Callable[[], list]) -> None:
+    """Send a heartbeat (`make_frames()`, kind 'heartbeat') when `pub` has sent nothing for
+    every_s seconds, so that its consumers do not declare it gone while it has nothing to send."""
+    if time.monotonic() - pub.last_sent >= every_s:
+        pub.beat(make_frames())
+
+
 def receive(sub: Subscriber, counters: MessageCounters, timeout_ms: int,
             on_message: Callable) -> bool:
-    """Receive one message, decode and validate it, hand it on. False when nothing came.
+    """Receive one message, decode and validate it, hand it on. False when nothing came (a
+    heartbeat only marks its sender alive: True, not handed on).
 
     `on_message(kind, message_or_batch)` gets an ActivationBatch for kind 'batch' and the raw
     protocol Message otherwise. Bad messages, and messages the handler refuses (Rejected),
@@ -185,7 +222,8 @@ def receive(sub: Subscriber, counters: MessageCounters, timeout_ms: int,
     (Streams, per sender: replays, implausible jumps, a stale epoch, a foreign 'end'); none of
     them changes its sender's stream (protocol.intake). An accepted 'end' is confirmed to the
     sender (it waits for that before it exits);
-    `counters.streams.all_ended(len(sub.connected))` says when every sender has ended.
+    `counters.streams.finished(len(sub.connected))` says when every sender has ended or gone
+    (`counters.expire`).
     """
     frames = sub.recv(timeout_ms)
     if frames is None:
@@ -199,6 +237,9 @@ def receive(sub: Subscriber, counters: MessageCounters, timeout_ms: int,
         return True
     counters.received.inc()
     h = admitted.header
+    if h.kind == "heartbeat":
+        counters.settle(admitted, True)
+        return True
     if h.kind == "end":  # everything before it has been handed on: confirm to the sender
         counters.settle(admitted, True)
         sub.confirm_end(h.epoch, h.seq)

@@ -104,6 +104,20 @@ class ServiceOptions:
     can read the stream and inject messages)."""
     metrics_host: str = "127.0.0.1"
     """Address of /metrics and /healthz (0.0.0.0 to let a Prometheus on another host scrape)."""
+    idle_heartbeat_s: float = 5.0
+    """Senders (producers on the data endpoints, trainers on the snapshot endpoint) send a
+    heartbeat message after this long without sending anything else."""
+    sender_timeout_s: float = 300.0
+    """Consumers (trainer, evaluator) declare a sender they have heard gone once it has sent
+    nothing, not even a heartbeat, for this long; the stream ends once every sender has ended
+    or gone, as incomplete (0 = wait forever). Longer than the longest time one slow lossless
+    consumer may block a shared producer (it blocks that producer's heartbeats too)."""
+
+    def _check_liveness(self) -> None:
+        _positive(self, "health_stall_s", "idle_heartbeat_s")
+        if self.sender_timeout_s < 0 or 0 < self.sender_timeout_s < 2 * self.idle_heartbeat_s:
+            raise ValueError(f"sender_timeout_s must be 0 or >= 2 x idle_heartbeat_s ({self.idle_heartbeat_s}), "
+                             f"got {self.sender_timeout_s}")
 
     def _check_exposure(self, *binds: str) -> None:
         from boardlens.protocol.security import is_loopback
@@ -176,7 +190,8 @@ class ProducerConfig(ServiceOptions):
         _endpoint(self.bind, "bind")
         _endpoint(self.bind_lossy, "bind_lossy")
         self._check_exposure(self.bind, self.bind_lossy)
-        _positive(self, "sndhwm_msgs", "send_timeout_ms", "wait_timeout_s", "health_stall_s", "blocked_unhealthy_s")
+        _positive(self, "sndhwm_msgs", "send_timeout_ms", "wait_timeout_s", "blocked_unhealthy_s")
+        self._check_liveness()
         if self.batch_games < 0 or self.label_workers < 0:
             raise ValueError("batch_games and label_workers must be >= 0")
         if self.dtype not in ("float32", "bfloat16", "float16"):
@@ -251,7 +266,8 @@ class TrainerConfig(ServiceOptions):
         self._check_exposure(self.snapshot_bind)
         _shard(self.shard)
         _positive(self, "d_sae", "k", "lr", "batch_size", "steps", "checkpoint_every", "snapshot_every",
-                  "log_every", "health_stall_s", "keep_checkpoints", "stop_grace_s")
+                  "log_every", "keep_checkpoints", "stop_grace_s")
+        self._check_liveness()
         if not self.saes:
             raise ValueError("saes must name at least one trainer spec")
         if self.buffer_activations < 2 * self.batch_size:
@@ -322,7 +338,8 @@ class EvaluatorConfig(ServiceOptions):
     def __post_init__(self) -> None:
         _connect(self.connect, "connect")
         _connect(self.snapshots, "snapshots")
-        _positive(self, "train_games", "test_games", "health_stall_s")
+        _positive(self, "train_games", "test_games")
+        self._check_liveness()
         if self.describe_every < 0 or self.describe_faithful_latents < 0:
             raise ValueError("describe_every and describe_faithful_latents must be >= 0")
 

@@ -35,6 +35,7 @@ from boardlens.registry import GAMES
 from boardlens.sae.io import ae_from_tensors
 from boardlens.services import metrics
 from boardlens.services.common import (
+    EXIT_INCOMPLETE,
     BadSnapshot,
     IncompatibleBatch,
     MessageCounters,
@@ -315,7 +316,8 @@ class LiveEvaluator:
             evaluations=self.evaluations,
             saes={n: SaeEvaluation(r["step"], r["averages"][mean]["coverage"], r["averages"][mean]["reconstruction"])
                   for n, r in self.latest.items()},
-            references={n: r["averages"][mean]["reconstruction"] for n, r in self.references.items()})
+            references={n: r["averages"][mean]["reconstruction"] for n, r in self.references.items()},
+            gone=sorted(self.m.snapshot_counters.streams.gone))
 
     def close(self) -> None:
         final = {"saes": self.latest, "references": self.references}
@@ -326,7 +328,8 @@ class LiveEvaluator:
 
 
 def run(cfg: EvaluatorConfig) -> int:
-    """Evaluate until the trainer's 'end' or SIGTERM; returns the number of evaluations."""
+    """Evaluate until every trainer shard has ended (or gone) or SIGTERM; -> the exit status: 0,
+    or EXIT_INCOMPLETE when a shard was declared gone (sender_timeout_s) before its end."""
     log_config("evaluator", cfg)
     set_threads(cfg.threads)
     stop = stop_on_signals()
@@ -342,7 +345,8 @@ def run(cfg: EvaluatorConfig) -> int:
     keys = curve(cfg, "client")
     data: Subscriber | None = Subscriber(endpoints(cfg.connect), lossy=True, cfg=transport(cfg), curve=keys)
     snaps = Subscriber(endpoints(cfg.snapshots), lossy=False, cfg=transport(cfg), curve=keys)
-    ev = LiveEvaluator(cfg, m, model, lambda: m.snapshot_counters.streams.all_ended(len(snaps.connected)))
+    shards = m.snapshot_counters.streams  # one sender per trainer shard
+    ev = LiveEvaluator(cfg, m, model, lambda: shards.finished(len(snaps.connected)))
     keep_status(tel, cfg.run_dir, ev.status)
 
     def on_data(kind: str, payload) -> None:
@@ -363,6 +367,10 @@ def run(cfg: EvaluatorConfig) -> int:
             while receive(snaps, m.snapshot_counters, 0 if (ev.pending or data is not None) else 200,
                           ev.on_trainer_message):
                 tel.progress()
+            if m.snapshot_counters.expire(snaps, cfg.sender_timeout_s):
+                ev.trainer_ended = ev.trainers_ended()
+            if data is not None:
+                m.counters.expire(data, cfg.sender_timeout_s)  # counted; the eval set fills from the others
             if ev.trainer_ended:
                 ev.evaluate_pending(partial=True)
                 break
@@ -370,7 +378,11 @@ def run(cfg: EvaluatorConfig) -> int:
                 tel.progress()
             elif data is None:
                 tel.idle("waiting for snapshots")
-        return ev.evaluations
+        if ev.trainer_ended and not shards.complete:
+            log.error("evaluator: incomplete: trainer shard(s) %s gone before their end; their SAEs stand at "
+                      "their last evaluated snapshot", ", ".join(sorted(shards.gone)))
+            return EXIT_INCOMPLETE
+        return 0
     finally:
         ev.close()
         if data is not None:

@@ -68,10 +68,11 @@ class Channel(NamedTuple):
     received: Metric
     rejected: Metric
     lost: Metric
+    gone: Metric
     bytes: Metric
 
 
-def _channel(prefix: str, what: str, lost_unit: str) -> Channel:
+def _channel(prefix: str, what: str, lost_unit: str, senders: str) -> Channel:
     return Channel(
         Metric(f"{prefix}_messages_total", COUNTER, f"{what} messages received and decoded"),
         Metric(f"{prefix}_messages_rejected_total", COUNTER,
@@ -79,6 +80,9 @@ def _channel(prefix: str, what: str, lost_unit: str) -> Channel:
         Metric(f"{prefix}_{lost_unit}_lost_total", COUNTER,
                f"{what} messages missing from the sender's sequence (epoch, seq), by sender "
                "(its name: a producer's --name, else host:port; '-' when unnamed)", ("source",)),
+        Metric(f"{prefix}_{senders}_lost_total", COUNTER,
+               f"{what} senders declared gone: silent, not even a heartbeat, for sender_timeout_s "
+               "(by sender; the stream ends once every sender has ended or gone)", ("source",)),
         Metric(f"{prefix}_received_bytes_total", COUNTER, f"{what} bytes received"),
     )
 
@@ -124,7 +128,7 @@ PRODUCER_RESTARTS = Metric("boardlens_producer_stream_restarts", GAUGE,
                            "Times this stream was continued from its state file (kept across restarts)")
 
 # --- trainer -----------------------------------------------------------------------------
-TRAINER_DATA = _channel("boardlens_trainer", "Producer", "batches")
+TRAINER_DATA = _channel("boardlens_trainer", "Producer", "batches", "producers")
 TRAINER_TOKENS = Metric("boardlens_trainer_tokens_total", COUNTER, "Activations received into the buffer")
 TRAINER_STEPS = Metric("boardlens_trainer_steps_total", COUNTER, "Optimiser steps", ("sae",))
 TRAINER_STEPS_SKIPPED = Metric("boardlens_trainer_steps_skipped_total", COUNTER,
@@ -159,8 +163,8 @@ TRAINER_LAST_CHECKPOINT_STEP = Metric("boardlens_trainer_last_checkpoint_step", 
                                       "Sweep step of the latest complete checkpoint")
 
 # --- evaluator ---------------------------------------------------------------------------
-EVALUATOR_DATA = _channel("boardlens_evaluator", "Producer (lossy)", "batches")
-EVALUATOR_SNAPSHOTS = _channel("boardlens_evaluator_snapshot", "Trainer snapshot", "messages")
+EVALUATOR_DATA = _channel("boardlens_evaluator", "Producer (lossy)", "batches", "producers")
+EVALUATOR_SNAPSHOTS = _channel("boardlens_evaluator_snapshot", "Trainer snapshot", "messages", "trainers")
 EVALUATOR_COVERAGE = Metric("boardlens_evaluator_coverage", GAUGE, "Coverage of the latest snapshot "
                             "(family: a family, or a group average)", ("sae", "family"))
 EVALUATOR_RECONSTRUCTION = Metric("boardlens_evaluator_reconstruction", GAUGE,

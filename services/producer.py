@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import json
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -48,6 +49,7 @@ from boardlens.services.common import (
     StartupError,
     close_context,
     curve,
+    keep_alive,
     keep_status,
     log,
     log_config,
@@ -175,6 +177,22 @@ class Producer:
         self.m.labelling.observe(time.perf_counter() - t0)
         return games
 
+    def _keep_alive(self) -> None:
+        """A heartbeat when nothing was sent for idle_heartbeat_s (waiting for subscribers, for
+        slow games): consumers declare a producer gone after sender_timeout_s of silence."""
+        st = self.state
+        keep_alive(self.pub, self.cfg.idle_heartbeat_s, lambda: encode(
+            "heartbeat", epoch=st.epoch, seq=st.seq, game=self.game, model=self.model_id, layer=self.layer,
+            tensors={}, meta={"src": self.name}))
+
+    def _next_games(self, pending: Future) -> LabelledGames | None:
+        """The generator thread's next batch, sending heartbeats while it takes long."""
+        while True:
+            try:
+                return pending.result(timeout=1.0)
+            except FutureTimeout:
+                self._keep_alive()
+
     @torch.no_grad()
     def _forward(self, tokens: np.ndarray):
         """(B, T) tokens -> a call giving the (B, T, D) residual after block `layer` on the host,
@@ -231,6 +249,7 @@ class Producer:
         for n, lossless in ((cfg.wait_consumers, True), (cfg.wait_lossy_consumers, False)):
             while n and not stop.is_set():
                 self.tel.idle(f"waiting for {n} {'lossless' if lossless else 'lossy'} subscribers")
+                self._keep_alive()  # the consumers already there must not think it gone
                 left = deadline - time.monotonic()
                 if self.pub.wait_for_subscribers(n, min(1.0, max(left, 0)), lossless=lossless):
                     break
@@ -308,7 +327,7 @@ class Producer:
                 queued = self.state.tokens + (int(inflight[0].lengths.sum()) if inflight else 0)
                 if cfg.max_tokens and queued >= cfg.max_tokens:
                     break
-                games = pending.result()
+                games = self._next_games(pending)
                 if games is None:
                     exhausted = True
                     break

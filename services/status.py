@@ -95,6 +95,8 @@ class TrainerStatus(ServiceStatus):
     saes: dict[str, SaeTraining] = field(default_factory=dict)
     streams: dict[str, StreamCount] = field(default_factory=dict)
     """Per producer (its name, meta 'src'): batches and rows taken from its current epoch."""
+    gone: list[str] = field(default_factory=list)
+    """Producers declared gone (silent for sender_timeout_s) and not heard since."""
 
     @property
     def progress(self) -> int:
@@ -119,6 +121,8 @@ class EvaluatorStatus(ServiceStatus):
     saes: dict[str, SaeEvaluation] = field(default_factory=dict)
     references: dict[str, float] = field(default_factory=dict)
     """Each floor/ceiling reference's reconstruction averaged over every family."""
+    gone: list[str] = field(default_factory=list)
+    """Trainer shards (snapshot senders) declared gone before their end and not heard since."""
 
     @property
     def progress(self) -> int:
@@ -167,6 +171,11 @@ def _typed(hint, value, name: str):
         if not isinstance(value, dict):
             raise TypeError(f"{name}: not an object")
         return {str(k): _typed(item, v, f"{name}.{k}") for k, v in value.items()}
+    if get_origin(hint) is list:
+        (item,) = get_args(hint)
+        if not isinstance(value, list):
+            raise TypeError(f"{name}: not an array")
+        return [_typed(item, v, f"{name}[{i}]") for i, v in enumerate(value)]
     if dataclasses.is_dataclass(hint):
         return _build(hint, value)
     if hint is float and type(value) in (int, float):

@@ -25,7 +25,12 @@ replayed), and the train.jsonl lines written after the last checkpoint are writt
 On SIGTERM it stops at the next step boundary, checkpoints and exits; after `stop_grace_s`
 it exits anyway (the previous checkpoint is intact).
 
-Exit status: 0 once the run is complete (its steps, or the end of the stream); EXIT_STOPPED
+A producer that sends nothing, not even a heartbeat, for `sender_timeout_s` is declared gone
+(boardlens_trainer_producers_lost_total); once every producer has ended or gone the trainer
+trains what it has received and exits with EXIT_INCOMPLETE.
+
+Exit status: 0 once the run is complete (its steps, or the end of the stream); EXIT_INCOMPLETE
+(4) when the stream ended because producers were lost (everything received is trained); EXIT_STOPPED
 (143, as a process killed by SIGTERM) when a signal stopped it first, so a supervisor (a
 Kubernetes Job, systemd's Restart=on-failure) restarts it to resume instead of counting an
 evicted run as done; EXIT_GRACE_EXCEEDED (3) when the checkpoint did not finish in time.
@@ -63,11 +68,13 @@ from boardlens.sae.io import sae_tensors
 from boardlens.sae.sweep import build_trainers, expand_specs
 from boardlens.services import metrics
 from boardlens.services.common import (
+    EXIT_INCOMPLETE,
     IncompatibleBatch,
     MessageCounters,
     StartupError,
     close_context,
     curve,
+    keep_alive,
     keep_status,
     log,
     log_config,
@@ -319,7 +326,7 @@ class SweepTrainer:
 
     def status(self, state: str) -> TrainerStatus:
         return TrainerStatus(**stamp(state), step=self.step, tokens=self.tokens, saes=dict(self.latest),
-                             streams=dict(self.streams))
+                             streams=dict(self.streams), gone=sorted(self.m.counters.streams.gone))
 
     def close(self) -> None:
         self.log.close()
@@ -343,10 +350,11 @@ class SnapshotPublisher:
     def set_source(self, batch: ActivationBatch) -> None:
         self.source = {"game": batch.game, "model": batch.model, "layer": batch.layer}
 
-    def _frames(self, kind: str, tensors: dict, meta: dict) -> list:
+    def _frames(self, kind: str, tensors: dict, meta: dict, advance: bool = True) -> list:
+        """A message of this sender; advance: it takes the next seq (a heartbeat takes none)."""
         frames = encode(kind, epoch=self.epoch, seq=self.seq, tensors=tensors, meta={**meta, "src": self.name},
                         **self.source)
-        self.seq += 1
+        self.seq += advance
         return frames
 
     def _snapshot_frames(self, tr) -> list:
@@ -366,6 +374,10 @@ class SnapshotPublisher:
             except SendTimeout:
                 ok = False
             self.m.snapshots.labels("sent" if ok else "dropped").inc()
+
+    def keep_alive(self, every_s: float) -> None:
+        """A heartbeat to the evaluators when nothing was sent for every_s (between snapshots)."""
+        keep_alive(self.pub, every_s, lambda: self._frames("heartbeat", {}, {}, advance=False))
 
     def end(self, step: int, timeout_s: float, should_stop) -> None:
         """Send 'end' and wait (up to timeout_s) until the evaluators confirm reading it."""
@@ -437,8 +449,9 @@ def run(cfg: TrainerConfig) -> int:
     m = TrainerMetrics(tel)
     snap = SnapshotPublisher(cfg, m)
     sub = Subscriber(endpoints(cfg.connect), lossy=False, cfg=transport(cfg), curve=curve(cfg, "client"))
+    streams = m.counters.streams
     inbox = _Inbox(lambda d_in: SweepTrainer(cfg, d_in, m, device, snap, stop.is_set, point), snap,
-                   lambda: m.counters.streams.all_ended(len(sub.connected)))
+                   lambda: streams.finished(len(sub.connected)))
     keep_status(tel, cfg.shard_dir, inbox.status)
     try:
         if point is not None:  # resuming: the checkpoint tells the width, so build the sweep now
@@ -456,9 +469,19 @@ def run(cfg: TrainerConfig) -> int:
                 tel.progress()
             elif sweep is None:
                 tel.idle("waiting for the producer")
+            snap.keep_alive(cfg.idle_heartbeat_s)
+            if m.counters.expire(sub, cfg.sender_timeout_s):
+                inbox.ended = inbox.stream_ended()
+        if inbox.ended and not streams.complete:
+            log.error("trainer: stream incomplete: producer(s) %s gone; training on what was received",
+                      ", ".join(sorted(streams.gone)))
+            tel.idle("stream incomplete: producer(s) gone")
         finish(inbox.sweep, snap, stop)
-        complete = inbox.ended or (inbox.sweep is not None and inbox.sweep.done)
-        return 0 if complete else EXIT_STOPPED
+        if inbox.sweep is not None and inbox.sweep.done:
+            return 0
+        if inbox.ended:
+            return 0 if streams.complete else EXIT_INCOMPLETE
+        return EXIT_STOPPED
     finally:
         sub.close()
         snap.close(drain_s=1.0 if stop.is_set() else 30.0)  # stopping: stay inside the grace period

@@ -27,6 +27,7 @@ from pathlib import Path
 from boardlens.atomic import write_text
 from boardlens.layout import shard_folder
 from boardlens.progress import Progress
+from boardlens.services.common import EXIT_INCOMPLETE
 from boardlens.services.config import (
     DEFAULT_GAME,
     RUNS_DIR,
@@ -286,7 +287,8 @@ def format_table(final: dict) -> str:
     return summary + "\n\n" + per_family
 
 
-def run(config_file=None, tokens=None, run_dir=None, quiet=False, base_port=0, **flags) -> int:
+def run(config_file=None, tokens=None, run_dir=None, quiet=False, base_port=0, stop_on_shard_loss=False,
+        **flags) -> int:
     run_path = Path(run_dir or f"{RUNS_DIR}/{time.strftime('%Y%m%d-%H%M%S')}")
     try:
         run_path.mkdir(parents=True, exist_ok=True)
@@ -318,35 +320,74 @@ def run(config_file=None, tokens=None, run_dir=None, quiet=False, base_port=0, *
                          run_path / "logs" / f"{name}.log")
              for name, (service, flags_) in children.items()}
     total = cfgs["producer"].max_tokens * len(producer_dirs)
-    code = _supervise(procs, children, run_path, producer_dirs, trainer_dirs, total, quiet)
+    seen = _supervise(procs, children, run_path, producer_dirs, trainer_dirs, total, quiet, stop_on_shard_loss)
     if "evaluator" in cfgs:
         print(final_table(run_path), flush=True)
+    for name, how in seen.lost_shards.items():
+        shard = trainer_dirs[[n for n, (svc, _) in children.items() if svc == "trainer"].index(name)]
+        status = read_status(shard, TrainerStatus)
+        saes = ", ".join(sorted(status.saes)) if status is not None and status.saes else "its SAEs"
+        print(f"missing: {name} ({shard.name}) {how}: {saes} stopped at step "
+              f"{status.step if status is not None else 0}, before the end of the stream", flush=True)
     metrics = ", metrics.jsonl" if "evaluator" in cfgs else ""
     trained = "checkpoints/, train.jsonl" if len(trainer_dirs) == 1 else "shard-I-of-M/ (checkpoints/, train.jsonl)"
     print(f"run folder: {run_path} (config.yaml, {trained}{metrics}, logs/)")
-    return code
+    return seen.code
+
+
+def describe_exit(code: int) -> str:
+    """How a child ended, in words: a signal by name, the incomplete-stream status, a status."""
+    if code < 0:
+        try:
+            return f"was killed by signal {-code} ({signal.Signals(-code).name})"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    if code == EXIT_INCOMPLETE:
+        return f"ended incomplete (exit {code}: a sender it consumed was lost)"
+    return f"exited with status {code}"
+
+
+class Supervision:
+    """What `_supervise` saw: the exit code of `up`, and the trainer shards lost on the way
+    (name -> how they ended), which the others outlived."""
+
+    def __init__(self) -> None:
+        self.code = 0
+        self.lost_shards: dict[str, str] = {}
 
 
 def _supervise(procs: dict[str, subprocess.Popen], children: dict, run_path: Path, producer_dirs: list[Path],
-               trainer_dirs: list[Path], total_tokens: int, quiet: bool) -> int:
+               trainer_dirs: list[Path], total_tokens: int, quiet: bool, stop_on_shard_loss: bool = False
+               ) -> Supervision:
     """Show progress until every child has exited (0), one failed or a trainer stalled (1), or
-    Ctrl-C / SIGTERM (0); then stop the children."""
+    Ctrl-C / SIGTERM (0); then stop the children. A trainer shard that fails while another
+    shard goes on is lost, not fatal (unless stop_on_shard_loss): the run ends incomplete (4)."""
     interrupted = threading.Event()
     old = {s: signal.signal(s, lambda *_: interrupted.set()) for s in (signal.SIGINT, signal.SIGTERM)}
-    t0, code = time.time(), 0
-    watches = {name: StallWatch(d) for name, d in zip(
-        [n for n, (s, _) in children.items() if s == "trainer"], trainer_dirs, strict=True)}
+    t0, out = time.time(), Supervision()
+    shards = [n for n, (s, _) in children.items() if s == "trainer"]
+    watches = {name: StallWatch(d) for name, d in zip(shards, trainer_dirs, strict=True)}
     producer_procs = [p for n, p in procs.items() if children[n][0] == "producer"]
     bar = Progress(total_tokens or None, "token", every_s=10.0)
     try:
         while not interrupted.is_set():
-            failed = [n for n, p in procs.items() if p.poll() not in (None, 0)]
+            failed = {n: p.returncode for n, p in procs.items() if p.poll() not in (None, 0) and n not in out.lost_shards
+                      and not (out.lost_shards and p.returncode == EXIT_INCOMPLETE)}  # it outlived a lost shard
+            survivors = [n for n in shards if procs[n].poll() in (None, 0) and n not in failed]
+            for name in [n for n in failed if n in shards] if survivors and not stop_on_shard_loss else []:
+                out.lost_shards[name] = describe_exit(failed.pop(name))
+                bar.close()
+                print(f"warning: {name} {out.lost_shards[name]}; the other shards go on (its SAEs stop at their "
+                      f"last snapshot; --stop-on-shard-loss stops the run instead). See {run_path / 'logs'}",
+                      file=sys.stderr, flush=True)
             if failed:
                 bar.close()
-                print(f"error: {', '.join(failed)} exited with an error; see {run_path / 'logs'}", file=sys.stderr)
-                code = 1
+                print("error: " + "; ".join(f"{n} {describe_exit(c)}" for n, c in failed.items()) +
+                      f"; see {run_path / 'logs'}", file=sys.stderr)
+                out.code = 1
                 break
             if all(p.poll() is not None for p in procs.values()):
+                out.code = EXIT_INCOMPLETE if out.lost_shards else 0
                 break
             # A stall is a trainer still running without progress after the producers' end; once it
             # has exited, the evaluator may take minutes over the last snapshots (chess on 2 cores).
@@ -356,7 +397,7 @@ def _supervise(procs: dict[str, subprocess.Popen], children: dict, run_path: Pat
                 print(f"error: the producer has finished but the trainer made no progress for "
                       f"{STALL_AFTER_S:.0f} s (end of stream lost?); stopping. See {run_path / 'logs'}",
                       file=sys.stderr)
-                code = 1
+                out.code = 1
                 break
             if not quiet:
                 streamed = sum(p.tokens for d in producer_dirs if (p := read_status(d, ProducerStatus)))
@@ -368,7 +409,7 @@ def _supervise(procs: dict[str, subprocess.Popen], children: dict, run_path: Pat
             print(f"{name} did not stop within 60 s; killed it", file=sys.stderr)
         for s, h in old.items():
             signal.signal(s, h)
-    return code
+    return out
 
 
 def _children(cfgs: dict, instances: dict[str, list[dict]]) -> dict[str, tuple[str, dict]]:

@@ -406,6 +406,50 @@ def test_streams_track_each_sender_apart():
     assert s.received == 17 and s.out_of_order == 1  # the refused 5th sender has no tracker
 
 
+def test_a_silent_sender_is_declared_gone_and_heartbeats_keep_an_idle_one_alive():
+    s = Streams(max_sources=4)
+    t0 = time.monotonic()
+    assert s.check("p0", "a0", 0) == (0, None) and s.check("p1", "b1", 0) == (0, None)
+    # A heartbeat takes no seq: the next batch is not a replay and nothing counts as lost.
+    assert s.check("p1", "b1", 1, "heartbeat") == (0, None) and s.check("p1", "b1", 1) == (0, None)
+    assert s.lost_total == 0 and s.expire(0) == []  # 0: never
+    assert s.expire(5, now=t0 + 1) == []
+    s.heard["p1"] = t0 + 4  # p1 beat at t0 + 4; p0 said nothing since t0
+    assert s.expire(5, now=t0 + 6) == ["p0"] and s.gone == {"p0"}
+    assert s.expire(5, now=t0 + 7) == []  # declared once
+    assert not s.finished(2) and s.check("p1", "b1", 2, "end") == (0, None)
+    assert s.finished(2) and not s.complete  # p1 ended, p0 gone: over, incomplete
+    assert s.check("p0", "a0", 1) == (0, None) and s.gone == set() and not s.finished(2)  # p0 is back
+    # A heartbeat of an epoch its sender left is a flap; of a fresh epoch (a restart waiting
+    # for its consumers) it is life, and it adopts nothing.
+    assert s.check("p0", "a1", 0) == (0, None) and s.check("p0", "a0", 9, "heartbeat") == (0, "epoch_flap")
+    assert s.check("p0", "a2", 5, "heartbeat") == (0, None) and s.trackers["p0"].epoch == "a1"
+    # Heartbeats from invented names: bounded like senders.
+    assert [s.check(n, "c", 0, "heartbeat")[1] for n in ("x", "y", "z")] == [None, None, "limits"]
+    assert len(s.heard) == 4 and "x" not in s.trackers
+    # A sender that died before its first message: once the others are done and all is silent.
+    s = Streams()
+    assert s.check("a", "e1", 0) == (0, None) and s.check("a", "e1", 1, "end") == (0, None)
+    assert s.expire(5, now=time.monotonic() + 1, expected=2) == [] and not s.finished(2)
+    assert s.expire(5, now=time.monotonic() + 6, expected=2) == ["never-heard-0"] and s.finished(2)
+
+
+@pytest.mark.timeout(30)
+def test_a_heartbeat_never_blocks_on_a_full_subscriber():
+    cfg = TransportConfig(sndhwm_msgs=1, rcvhwm_msgs=1, send_timeout_ms=200)
+    beat = encode("heartbeat", epoch="ab", seq=0, game="g", model="m", layer=0, tensors={})
+    with Publisher(ANY, None, cfg) as pub:
+        sub = Subscriber(pub.lossless_endpoint, cfg=cfg)
+        assert pub.wait_for_subscribers(1, timeout_s=10)
+        assert pub.beat(beat) and decode(sub.recv(5000)).header.kind == "heartbeat"
+        with pytest.raises(SendTimeout):
+            for _ in range(200):
+                pub.send(message(0, nbytes=1 << 20))
+        t0 = time.monotonic()
+        assert not pub.beat(beat) and time.monotonic() - t0 < 0.1  # full: skipped at once
+        sub.close()
+
+
 def test_source_of_reads_the_meta_and_refuses_a_non_string():
     assert source_of(decode(encode("end", epoch="ab", seq=0, game="g", model="m", layer=0, tensors={},
                                    meta={"src": "p0"})).header) == "p0"

@@ -37,11 +37,11 @@ TRAINER = TrainerStatus(**stamp("running"), step=12, tokens=3000,
 EVALUATOR = EvaluatorStatus(**stamp("running"), games={"train": 20, "test": 20}, evaluations=2,
                             saes={"standard-64-0.05": SaeEvaluation(10, 0.5, 0.125),
                                   "p_anneal-64-0.05": SaeEvaluation(10, 0.625, 0.0625)},
-                            references={"linear_probe": 0.25, "random_sae-64": 0.0625})
+                            references={"linear_probe": 0.25, "random_sae-64": 0.0625}, gone=["vm:5557"])
 
 
 @pytest.mark.parametrize("status", [ProducerStatus(**stamp("running"), tokens=5900, batches=2, games=128, seq=2),
-                                    TRAINER, EVALUATOR, TrainerStatus()])
+                                    TRAINER, EVALUATOR, TrainerStatus(), TrainerStatus(gone=["p1", "p2"])])
 def test_a_record_reads_back_as_written(tmp_path, status):
     write_status(tmp_path, status)
     assert read_status(tmp_path, type(status)) == status

@@ -1,13 +1,17 @@
 """`boardlens up`: the main job as a user runs it, ending with the table and the run folder."""
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
 
+from boardlens.services.common import EXIT_INCOMPLETE
 from boardlens.services.status import EvaluatorStatus, ProducerStatus, TrainerStatus, read_status
 from tests.services.helpers import model_dims
 
@@ -126,3 +130,37 @@ def test_evaluator_with_an_unusable_model_fails_at_start_in_one_line(tmp_path):
     assert out.returncode != 0
     assert "Error: evaluator --model:" in out.stderr and "missing" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_up_outlives_a_killed_trainer_shard_and_names_it(tmp_path):
+    run = tmp_path / "run"
+    config = tmp_path / "liveness.yaml"  # seconds, not up's minutes: the evaluator stops waiting for the dead shard
+    config.write_text("trainer: {idle_heartbeat_s: 1}\nevaluator: {idle_heartbeat_s: 1, sender_timeout_s: 6}\n")
+    up = subprocess.Popen(
+        [sys.executable, "-m", "boardlens.services.cli", "up", "--config", str(config), "--model",
+         "models/othello-gpt-random", "--shards", "2", "--tokens", "60000", "--d-sae", "64", "--batch-size", "256",
+         "--train-games", "16", "--test-games", "16", "--run-dir", str(run), "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while (t := read_status(run / "shard-1-of-2", TrainerStatus)) is None or t.step < 3:
+            assert up.poll() is None and time.monotonic() < deadline, "shard 1 never trained"
+            time.sleep(0.5)
+        os.kill(t.pid, signal.SIGKILL)
+        out, err = up.communicate(timeout=240)
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.communicate()
+    assert up.returncode == EXIT_INCOMPLETE, out + err
+    assert "warning: trainer-1 was killed by signal 9 (SIGKILL); the other shards go on" in err
+    survivor = read_status(run / "shard-0-of-2", TrainerStatus)
+    assert survivor.state == "stopped" and survivor.step == 60000 // 256  # shard 0 trained to the end
+    final = json.loads((run / "final_metrics.json").read_text())
+    assert final["saes"]["standard-64-0.05"]["step"] == 60000 // 256
+    lost = read_status(run / "shard-1-of-2", TrainerStatus)
+    assert final["saes"].get("p_anneal-64-0.05", {"step": 0})["step"] <= lost.step < 60000 // 256
+    assert "standard-64-0.05" in out  # the table, then the missing shard by name, signal and SAEs
+    assert f"missing: trainer-1 (shard-1-of-2) was killed by signal 9 (SIGKILL): p_anneal-64-0.05 stopped at step {lost.step}" in out
+    e = read_status(run, EvaluatorStatus)
+    assert len(e.gone) == 1 and "incomplete: trainer shard(s)" in (run / "logs" / "evaluator.log").read_text()
