@@ -186,6 +186,11 @@ ROWS: list[tuple[str, list[Panel]]] = [
             *by_label(M.TRAINER_DATA.lost, "source", "lost batches"),
             *by_label(M.TRAINER_DATA.rejected, "reason", "rejected"),
         ), "short"),
+        Panel("Senders declared gone (silent past sender_timeout_s) / min", (
+            (per_minute(M.TRAINER_DATA.gone, "source"), "trainer: producer {{source}}"),
+            (per_minute(M.EVALUATOR_DATA.gone, "source"), "evaluator: producer {{source}}"),
+            (per_minute(M.EVALUATOR_SNAPSHOTS.gone, "source"), "evaluator: trainer shard {{source}}"),
+        ), "short"),
         Panel("Steps skipped (non-finite loss or gradient) / min", (
             (per_minute(M.TRAINER_STEPS_SKIPPED, "sae", SAE), "{{sae}}"),
         ), "short"),

@@ -62,13 +62,16 @@ def consume(endpoint: str, name: str = "spec-consumer", timeout_s: float = 120) 
     sock.setsockopt(zmq.SUBSCRIBE, b"")
     sock.setsockopt(zmq.SUBSCRIBE, b"\xfe" + b"hello:" + name.encode())  # section 8: it waits for our end
     sock.connect(endpoint)
-    seen = {"batches": 0, "tokens": 0, "labelled": 0, "games": [], "seqs": [], "end_tokens": None}
+    seen = {"batches": 0, "tokens": 0, "labelled": 0, "games": [], "seqs": [], "end_tokens": None, "heartbeats": 0}
     try:
         while True:
             assert sock.poll(int(timeout_s * 1000)), "no message"
             frames = sock.recv_multipart()
             header = msgpack.unpackb(frames[0], raw=False)
             assert set(header) == KEYS and header["v"] == 1 and isinstance(header["s"], int)
+            if header["k"] == "heartbeat":  # section 4: the sender lives; it takes no seq
+                seen["heartbeats"] += 1
+                continue
             seen["seqs"].append(header["s"])
             if header["k"] == "batch":
                 tokens, labelled, games = check_batch(tensors(frames, header))
