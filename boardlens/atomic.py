@@ -31,6 +31,7 @@ def write_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
     """Call write(tmp_path) to produce the content (e.g. `lambda p: torch.save(obj, p)`), then
     fsync it and rename it over `path`. On any error the target is untouched and tmp removed."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)  # e.g. --json results/scores.json
     tmp = path.with_name(path.name + ".tmp")
     try:
         write(tmp)

@@ -334,6 +334,7 @@ def lm() -> None:
 def lm_train(resume: bool, run_dir: str | None, out: str | None, checkpoint_every: int | None,
              ckpt_every: int | None, **options) -> None:
     """Train a game LM on freshly generated games (progress bar, checkpoints, resume)."""
+    from boardlens.files import BadFile
     from boardlens.lm.checkpoint import CheckpointError
     from boardlens.lm.train import LMTrainConfig
     from boardlens.lm.train import train as train_lm
@@ -345,19 +346,20 @@ def lm_train(resume: bool, run_dir: str | None, out: str | None, checkpoint_ever
         raise click.UsageError(str(e)) from e
     try:
         train_lm(cfg, resume=resume)
-    except CheckpointError as e:
+    except (CheckpointError, BadFile) as e:
         raise click.ClickException(str(e)) from e
 
 
 def _load_lm(model: str | None):
     """Any supported checkpoint (default: the bundled Othello model) -> (model, meta)."""
+    from boardlens.files import BadFile
     from boardlens.lm.checkpoint import CheckpointError
     from boardlens.lm.formats import load_any
     from boardlens.services.config import DEFAULT_MODEL
 
     try:
         return load_any(model or DEFAULT_MODEL)
-    except CheckpointError as e:
+    except (CheckpointError, BadFile) as e:
         raise click.ClickException(str(e)) from e
 
 
@@ -518,8 +520,8 @@ def sae_export(checkpoint: str, fmt: str, out: str) -> None:
 
     try:
         ae, meta = load_sae(checkpoint)
-    except (ValueError, OSError) as e:
-        raise click.ClickException(f"{checkpoint}: {e}") from e
+    except ValueError as e:  # a BadFile: it names the file and what is wrong
+        raise click.ClickException(str(e)) from e
     click.echo(f"wrote {export_sae(ae, fmt, out, meta)} ({fmt}, {ae.d_in} -> {ae.d_sae} latents)")
 
 

@@ -11,14 +11,15 @@ created deterministically on load (nothing to ship but the JSON).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from boardlens.atomic import write_atomic, write_json
+from boardlens.files import BadFile, check, integer, load_safetensors, mapping, read_json, text
 from boardlens.lm.model import GPT, GPTConfig
+from boardlens.registry import GAMES
 
 FORMAT = "boardlens-gpt"
 
@@ -38,17 +39,20 @@ def save_model(model: GPT, folder: str | Path, meta: dict, dtype: torch.dtype = 
     return folder
 
 
+CONFIG = {"gpt": mapping(), "game": text(GAMES.names), "sae_layer": integer(0, 4096),
+          "train_steps": integer(0, 2**62), "games_seen": integer(0, 2**62), "random_init_seed": integer(0, 2**63)}
+"""A bundled model's config.json: the fields read beside 'gpt' (whose values GPTConfig checks)."""
+
+
 def read_config(folder: str | Path) -> dict:
-    path = Path(folder) / "config.json"
-    try:
-        cfg = json.loads(path.read_text())
-    except FileNotFoundError as e:
-        raise CheckpointError(f"{path}: not found") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT or "gpt" not in cfg:
-        raise CheckpointError(f"{path}: not a {FORMAT} config (missing 'format'/'gpt')")
-    return cfg
+    path = Path(folder)
+    if not path.is_dir():
+        raise BadFile(path, "not a model folder (config.json + model.safetensors)" if path.exists() else "not found")
+    path = path / "config.json"
+    cfg = read_json(path, "model config")
+    if cfg.get("format") != FORMAT or "gpt" not in cfg:
+        raise BadFile(path, f"not a {FORMAT} config (missing 'format'/'gpt')")
+    return check(cfg, CONFIG, path, required=("game",))
 
 
 def load_model(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> tuple[GPT, dict]:
@@ -70,12 +74,7 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu", dtype: to
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(path))
-    except FileNotFoundError as e:
-        raise CheckpointError(f"{path}: not found") from e
-    except Exception as e:  # safetensors raises its own error types for truncated headers/data
-        raise CheckpointError(f"{path}: unreadable safetensors file ({e})") from e
+    return load_safetensors(path)
 
 
 def fill_model(model: GPT, state: dict[str, torch.Tensor], path: Path) -> GPT:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from boardlens.files import load_torch, read_json
 from boardlens.lm.checkpoint import CheckpointError, fill_model, read_safetensors
 from boardlens.lm.model import GPT, GPTConfig
 
@@ -38,12 +39,7 @@ _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c
 
 def _torch_load(path: Path, what: str):
     """torch.load restricted to tensors and plain containers (no arbitrary pickle)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as e:
-        raise CheckpointError(f"{path}: not found") from e
-    except Exception as e:  # truncated zip, pickle refused by weights_only, ...
-        raise CheckpointError(f"{path}: not a readable {what} ({type(e).__name__}: {e})") from e
+    return load_torch(path, what)
 
 
 def load_nanogpt(path: str | Path) -> GPT:
@@ -282,12 +278,7 @@ def load_any(path: str | Path, device: str | torch.device = "cpu",
     path = Path(path)
     if path.is_dir():
         cfg_path = path / "config.json"
-        try:
-            cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{cfg_path}: not valid JSON ({e})") from e
-        if not isinstance(cfg, dict):
-            raise CheckpointError(f"{cfg_path}: a model config must be a JSON object, got {type(cfg).__name__}")
+        cfg = read_json(cfg_path, "model config") if cfg_path.exists() else {}
         kind = cfg.get("format")
         if kind == "boardlens-gpt":
             model, meta = load_model(path, device, dtype)

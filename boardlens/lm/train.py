@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import pickle
 import signal
 import threading
 import time
@@ -31,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from boardlens.atomic import write_atomic, write_json
+from boardlens.files import load_torch
 from boardlens.lm.board_heads import BoardHead, BoardHeads
 from boardlens.lm.checkpoint import CheckpointError, save_model
 from boardlens.lm.model import GPT, GPTConfig
@@ -216,7 +216,7 @@ def compact_state(src: str | Path, dst: str | Path) -> None:
     """A training state small enough to commit between sittings (a third of the size): weights
     in float16, no AdamW moments. `--resume` from it re-initialises AdamW and warms the LR up
     again over warmup_steps; step, games seen and RNG states carry over exactly."""
-    st = torch.load(src, weights_only=True)
+    st = load_torch(src, "training state")
     st["model"] = {k: v.half() if v.is_floating_point() else v for k, v in st["model"].items()}
     del st["opt"]
     write_atomic(dst, lambda p: torch.save(st, p))
@@ -252,8 +252,8 @@ class _Run:
 
     def restore(self) -> None:
         """Continue from train_state.pt (full, or compact: then a fresh AdamW and a re-warmed LR)."""
-        try:  # weights_only: a pickle that is more than tensors and containers is refused
-            st = torch.load(self.state_path, weights_only=True)
+        st = load_torch(self.state_path, "training state")  # a pickle of more than tensors is refused
+        try:
             self.model.load_state_dict(st["model"])  # copies into the fp32 parameters, whatever the dtype
             if self.heads is not None:
                 if "board_heads" not in st:
@@ -267,7 +267,7 @@ class _Run:
                 self.rewarm_from = self.step
             torch.set_rng_state(st["torch_rng"])
             self.rng.bit_generator.state = json.loads(st["np_rng"])
-        except (pickle.UnpicklingError, EOFError, RuntimeError, KeyError, TypeError, ValueError) as e:
+        except (RuntimeError, KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
             raise CheckpointError(f"{self.state_path}: not a resumable training state of this model "
                                   f"({str(e).splitlines()[0][:200]})") from e
         print(f"resumed at step {self.step} (best acc {self.best:.4f})"

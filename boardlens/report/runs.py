@@ -15,6 +15,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from boardlens.files import BadFile, read_json
 from boardlens.layout import run_parts
 
 log = logging.getLogger("boardlens")
@@ -155,10 +156,11 @@ def _weights(run: Path) -> str | None:
 
 def _load_scores(path: Path) -> Source:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ReportError(f"{path}: not a JSON file ({e})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("saes"), dict) or not data["saes"]:
+        data = read_json(path, "score file")
+    except BadFile as e:
+        raise ReportError(str(e)) from None
+    if not isinstance(data.get("saes"), dict) or not data["saes"] or not all(
+            isinstance(r, dict) for r in data["saes"].values()):
         raise ReportError(f"{path}: no 'saes' records (expected `boardlens score` output)")
     src = Source(path, path.stem)
     for name, rec in data["saes"].items():

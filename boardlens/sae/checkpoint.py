@@ -15,13 +15,13 @@ State files are read with `weights_only=True`: no arbitrary unpickling.
 from __future__ import annotations
 
 import os
-import pickle
 import shutil
 from pathlib import Path
 
 import torch
 
 from boardlens.atomic import fsync_dir, fsync_file
+from boardlens.files import BadFile, load_torch
 from boardlens.sae.io import save_sae
 
 STATE_SUFFIX = ".state.pt"
@@ -80,12 +80,12 @@ def latest_checkpoint(root: str | Path) -> Path | None:
 def read_checkpoint(folder: str | Path) -> tuple[dict, dict[str, dict]]:
     """(sweep state, {sae name: trainer state}) of one checkpoint folder."""
     folder = Path(folder)
-    try:
-        sweep = torch.load(folder / "sweep.pt", map_location="cpu", weights_only=True)
-        states = {name: torch.load(folder / f"{name}{STATE_SUFFIX}", map_location="cpu", weights_only=True)
-                  for name in sweep["saes"]}
-    except (OSError, RuntimeError, KeyError, TypeError, EOFError, pickle.UnpicklingError) as e:
-        # weights_only refuses any pickle that is more than tensors and plain containers
-        raise ValueError(f"{folder}: not a readable sweep checkpoint ({str(e).splitlines()[0][:200]})") from e
+    sweep = load_torch(folder / "sweep.pt", "sweep checkpoint")  # a pickle of more than tensors is refused
+    if not isinstance(sweep, dict) or not isinstance(sweep.get("saes"), list | tuple):
+        raise BadFile(folder / "sweep.pt", "not a sweep checkpoint (no list of SAEs)")
+    states = {name: load_torch(folder / f"{name}{STATE_SUFFIX}", "trainer state") for name in sweep["saes"]
+              if isinstance(name, str) and "/" not in name}
+    if len(states) != len(sweep["saes"]):
+        raise BadFile(folder / "sweep.pt", "an SAE name that is not a plain string")
     return sweep, states
 

@@ -15,16 +15,26 @@ safetensors); errors name the file.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from boardlens.atomic import write_atomic, write_json
+from boardlens.files import (
+    BadFile,
+    boolean,
+    check,
+    load_safetensors,
+    load_torch,
+    mapping,
+    optional,
+    read_json,
+    text,
+)
 from boardlens.registry import ARCHS, GAMES, TRAINERS
-from boardlens.sae.io import ae_from_tensors, sae_tensors
+from boardlens.sae.io import LAYER, WIDTH, sae_tensors, tensors_to_ae
 
 FORMATS = ("dictionary_learning", "saelens")
 
@@ -65,26 +75,30 @@ def export_dictionary_learning(ae: torch.nn.Module, folder: str | Path, meta: di
     return folder
 
 
+DL_CONFIG = {"trainer": mapping({"dict_class": text(), "layer": optional(LAYER), "activation_dim": optional(WIDTH),
+                                 "dict_size": optional(WIDTH)})}
+"""dictionary_learning's config.json: the fields we read."""
+SAELENS_CONFIG = {"architecture": text(), "d_in": WIDTH, "d_sae": WIDTH, "hook_layer": optional(LAYER),
+                  "hook_name": optional(text()), "apply_b_dec_to_input": boolean,
+                  "normalize_activations": optional(text()), "metadata": mapping()}
+"""SAELens' cfg.json: the fields we read."""
+
+
 def import_dictionary_learning(folder: str | Path) -> tuple[torch.nn.Module, dict]:
     folder = Path(folder)
     path = folder / "ae.pt"
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as e:
-        raise ValueError(f"{path}: not found") from e
-    except Exception as e:  # truncated or not a torch file
-        raise ValueError(f"{path}: unreadable ({e})") from e
+    state = load_torch(path, "dictionary_learning SAE state")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise BadFile(path, "not a state dict of tensors")
     cfg_path = folder / "config.json"
-    cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
+    cfg = (check(read_json(cfg_path, "dictionary_learning config"), DL_CONFIG, cfg_path, required=("trainer",))
+           if cfg_path.exists() else {})
     dict_class = cfg.get("trainer", {}).get("dict_class")
     try:
         arch = _by("dl_class", dict_class, "dict_class").arch if dict_class is not None else None
     except ValueError as e:
-        raise ValueError(f"{cfg_path}: {e}") from e
-    try:
-        return ae_from_tensors(dict(state), arch), cfg
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{path}: {e}") from e
+        raise BadFile(cfg_path, str(e)) from None
+    return tensors_to_ae(dict(state), arch, path), cfg
 
 
 def export_saelens(ae: torch.nn.Module, folder: str | Path, meta: dict | None = None) -> Path:
@@ -119,26 +133,24 @@ def import_saelens(folder: str | Path) -> tuple[torch.nn.Module, dict]:
     folder = Path(folder)
     path = folder / "sae_weights.safetensors"
     cfg_path = folder / "cfg.json"
-    try:
-        cfg = json.loads(cfg_path.read_text())
-        w = load_file(str(path))
-    except FileNotFoundError as e:
-        raise ValueError(f"{e.filename}: not found") from e
-    except Exception as e:
-        raise ValueError(f"{folder}: unreadable SAELens SAE ({e})") from e
+    cfg = check(read_json(cfg_path, "SAELens config"), SAELENS_CONFIG, cfg_path, required=("d_in", "d_sae"))
+    w = load_safetensors(path)
     try:
         cls = _by("saelens_arch", cfg.get("architecture", "standard"), "SAELens architecture")
     except ValueError as e:
-        raise ValueError(f"{cfg_path}: {e}") from e
+        raise BadFile(cfg_path, str(e)) from None
     if not cfg.get("apply_b_dec_to_input", True):
-        raise ValueError(f"{cfg_path}: only SAEs with apply_b_dec_to_input are supported")
+        raise BadFile(cfg_path, "only SAEs with apply_b_dec_to_input are supported")
     if cfg.get("normalize_activations", "none") not in ("none", None):
-        raise ValueError(f"{cfg_path}: normalize_activations={cfg['normalize_activations']!r} is not supported")
+        raise BadFile(cfg_path, f"normalize_activations={cfg['normalize_activations']!r} is not supported")
     try:
         t = {"encoder.weight": w["W_enc"].T, "decoder.weight": w["W_dec"].T, **cls.from_saelens(w, cfg)}
-        return ae_from_tensors(t, cls.arch), cfg
-    except (KeyError, ValueError) as e:
-        raise ValueError(f"{path}: {e}") from e
+    except (KeyError, ValueError, TypeError, AttributeError) as e:
+        raise BadFile(path, f"not a {cls.saelens_arch} SAELens SAE ({e})") from None
+    ae = tensors_to_ae(t, cls.arch, path)
+    if (ae.d_in, ae.d_sae) != (cfg["d_in"], cfg["d_sae"]):
+        raise BadFile(cfg_path, f"says d_in {cfg['d_in']}, d_sae {cfg['d_sae']}; the weights are {ae.d_in} x {ae.d_sae}")
+    return ae, cfg
 
 
 def export_sae(ae: torch.nn.Module, fmt: str, folder: str | Path, meta: dict | None = None) -> Path:
@@ -167,12 +179,14 @@ class FoundSAE(NamedTuple):
 
 def _layer_of(meta: dict) -> int | None:
     """Layer from any layout's metadata: ours (layer), dictionary_learning (trainer.layer),
-    SAELens (hook_layer, or blocks.N. in hook_name)."""
-    for value in (meta.get("layer"), meta.get("trainer", {}).get("layer"), meta.get("hook_layer")):
+    SAELens (hook_layer, or blocks.N. in hook_name); values of another type are ignored."""
+    trainer = meta.get("trainer")
+    for value in (meta.get("layer"), trainer.get("layer") if isinstance(trainer, dict) else None,
+                  meta.get("hook_layer")):
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-    hook = str(meta.get("hook_name", ""))
-    if hook.startswith("blocks.") and hook.split(".")[1].isdigit():
+    hook = meta.get("hook_name")
+    if isinstance(hook, str) and hook.startswith("blocks.") and hook.split(".")[1].isdigit():
         return int(hook.split(".")[1])
     return None
 

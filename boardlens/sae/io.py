@@ -6,14 +6,36 @@ atomic (temp file + os.replace), so a reader never sees half a file.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from boardlens.atomic import write_atomic, write_json
-from boardlens.registry import ARCHS
+from boardlens.files import (
+    BadFile,
+    check,
+    integer,
+    load_safetensors,
+    mapping,
+    number,
+    read_json,
+    text,
+)
+from boardlens.registry import ARCHS, GAMES, TRAINERS
+
+MAX_LAYER = 4096
+"""Largest block index any SAE metadata may name (a model's depth is far below)."""
+MAX_WIDTH = 1 << 24
+"""Largest d_in or d_sae any SAE metadata may name."""
+LAYER, WIDTH = integer(0, MAX_LAYER), integer(1, MAX_WIDTH)
+META = {
+    "arch": text(ARCHS.names), "name": text(), "step": integer(0, 2**62), "game": text(GAMES.names),
+    "model": text(), "layer": LAYER, "norm_scale": number(0, 1e30, above=True), "tokens": integer(0, 2**62),
+    "schedule": mapping(), "trainer": mapping(),
+    "hyperparams": mapping({"kind": text(TRAINERS.names), "d_in": WIDTH, "d_sae": WIDTH}),
+}
+"""Our `<name>.json`: the fields a reader uses, checked before any is (others are left alone)."""
 
 
 def sae_tensors(ae: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -64,13 +86,16 @@ def save_sae(folder: str | Path, name: str, ae: torch.nn.Module, meta: dict) -> 
 
 
 def load_sae(path: str | Path) -> tuple[torch.nn.Module, dict]:
-    """An SAE file and its JSON; ValueError (naming the file) for anything unusable."""
+    """An SAE file and its JSON; BadFile (naming the file) for anything unusable."""
     path = Path(path)
-    meta = json.loads(path.with_suffix(".json").read_text())
-    if not isinstance(meta, dict):
-        raise ValueError(f"{path.with_suffix('.json')}: not a JSON object")
+    meta_path = path.with_suffix(".json")
+    meta = check(read_json(meta_path, "SAE's metadata"), META, meta_path)
+    return tensors_to_ae(load_safetensors(path), meta.get("arch"), path), meta
+
+
+def tensors_to_ae(tensors: dict, arch: str | None, path: str | Path) -> torch.nn.Module:
+    """ae_from_tensors for the tensors of the file `path`: its errors name that file."""
     try:
-        tensors = load_file(str(path))
-    except Exception as e:  # safetensors raises its own error type for truncated headers/data
-        raise ValueError(f"{path}: unreadable safetensors file ({e})") from e
-    return ae_from_tensors(tensors, meta.get("arch")), meta
+        return ae_from_tensors(tensors, arch)
+    except (ValueError, TypeError) as e:
+        raise BadFile(path, str(e)) from None
