@@ -618,6 +618,8 @@ class SeqTracker:
         (lost just before it, None) or (0, reason to drop it). The consumer then calls
         `accept` once the whole message is accepted, or `reject`; so a message rejected for its
         body (or by the consumer) never moves the stream: a forged new epoch is not adopted."""
+        if kind == "heartbeat":  # takes no seq: only a stale epoch is refused
+            return (0, "epoch_flap") if self.has_left(epoch) else (0, None)
         self.received += 1
         if epoch != self.epoch:
             if kind == "end":
@@ -635,7 +637,10 @@ class SeqTracker:
 
     def accept(self, epoch: str, seq: int, kind: str = "batch") -> int:
         """Commit a message `verdict` passed and the consumer accepted: a new epoch is adopted
-        (the old one retired), the seq advances. -> how many were lost just before it."""
+        (the old one retired), the seq advances. -> how many were lost just before it. A
+        heartbeat moves nothing."""
+        if kind == "heartbeat":
+            return 0
         if epoch != self.epoch:
             if self.epoch is not None:
                 self._retired[self.epoch] = None
@@ -719,9 +724,7 @@ class Streams:
             if len(self.trackers) >= self.max_sources or (
                     kind == "heartbeat" and source not in self.heard and len(self.heard) >= self.max_sources):
                 return 0, "limits"
-            return (0, None) if kind == "heartbeat" else SeqTracker(self.max_gap).verdict(epoch, seq, kind)
-        if kind == "heartbeat":
-            return (0, "epoch_flap") if tracker.has_left(epoch) else (0, None)
+            return SeqTracker(self.max_gap).verdict(epoch, seq, kind)
         return tracker.verdict(epoch, seq, kind)
 
     def accept(self, source: str, epoch: str, seq: int, kind: str = "batch") -> int:

@@ -14,6 +14,7 @@ import json
 import os
 import pickle
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -247,3 +248,24 @@ def test_every_bad_file_is_one_line_naming_it(corpus, caplog, command):
             failures.append(f"{case}: {'; '.join(problems)}: {(errors or [out.strip()[-300:]])[0][:300]}")
     assert not corpus["marker"].exists(), "a pickle ran code"
     assert not failures, f"{command}: {len(failures)} of {len(cases)} cases:\n" + "\n".join(failures)
+
+
+def test_the_same_from_real_processes(corpus):
+    """One case per command as a real `boardlens` process: the top-level error path is the same."""
+    import subprocess
+    import sys
+
+    runs = []
+    for command in COMMANDS:
+        case, argv, _, name = commands(corpus, command)[-1]
+        runs.append((command, case, name, subprocess.Popen(
+            [sys.executable, "-m", "boardlens.services.cli", *argv], stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True)))
+        while sum(p.poll() is None for *_, p in runs) >= 2:  # two at a time: 2 cores
+            time.sleep(0.1)
+    for command, case, name, p in runs:
+        out = p.communicate(timeout=120)[0]
+        errors = [line for line in out.splitlines() if line.startswith("Error:")]
+        assert p.returncode == 1 and len(errors) == 1 and name in errors[0], (command, case, out[-2000:])
+        assert "Traceback" not in out and "weights_only" not in out, (command, case, out[-2000:])
+    assert not corpus["marker"].exists()
