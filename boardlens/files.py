@@ -22,9 +22,12 @@ _MAX_DETAIL = 200
 
 
 class BadFile(ValueError):
-    """A file that cannot be used; str() is one line: '<path>: <problem>'."""
+    """A file that cannot be used; str() is one line: '<path>: <problem>' (or a whole message
+    of that form given alone, as subclasses such as lm's CheckpointError are raised)."""
 
-    def __init__(self, path: str | Path, problem: str) -> None:
+    def __init__(self, path: str | Path, problem: str | None = None) -> None:
+        if problem is None:
+            path, _, problem = str(path).partition(": ")
         self.path, self.problem = Path(path), _one_line(problem)
         super().__init__(f"{self.path}: {self.problem}")
 
@@ -34,35 +37,36 @@ def _one_line(text: str) -> str:
     return text if len(text) <= _MAX_DETAIL else text[:_MAX_DETAIL - 3] + "..."
 
 
-def _opened(path: Path, e: OSError) -> BadFile:
+def _opened(path: Path, e: OSError, error: type[BadFile]) -> BadFile:
     if isinstance(e, FileNotFoundError):
-        return BadFile(path, "not found")
+        return error(path, "not found")
     if isinstance(e, IsADirectoryError):
-        return BadFile(path, "a folder, not a file")
+        return error(path, "a folder, not a file")
     if isinstance(e, NotADirectoryError):
-        return BadFile(path, "a file, not a folder")
-    return BadFile(path, f"cannot be read ({e.strerror or e})")
+        return error(path, "a file, not a folder")
+    return error(path, f"cannot be read ({e.strerror or e})")
 
 
-def read_json(path: str | Path, what: str = "JSON object", kind: type = dict) -> Any:
-    """The parsed file, which must be of `kind` (dict: an object; list: an array)."""
+def read_json(path: str | Path, what: str = "JSON object", kind: type = dict, error: type[BadFile] = BadFile) -> Any:
+    """The parsed file, which must be of `kind` (dict: an object; list: an array). `error`: the
+    BadFile subclass raised (e.g. lm's CheckpointError), as for every reader here."""
     path = Path(path)
     try:
         data = json.loads(path.read_bytes().decode("utf-8"))
     except OSError as e:
-        raise _opened(path, e) from None
+        raise _opened(path, e, error) from None
     except UnicodeDecodeError:
-        raise BadFile(path, "not UTF-8 text, so not JSON") from None
+        raise error(path, "not UTF-8 text, so not JSON") from None
     except json.JSONDecodeError as e:
-        raise BadFile(path, f"not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+        raise error(path, f"not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
     except RecursionError:
-        raise BadFile(path, "JSON nested too deeply") from None
+        raise error(path, "JSON nested too deeply") from None
     if not isinstance(data, kind):
-        raise BadFile(path, f"a {what} must be a JSON {'object' if kind is dict else 'array'}, got {_json_type(data)}")
+        raise error(path, f"a {what} must be a JSON {'object' if kind is dict else 'array'}, got {_json_type(data)}")
     return data
 
 
-def load_torch(path: str | Path, what: str = "torch file") -> Any:
+def load_torch(path: str | Path, what: str = "torch file", error: type[BadFile] = BadFile) -> Any:
     """torch.load restricted to tensors and plain containers: no code in a pickle runs."""
     import torch
 
@@ -70,18 +74,18 @@ def load_torch(path: str | Path, what: str = "torch file") -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except OSError as e:
-        raise _opened(path, e) from None
+        raise _opened(path, e, error) from None
     except pickle.UnpicklingError as e:
         if "weights only" in str(e).lower():  # a global refused; torch's text advises loading it
             # unrestricted, which a user must not do with a file they do not trust
-            raise BadFile(path, f"not a {what}: it holds Python objects, not only tensors "
-                                "(refused without running them)") from None
-        raise BadFile(path, f"not a readable {what} (truncated, or not a torch file)") from None
+            raise error(path, f"not a {what}: it holds Python objects, not only tensors "
+                              "(refused without running them)") from None
+        raise error(path, f"not a readable {what} (truncated, or not a torch file)") from None
     except Exception:  # noqa: BLE001 - a truncated zip, a random file, a torch version's own errors
-        raise BadFile(path, f"not a readable {what} (truncated, or not a torch file)") from None
+        raise error(path, f"not a readable {what} (truncated, or not a torch file)") from None
 
 
-def load_safetensors(path: str | Path) -> dict:
+def load_safetensors(path: str | Path, error: type[BadFile] = BadFile) -> dict:
     """A safetensors file's tensors (its header is bounded by the library before allocation)."""
     from safetensors.torch import load_file
 
@@ -89,9 +93,9 @@ def load_safetensors(path: str | Path) -> dict:
     try:
         return load_file(str(path))
     except OSError as e:
-        raise _opened(path, e) from None
+        raise _opened(path, e, error) from None
     except Exception as e:  # noqa: BLE001 - safetensors raises its own types for bad headers and data
-        raise BadFile(path, f"not a readable safetensors file ({e})") from None
+        raise error(path, f"not a readable safetensors file ({e})") from None
 
 
 # --- schemas ------------------------------------------------------------------------------
@@ -163,11 +167,12 @@ def field_problem(obj: dict, schema: Mapping[str, Rule], required: Collection[st
     return None
 
 
-def check(obj: dict, schema: Mapping[str, Rule], path: str | Path, required: Collection[str] = ()) -> dict:
-    """obj when its fields pass schema, else BadFile naming path and the first bad field."""
+def check(obj: dict, schema: Mapping[str, Rule], path: str | Path, required: Collection[str] = (),
+          error: type[BadFile] = BadFile) -> dict:
+    """obj when its fields pass schema, else BadFile (or `error`) naming path and the first bad field."""
     problem = field_problem(obj, schema, required)
     if problem is not None:
-        raise BadFile(path, problem)
+        raise error(path, problem)
     return obj
 
 

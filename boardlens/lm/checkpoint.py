@@ -24,7 +24,7 @@ from boardlens.registry import GAMES
 FORMAT = "boardlens-gpt"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(BadFile):
     """A model file that is missing, truncated or malformed; the message names the file."""
 
 
@@ -47,12 +47,13 @@ CONFIG = {"gpt": mapping(), "game": text(GAMES.names), "sae_layer": integer(0, 4
 def read_config(folder: str | Path) -> dict:
     path = Path(folder)
     if not path.is_dir():
-        raise BadFile(path, "not a model folder (config.json + model.safetensors)" if path.exists() else "not found")
+        raise CheckpointError(path, "not a model folder (config.json + model.safetensors)" if path.exists()
+                              else "not found")
     path = path / "config.json"
-    cfg = read_json(path, "model config")
+    cfg = read_json(path, "model config", error=CheckpointError)
     if cfg.get("format") != FORMAT or "gpt" not in cfg:
-        raise BadFile(path, f"not a {FORMAT} config (missing 'format'/'gpt')")
-    return check(cfg, CONFIG, path, required=("game",))
+        raise CheckpointError(path, f"not a {FORMAT} config (missing 'format'/'gpt')")
+    return check(cfg, CONFIG, path, required=("game",), error=CheckpointError)
 
 
 def load_model(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> tuple[GPT, dict]:
@@ -74,7 +75,7 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu", dtype: to
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    return load_safetensors(path)
+    return load_safetensors(path, error=CheckpointError)
 
 
 def fill_model(model: GPT, state: dict[str, torch.Tensor], path: Path) -> GPT:

@@ -39,7 +39,7 @@ _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c
 
 def _torch_load(path: Path, what: str):
     """torch.load restricted to tensors and plain containers (no arbitrary pickle)."""
-    return load_torch(path, what)
+    return load_torch(path, what, error=CheckpointError)
 
 
 def load_nanogpt(path: str | Path) -> GPT:
@@ -278,7 +278,7 @@ def load_any(path: str | Path, device: str | torch.device = "cpu",
     path = Path(path)
     if path.is_dir():
         cfg_path = path / "config.json"
-        cfg = read_json(cfg_path, "model config") if cfg_path.exists() else {}
+        cfg = read_json(cfg_path, "model config", error=CheckpointError) if cfg_path.exists() else {}
         kind = cfg.get("format")
         if kind == "boardlens-gpt":
             model, meta = load_model(path, device, dtype)

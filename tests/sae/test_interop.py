@@ -115,7 +115,7 @@ def test_bad_files_give_clear_errors(tmp_path):
         import_sae(tmp_path)
     export_sae(_ae(), "dictionary_learning", tmp_path / "dl")
     (tmp_path / "dl" / "ae.pt").write_bytes((tmp_path / "dl" / "ae.pt").read_bytes()[:100])
-    with pytest.raises(ValueError, match="ae.pt: unreadable"):
+    with pytest.raises(ValueError, match="ae.pt: not a readable"):
         import_sae(tmp_path / "dl")
     export_sae(_ae(), "saelens", tmp_path / "sl")
     cfg = json.loads((tmp_path / "sl" / "cfg.json").read_text())
