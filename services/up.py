@@ -323,8 +323,9 @@ def run(config_file=None, tokens=None, run_dir=None, quiet=False, base_port=0, s
     seen = _supervise(procs, children, run_path, producer_dirs, trainer_dirs, total, quiet, stop_on_shard_loss)
     if "evaluator" in cfgs:
         print(final_table(run_path), flush=True)
+    shard_dirs = dict(zip([n for n, (svc, _) in children.items() if svc == "trainer"], trainer_dirs, strict=True))
     for name, how in seen.lost_shards.items():
-        shard = trainer_dirs[[n for n, (svc, _) in children.items() if svc == "trainer"].index(name)]
+        shard = shard_dirs[name]
         status = read_status(shard, TrainerStatus)
         saes = ", ".join(sorted(status.saes)) if status is not None and status.saes else "its SAEs"
         print(f"missing: {name} ({shard.name}) {how}: {saes} stopped at step "
@@ -371,15 +372,16 @@ def _supervise(procs: dict[str, subprocess.Popen], children: dict, run_path: Pat
     bar = Progress(total_tokens or None, "token", every_s=10.0)
     try:
         while not interrupted.is_set():
-            failed = {n: p.returncode for n, p in procs.items() if p.poll() not in (None, 0) and n not in out.lost_shards
-                      and not (out.lost_shards and p.returncode == EXIT_INCOMPLETE)}  # it outlived a lost shard
-            survivors = [n for n in shards if procs[n].poll() in (None, 0) and n not in failed]
-            for name in [n for n in failed if n in shards] if survivors and not stop_on_shard_loss else []:
-                out.lost_shards[name] = describe_exit(failed.pop(name))
-                bar.close()
-                print(f"warning: {name} {out.lost_shards[name]}; the other shards go on (its SAEs stop at their "
-                      f"last snapshot; --stop-on-shard-loss stops the run instead). See {run_path / 'logs'}",
-                      file=sys.stderr, flush=True)
+            # Failures not seen before; EXIT_INCOMPLETE is expected of whoever outlived a lost shard.
+            failed = {n: p.returncode for n, p in procs.items() if p.poll() not in (None, 0)
+                      and n not in out.lost_shards and not (out.lost_shards and p.returncode == EXIT_INCOMPLETE)}
+            for name in [n for n in failed if n in shards and not stop_on_shard_loss]:
+                if any(procs[n].poll() in (None, 0) and n not in failed for n in shards):  # another goes on
+                    out.lost_shards[name] = describe_exit(failed.pop(name))
+                    bar.close()
+                    print(f"warning: {name} {out.lost_shards[name]}; the other shards go on (its SAEs stop at "
+                          f"their last snapshot; --stop-on-shard-loss stops the run instead). See "
+                          f"{run_path / 'logs'}", file=sys.stderr, flush=True)
             if failed:
                 bar.close()
                 print("error: " + "; ".join(f"{n} {describe_exit(c)}" for n, c in failed.items()) +

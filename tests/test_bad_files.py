@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import struct
 import time
 from pathlib import Path
@@ -26,24 +25,12 @@ from boardlens.registry import ARCHS
 from boardlens.sae.io import sae_tensors, save_sae
 from boardlens.services.cli import main
 from boardlens.services.config import DEFAULT_MODEL
+from tests.services.helpers import evil_pickle
 
 pytestmark = pytest.mark.timeout(300)
 
 MODEL = DEFAULT_MODEL + "-random"  # 8 x 256, built from its config on load
 D = 256
-
-
-class _Evil:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
-def evil(path: Path, marker: Path) -> Path:
-    path.write_bytes(pickle.dumps({"state": _Evil(marker)}, protocol=2))
-    return path
 
 
 def good_sae(folder: Path, name: str = "sae") -> Path:
@@ -86,7 +73,7 @@ def ours(tmp: Path, marker: Path) -> dict[str, tuple[Path, str]]:
     st = tmp / "ours" / "template" / "sae.safetensors"
     case("truncated", raw=st.read_bytes()[: len(st.read_bytes()) // 2])
     case("random-bytes", raw=os.urandom(4096))
-    case("pickle", raw=evil(tmp / "evil.bin", marker).read_bytes())
+    case("pickle", raw=evil_pickle(tmp / "evil.bin", marker).read_bytes())
     case("empty", raw=b"")
     case("wrong-shapes", tensors={**sae_tensors(ARCHS["relu"](D, 16)), "encoder.weight": torch.zeros(16, 5)})
     case("wrong-names", tensors={"x": torch.zeros(2, 2)})
@@ -114,7 +101,7 @@ def others(tmp: Path, marker: Path) -> dict[str, tuple[Path, str]]:
             folder = export_sae(ARCHS["relu"](D, 16), fmt, tmp / fmt / label)
             (folder / cfg_name).write_text(text)
             cases[f"{fmt}-config-{label}"] = (folder, cfg_name)
-        for label, write in {"pickle": lambda p: evil(p, marker), "truncated": lambda p: p.write_bytes(p.read_bytes()[:100]),
+        for label, write in {"pickle": lambda p: evil_pickle(p, marker), "truncated": lambda p: p.write_bytes(p.read_bytes()[:100]),
                              "random": lambda p: p.write_bytes(os.urandom(2048)), "huge-header": huge_header}.items():
             folder = export_sae(ARCHS["relu"](D, 16), fmt, tmp / fmt / f"w-{label}")
             write(folder / weights)
@@ -139,7 +126,7 @@ def models(tmp: Path, marker: Path) -> dict[str, tuple[Path, str]]:
     (folder / "config.json").write_text(json.dumps(trained))
     (folder / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":")
     cases["weights-truncated"] = (folder, "model.safetensors")
-    cases["pt-pickle"] = (evil(tmp / "models" / "evil.pt", marker), "evil.pt")
+    cases["pt-pickle"] = (evil_pickle(tmp / "models" / "evil.pt", marker), "evil.pt")
     (tmp / "models" / "random.pt").write_bytes(os.urandom(1000))
     cases["pt-random"] = (tmp / "models" / "random.pt", "random.pt")
     torch.save({"model": [1, 2]}, tmp / "models" / "nonsense.pt")
@@ -153,7 +140,7 @@ def models(tmp: Path, marker: Path) -> dict[str, tuple[Path, str]]:
 def lm_states(tmp: Path, marker: Path) -> dict[str, tuple[Path, str]]:
     """Run folders whose train_state.pt is broken (for `lm train --resume`)."""
     cases = {}
-    for label, write in {"pickle": lambda p: evil(p, marker), "random": lambda p: p.write_bytes(os.urandom(500)),
+    for label, write in {"pickle": lambda p: evil_pickle(p, marker), "random": lambda p: p.write_bytes(os.urandom(500)),
                          "empty": lambda p: p.write_bytes(b""),
                          "not-a-state": lambda p: torch.save({"model": torch.zeros(2)}, p),
                          "a-list": lambda p: torch.save([1, 2, 3], p)}.items():

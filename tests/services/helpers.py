@@ -118,3 +118,21 @@ def model_dims(folder) -> tuple[int, int]:
     """(residual width, default SAE layer) of a bundled model folder, from its config.json."""
     cfg = json.loads((Path(folder) / "config.json").read_text())
     return cfg["gpt"]["n_embd"], cfg["sae_layer"]
+
+
+class _Evil:
+    """Unpickling it would run os.system (touching a marker file): the marker must never appear."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def evil_pickle(path: Path, marker: Path) -> Path:
+    """A pickle at `path` whose loading with plain pickle would touch `marker`."""
+    import pickle
+
+    path.write_bytes(pickle.dumps({"state": _Evil(marker)}, protocol=2))
+    return path

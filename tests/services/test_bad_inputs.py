@@ -6,7 +6,6 @@ marker file): the marker must never appear.
 
 import json
 import os
-import pickle
 import shutil
 import subprocess
 import sys
@@ -16,20 +15,9 @@ import pytest
 import torch
 
 from boardlens.services.config import DEFAULT_MODEL
+from tests.services.helpers import evil_pickle
 
 pytestmark = pytest.mark.timeout(120)
-
-
-class _Evil:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
-def _evil_pickle(path: Path, marker: Path) -> None:
-    path.write_bytes(pickle.dumps({"state": _Evil(marker)}, protocol=2))
 
 
 def _cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -60,7 +48,7 @@ def test_trainer_checkpoint_that_is_a_malicious_pickle(tmp_path):
     marker = tmp_path / "pwned"
     ckpt = tmp_path / "run" / "checkpoints" / "step-00000010"
     ckpt.mkdir(parents=True)
-    _evil_pickle(ckpt / "sweep.pt", marker)
+    evil_pickle(ckpt / "sweep.pt", marker)
     (tmp_path / "run" / "checkpoints" / "latest").symlink_to("step-00000010")
     r = _cli("train", "--run-dir", str(tmp_path / "run"), "--resume", "require", "--metrics-port", "0")
     _one_line_error(r, "step-00000010")
@@ -71,7 +59,7 @@ def test_lm_resume_state_that_is_a_malicious_pickle(tmp_path):
     marker = tmp_path / "pwned"
     out = tmp_path / "lm"
     out.mkdir()
-    _evil_pickle(out / "train_state.pt", marker)
+    evil_pickle(out / "train_state.pt", marker)
     r = _cli("lm", "train", "--game", "othello", "--run-dir", str(out), "--resume", "--steps", "1")
     _one_line_error(r, "train_state.pt")
     assert not marker.exists()
@@ -107,7 +95,7 @@ def test_model_sizes_are_bounded_before_anything_is_allocated(tmp_path, field, v
 
 def test_malicious_pickle_as_a_model(tmp_path):
     marker = tmp_path / "pwned"
-    _evil_pickle(tmp_path / "model.pt", marker)
+    evil_pickle(tmp_path / "model.pt", marker)
     for cmd in (["produce", "--model"], ["evaluate", "--metrics-port", "0", "--model"]):
         r = _cli(*cmd, str(tmp_path / "model.pt"))
         _one_line_error(r, "model.pt")
@@ -135,7 +123,7 @@ def test_malicious_pickle_as_a_dictionary_learning_sae(tmp_path):
 
     marker = tmp_path / "pwned"
     (tmp_path / "dl").mkdir()
-    _evil_pickle(tmp_path / "dl" / "ae.pt", marker)
+    evil_pickle(tmp_path / "dl" / "ae.pt", marker)
     (tmp_path / "dl" / "config.json").write_text(json.dumps({"trainer": {"dict_class": "AutoEncoder"}}))
     with pytest.raises(ValueError, match="ae.pt"):
         import_sae(tmp_path / "dl")
