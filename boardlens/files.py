@@ -18,7 +18,7 @@ from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
-_MAX_DETAIL = 200
+_MAX_DETAIL = 600  # a model config in a message is ~300 characters
 
 
 class BadFile(ValueError):

@@ -19,10 +19,25 @@ from boardlens.lm.train import LMTrainConfig, train
 
 @pytest.fixture(scope="module")
 def toy_game():
-    """The tic-tac-toe plugin (tests/plugins/toy.py), registered in this process."""
-    import tests.plugins.toy  # noqa: F401 - registers the game
+    """The tic-tac-toe plugin (tests/plugins/toy.py), registered in this process for these tests
+    only: later tests in the same worker see the built-ins alone (e.g. the README's trainer table)."""
+    import importlib
+    import sys
 
-    return "tictactoe"
+    from boardlens.registry import ARCHS, GAMES, TRAINERS
+
+    registries = (ARCHS, TRAINERS, GAMES)
+    for r in registries:
+        r.names()  # the built-ins loaded first, so that what is saved is them
+    saved = [dict(r._items) for r in registries]
+    if "tests.plugins.toy" in sys.modules:  # an earlier test imported it: register it again
+        importlib.reload(sys.modules["tests.plugins.toy"])
+    else:
+        import tests.plugins.toy  # noqa: F401 - registers the game, its trainer and architecture
+    yield "tictactoe"
+    for r, items in zip(registries, saved, strict=True):
+        r._items.clear()
+        r._items.update(items)
 
 
 def test_the_weight_is_constant_then_falls_to_zero_at_the_last_step():

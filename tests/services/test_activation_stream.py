@@ -15,9 +15,11 @@ D, LAYER = model_dims(MODEL)  # the stream: the model's default SAE layer
 pytestmark = pytest.mark.timeout(300)
 
 
-def test_dictionary_learning_trains_on_our_stream(tmp_path, dictionary_learning):
-    # trainSAE's module imports wandb at the top; it is only used when use_wandb=True.
-    sys.modules.setdefault("wandb", types.SimpleNamespace())
+def test_dictionary_learning_trains_on_our_stream(tmp_path, dictionary_learning, monkeypatch):
+    # trainSAE's module imports wandb at the top; it is only used when use_wandb=True. The stand-in
+    # leaves with the test (left behind, it breaks transformers' import of wandb in later tests).
+    if "wandb" not in sys.modules:
+        monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace())
     from dictionary_learning.trainers.standard import StandardTrainer
     from dictionary_learning.training import trainSAE
 
