@@ -779,16 +779,12 @@ class Streams:
             lost += never
         return lost
 
-    def all_ended(self, expected: int = 1) -> bool:
-        """True once at least `expected` sources (the senders connected) have sent 'end'.
+    def finished(self, expected: int = 1) -> bool:
+        """True once at least `expected` sources (the senders connected) have each ended or been
+        declared gone: the stream is over (complete only if none is gone).
 
         A count, not "every source ever heard": a producer pod rescheduled under a new name
         leaves its old source behind, silent, and must not hold the consumer forever."""
-        return len(self.ended) >= max(1, expected)
-
-    def finished(self, expected: int = 1) -> bool:
-        """True once at least `expected` sources have each ended or been declared gone: the
-        stream is over (complete only if none is gone)."""
         return len(self.ended | self.gone) >= max(1, expected)
 
     @property

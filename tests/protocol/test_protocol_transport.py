@@ -399,9 +399,9 @@ def test_streams_track_each_sender_apart():
     assert s.check("p0", "a9", 0) == (0, None)  # p0 restarted afresh: adopted ...
     assert s.check("p0", "a0", 4) == (0, "epoch_flap")  # ... and its old epoch refused
     assert s.check("p1", "a9", 1, "end") == (0, "end_epoch")  # p0's epoch cannot end p1
-    assert s.check("p0", "a9", 1, "end") == (0, None) and not s.all_ended(2)
-    assert s.check("p1", "b1", 17, "end") == (0, None) and s.all_ended(2)
-    assert s.check("p1", "b2", 0) == (0, None) and not s.all_ended(2)  # p1 came back: live again
+    assert s.check("p0", "a9", 1, "end") == (0, None) and not s.finished(2)
+    assert s.check("p1", "b1", 17, "end") == (0, None) and s.finished(2)
+    assert s.check("p1", "b2", 0) == (0, None) and not s.finished(2)  # p1 came back: live again
     assert s.check("p2", "c", 0) == (0, None) and s.check("p3", "d", 0) == (0, "limits")  # bounded
     assert s.received == 17 and s.out_of_order == 1  # the refused 5th sender has no tracker
 
