@@ -167,6 +167,12 @@ def field_problem(obj: dict, schema: Mapping[str, Rule], required: Collection[st
     return None
 
 
+LAYER = integer(0, 4096)
+"""A block index as any model or SAE metadata may name it (real depths are far below)."""
+WIDTH = integer(1, 1 << 24)
+"""A residual or dictionary width (d_in, d_sae) as metadata may name it."""
+
+
 def check(obj: dict, schema: Mapping[str, Rule], path: str | Path, required: Collection[str] = (),
           error: type[BadFile] = BadFile) -> dict:
     """obj when its fields pass schema, else BadFile (or `error`) naming path and the first bad field."""

@@ -714,6 +714,7 @@ class Streams:
         self.ended: set[str] = set()  # sources whose latest epoch has sent 'end'
         self.heard: dict[str, float] = {}  # source -> time.monotonic() of its last accepted message
         self.gone: set[str] = set()  # sources declared gone by expire() and not heard since
+        self._next_expiry = 0.0  # expire_idle looks again from then on
 
     def verdict(self, source: str, epoch: str, seq: int, kind: str = "batch") -> tuple[int, str | None]:
         """SeqTracker.verdict for the message's source (a source not heard yet: as a fresh stream;
@@ -721,8 +722,9 @@ class Streams:
         A heartbeat is checked only against the epochs its source has left (epoch_flap)."""
         tracker = self.trackers.get(source)
         if tracker is None:
-            if len(self.trackers) >= self.max_sources or (
-                    kind == "heartbeat" and source not in self.heard and len(self.heard) >= self.max_sources):
+            full = (source not in self.heard and len(self.heard) >= self.max_sources if kind == "heartbeat"
+                    else len(self.trackers) >= self.max_sources)  # a heartbeat opens no tracker
+            if full:
                 return 0, "limits"
             return SeqTracker(self.max_gap).verdict(epoch, seq, kind)
         return tracker.verdict(epoch, seq, kind)
@@ -778,6 +780,16 @@ class Streams:
             self.gone.update(never)
             lost += never
         return lost
+
+    def expire_idle(self, sub: Subscriber, timeout_s: float) -> list[str]:
+        """`expire` for the senders `sub` connects to, as a consumer's loop calls it: at most about
+        once a second, and only with nothing queued on `sub` (a consumer busy elsewhere judges
+        silence once it has read what waits, so it never takes its own backlog for a dead sender)."""
+        now = time.monotonic()
+        if now < self._next_expiry or sub.pending():
+            return []
+        self._next_expiry = now + 1.0
+        return self.expire(timeout_s, now, expected=len(sub.connected))
 
     def finished(self, expected: int = 1) -> bool:
         """True once at least `expected` sources (the senders connected) have each ended or been

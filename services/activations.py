@@ -63,8 +63,7 @@ class ActivationStream:
         """Valid-position rows (n, d) of each batch message, until end of stream or idle timeout."""
         idle_until = None if self.idle_timeout_s is None else time.monotonic() + self.idle_timeout_s
         while True:
-            # A producer silent too long is gone (judged with nothing queued: we are not behind).
-            if not self.sub.pending() and self.streams.expire(self.sender_timeout_s, expected=len(self.sub.connected)):
+            if self.streams.expire_idle(self.sub, self.sender_timeout_s):  # a producer silent too long
                 self.gone = sorted(self.streams.gone)
                 if self.streams.finished(len(self.sub.connected)):
                     return

@@ -335,7 +335,6 @@ def lm_train(resume: bool, run_dir: str | None, out: str | None, checkpoint_ever
              ckpt_every: int | None, **options) -> None:
     """Train a game LM on freshly generated games (progress bar, checkpoints, resume)."""
     from boardlens.files import BadFile
-    from boardlens.lm.checkpoint import CheckpointError
     from boardlens.lm.train import LMTrainConfig
     from boardlens.lm.train import train as train_lm
 
@@ -346,20 +345,19 @@ def lm_train(resume: bool, run_dir: str | None, out: str | None, checkpoint_ever
         raise click.UsageError(str(e)) from e
     try:
         train_lm(cfg, resume=resume)
-    except (CheckpointError, BadFile) as e:
+    except BadFile as e:  # CheckpointError among them
         raise click.ClickException(str(e)) from e
 
 
 def _load_lm(model: str | None):
     """Any supported checkpoint (default: the bundled Othello model) -> (model, meta)."""
     from boardlens.files import BadFile
-    from boardlens.lm.checkpoint import CheckpointError
     from boardlens.lm.formats import load_any
     from boardlens.services.config import DEFAULT_MODEL
 
     try:
         return load_any(model or DEFAULT_MODEL)
-    except (CheckpointError, BadFile) as e:
+    except BadFile as e:  # CheckpointError among them
         raise click.ClickException(str(e)) from e
 
 

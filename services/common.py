@@ -166,7 +166,6 @@ class MessageCounters:
         self.bytes = tel.metric(channel.bytes)
         self.streams = Streams()  # (epoch, seq) per sender: a consumer may hear several
         self.labelled: set[str] = set()  # senders with their own `source` label value
-        self._next_expiry = 0.0
 
     def source_label(self, source: str) -> str:
         """The `source` label of a sender: its name once it has had a message accepted, for
@@ -179,14 +178,9 @@ class MessageCounters:
         return (source or "-") if source in self.labelled else "other"
 
     def expire(self, sub: Subscriber, timeout_s: float) -> list[str]:
-        """Declare the senders silent for more than timeout_s gone (Streams.expire, looked at
-        about once a second, and only with nothing queued on `sub`: a consumer busy elsewhere
-        judges silence once it has read what waits): counted and logged; -> their names."""
-        now = time.monotonic()
-        if now < self._next_expiry or sub.pending():
-            return []
-        self._next_expiry = now + 1.0
-        lost = self.streams.expire(timeout_s, now, expected=len(sub.connected))
+        """Declare the senders of `sub` silent for more than timeout_s gone (Streams.expire_idle):
+        counted and logged; -> their names."""
+        lost = self.streams.expire_idle(sub, timeout_s)
         for source in lost:
             self.gone.labels(self.source_label(source)).inc()
             log.error("sender %s declared gone: nothing from it, not even a heartbeat, for %.0f s",

@@ -104,6 +104,7 @@ class LiveEvaluator:
         self.descriptions: dict[str, dict] = {}  # per SAE: step, summary, top latents of the newest description
         self.description_refs: dict[str, dict] = {}  # per reference: summary
         self.evaluated: dict[str, int] = {}  # evaluations per SAE (the describe cadence)
+        self.undescribed: dict[str, Snapshot] = {}  # SAE -> its last evaluated snapshot, if not described
         self.describe_errors: set[str] = set()  # kinds of description failure logged with a traceback
         self.scorer: Scorer | None = None  # made with the eval set
         self.layer = 0
@@ -200,11 +201,23 @@ class LiveEvaluator:
         n = self.evaluated[name] = self.evaluated.get(name, 0) + 1
         every = self.cfg.describe_every
         if every and ((n - 1) % every == 0 or self.trainer_ended):
-            try:
-                self.describe(snap)
-            except Exception as e:  # noqa: BLE001 - counted and logged; it never costs the run its evaluations
-                self._describe_failed(name, step, e)
+            self._describe(snap)
+        elif every:  # described at the end if it stays the last (its 'end' may come after it)
+            self.undescribed[name] = snap
         return record
+
+    def _describe(self, snap: Snapshot) -> None:
+        self.undescribed.pop(snap.name, None)
+        try:
+            self.describe(snap)
+        except Exception as e:  # noqa: BLE001 - counted and logged; it never costs the run its evaluations
+            self._describe_failed(snap.name, snap.step, e)
+
+    def describe_last(self) -> None:
+        """At the end: describe each SAE's last evaluated snapshot if it was not (it was evaluated
+        before the trainer's 'end' was read)."""
+        for snap in list(self.undescribed.values()):
+            self._describe(snap)
 
     def _describe_failed(self, name: str, step: int, e: Exception) -> None:
         """Count every failure (boardlens_evaluator_describe_failures_total, alerted on when it
@@ -373,6 +386,7 @@ def run(cfg: EvaluatorConfig) -> int:
                 m.counters.expire(data, cfg.sender_timeout_s)  # counted; the eval set fills from the others
             if ev.trainer_ended:
                 ev.evaluate_pending(partial=True)
+                ev.describe_last()
                 break
             if ev.evaluate_pending():
                 tel.progress()

@@ -52,7 +52,8 @@ def test_a_plugin_game_architecture_and_trainer_run_through_up(tmp_path):
     evaluator_log = (run / "logs" / "evaluator.log").read_text()
     assert "describing" not in evaluator_log and "Traceback" not in evaluator_log
     sae = str(run / "checkpoints" / "latest" / "toy_lp-32-0.05.safetensors")
-    out = _cli("describe", sae, "--model", str(lm / "model"), "--games", "40", "--no-references")
+    out = _cli("describe", sae, "--model", str(lm / "model"), "--games", "40", "--no-references",
+               "--json", str(tmp_path / "descriptions.json"))  # not into the checkout
     assert "faithfulness: not scored" in out and "toy_lp-32-0.05" in out
     page = tmp_path / "browser"
     _cli("browse", sae, "--model", str(lm / "model"), "--games", "40", "--pages", "4", "--out", str(page))

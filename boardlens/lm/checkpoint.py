@@ -17,7 +17,16 @@ import torch
 from safetensors.torch import save_file
 
 from boardlens.atomic import write_atomic, write_json
-from boardlens.files import BadFile, check, integer, load_safetensors, mapping, read_json, text
+from boardlens.files import (
+    LAYER,
+    BadFile,
+    check,
+    integer,
+    load_safetensors,
+    mapping,
+    read_json,
+    text,
+)
 from boardlens.lm.model import GPT, GPTConfig
 from boardlens.registry import GAMES
 
@@ -39,7 +48,7 @@ def save_model(model: GPT, folder: str | Path, meta: dict, dtype: torch.dtype = 
     return folder
 
 
-CONFIG = {"gpt": mapping(), "game": text(GAMES.names), "sae_layer": integer(0, 4096),
+CONFIG = {"gpt": mapping(), "game": text(GAMES.names), "sae_layer": LAYER,
           "train_steps": integer(0, 2**62), "games_seen": integer(0, 2**62), "random_init_seed": integer(0, 2**63)}
 """A bundled model's config.json: the fields read beside 'gpt' (whose values GPTConfig checks)."""
 

@@ -23,6 +23,8 @@ from safetensors.torch import save_file
 
 from boardlens.atomic import write_atomic, write_json
 from boardlens.files import (
+    LAYER,
+    WIDTH,
     BadFile,
     boolean,
     check,
@@ -34,7 +36,7 @@ from boardlens.files import (
     text,
 )
 from boardlens.registry import ARCHS, GAMES, TRAINERS
-from boardlens.sae.io import LAYER, WIDTH, sae_tensors, tensors_to_ae
+from boardlens.sae.io import sae_tensors, tensors_to_ae
 
 FORMATS = ("dictionary_learning", "saelens")
 

@@ -13,6 +13,8 @@ from safetensors.torch import save_file
 
 from boardlens.atomic import write_atomic, write_json
 from boardlens.files import (
+    LAYER,
+    WIDTH,
     BadFile,
     check,
     integer,
@@ -24,11 +26,6 @@ from boardlens.files import (
 )
 from boardlens.registry import ARCHS, GAMES, TRAINERS
 
-MAX_LAYER = 4096
-"""Largest block index any SAE metadata may name (a model's depth is far below)."""
-MAX_WIDTH = 1 << 24
-"""Largest d_in or d_sae any SAE metadata may name."""
-LAYER, WIDTH = integer(0, MAX_LAYER), integer(1, MAX_WIDTH)
 META = {
     "arch": text(ARCHS.names), "name": text(), "step": integer(0, 2**62), "game": text(GAMES.names),
     "model": text(), "layer": LAYER, "norm_scale": number(0, 1e30, above=True), "tokens": integer(0, 2**62),
