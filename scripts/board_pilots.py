@@ -26,7 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 # Continued runs start from the bundled model (its step, a fresh AdamW, the LR re-warmed over
 # 30 steps, then constant 3e-4 until a short final decay); each gets the same number of steps.
 OTHELLO = {"model": "models/othello-gpt", "shape": ["--n-layer", "8", "--n-embd", "256", "--n-head", "8"],
-           "sae_layer": 6, "steps": 350}
+           "sae_layer": 6, "steps": 350, "batch_games": 128}
+# Chess: 64 games (about 16k characters) a step at about 1,500 characters/s on one thread, so a
+# pilot of about 25 CPU-minutes is 110 steps.
+CHESS = {"model": "models/chess-gpt", "shape": ["--n-layer", "8", "--n-embd", "192", "--n-head", "6"],
+         "sae_layer": 5, "steps": 110, "batch_games": 64}
 CONTINUED = ["--lr", "3e-4", "--warmup-steps", "30", "--schedule", "wsd", "--decay-frac", "0.005"]
 VARIANTS = {
     "othello": {
@@ -36,15 +40,21 @@ VARIANTS = {
         "h4-5-w3": {"continued": True, "heads": ["4:weight=3", "5:weight=3"]},
         "scratch-h2-4": {"continued": False, "heads": ["2:weight=1", "4:weight=1"]},
     },
+    "chess": {  # the SAE layer is block 5
+        "plain": {"continued": True, "heads": []},
+        "h3-4-w3": {"continued": True, "heads": ["3:weight=3", "4:weight=3"]},
+        "h2-3-4": {"continued": True, "heads": ["2:weight=1", "3:weight=1", "4:weight=1"]},
+        "h4-w10": {"continued": True, "heads": ["4:weight=10"]},
+    },
 }
-SETUP = {"othello": OTHELLO}
+SETUP = {"othello": OTHELLO, "chess": CHESS}
 
 
 def command(game: str, name: str, out: Path, probe_games: int, eval_every: int) -> list[str]:
     setup, v = SETUP[game], VARIANTS[game][name]
     base = json.loads((ROOT / setup["model"] / "config.json").read_text())
     args = ["lm", "train", "--game", game, "--run-dir", str(out / name), *setup["shape"],
-            "--sae-layer", str(setup["sae_layer"]), "--threads", "1", "--probe-games", str(probe_games),
+            "--sae-layer", str(setup["sae_layer"]), "--batch-games", str(setup["batch_games"]), "--threads", "1", "--probe-games", str(probe_games),
             "--eval-every", str(eval_every), "--eval-games", "500", "--no-snapshots", "--seed", "101"]
     if v["continued"]:
         args += ["--init-from", str(ROOT / setup["model"]), "--steps", str(base["train_steps"] + setup["steps"]),
