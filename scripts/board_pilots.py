@@ -25,12 +25,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Continued runs start from the bundled model (its step, a fresh AdamW, the LR re-warmed over
 # 30 steps, then constant 3e-4 until a short final decay); each gets the same number of steps.
-OTHELLO = {"model": "models/othello-gpt", "shape": ["--n-layer", "8", "--n-embd", "256", "--n-head", "8"],
-           "sae_layer": 6, "steps": 350, "batch_games": 128}
+# The shape and SAE layer are the bundled model's (its config.json).
+OTHELLO = {"model": "models/othello-gpt", "steps": 350, "batch_games": 128}
 # Chess: 64 games (about 16k characters) a step at about 1,500 characters/s on one thread, so a
 # pilot of about 25 CPU-minutes is 110 steps.
-CHESS = {"model": "models/chess-gpt", "shape": ["--n-layer", "8", "--n-embd", "192", "--n-head", "6"],
-         "sae_layer": 5, "steps": 110, "batch_games": 64}
+CHESS = {"model": "models/chess-gpt", "steps": 110, "batch_games": 64}
 CONTINUED = ["--lr", "3e-4", "--warmup-steps", "30", "--schedule", "wsd", "--decay-frac", "0.005"]
 VARIANTS = {
     "othello": {
@@ -50,11 +49,16 @@ VARIANTS = {
 SETUP = {"othello": OTHELLO, "chess": CHESS}
 
 
+def base_config(game: str) -> dict:
+    return json.loads((ROOT / SETUP[game]["model"] / "config.json").read_text())
+
+
 def command(game: str, name: str, out: Path, probe_games: int, eval_every: int) -> list[str]:
-    setup, v = SETUP[game], VARIANTS[game][name]
-    base = json.loads((ROOT / setup["model"] / "config.json").read_text())
-    args = ["lm", "train", "--game", game, "--run-dir", str(out / name), *setup["shape"],
-            "--sae-layer", str(setup["sae_layer"]), "--batch-games", str(setup["batch_games"]), "--threads", "1", "--probe-games", str(probe_games),
+    setup, v, base = SETUP[game], VARIANTS[game][name], base_config(game)
+    gpt = base["gpt"]
+    args = ["lm", "train", "--game", game, "--run-dir", str(out / name), "--n-layer", str(gpt["n_layer"]),
+            "--n-embd", str(gpt["n_embd"]), "--n-head", str(gpt["n_head"]), "--sae-layer", str(base["sae_layer"]),
+            "--batch-games", str(setup["batch_games"]), "--threads", "1", "--probe-games", str(probe_games),
             "--eval-every", str(eval_every), "--eval-games", "500", "--no-snapshots", "--seed", "101"]
     if v["continued"]:
         args += ["--init-from", str(ROOT / setup["model"]), "--steps", str(base["train_steps"] + setup["steps"]),
@@ -92,7 +96,7 @@ def run_all(game: str, out: Path, names: list[str], parallel: int, probe_games: 
 
 
 def summary(game: str, out: Path) -> list[dict]:
-    layer = str(SETUP[game]["sae_layer"])
+    layer = str(base_config(game)["sae_layer"])
     rows = []
     for name, v in VARIANTS[game].items():
         path = out / name / "lm_metrics.jsonl"
