@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Continued runs start from the bundled model (its step, a fresh AdamW, the LR re-warmed over
 # 30 steps, then constant 3e-4 until a short final decay); each gets the same number of steps.
 # The shape and SAE layer are the bundled model's (its config.json).
-OTHELLO = {"model": "models/othello-gpt", "steps": 350, "batch_games": 128}
+OTHELLO = {"model": "models/othello-gpt-selfsup", "steps": 350, "batch_games": 128}
 # Chess: 64 games (about 16k characters) a step at about 1,500 characters/s on one thread, so a
 # pilot of about 25 CPU-minutes is 110 steps.
 CHESS = {"model": "models/chess-gpt", "steps": 110, "batch_games": 64}

@@ -64,9 +64,12 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-UP_SAES = ("standard:penalty=0.05,normalize=true", "p_anneal:penalty=0.05,normalize=true")
-"""`up`'s sweep unless a file, the environment or --saes names one. Normalised: a trained
-model's residual is far from unit norm, and starting losses ~50x larger slow a short run."""
+UP_SAES = ("batch_topk:k=32,normalize=true", "p_anneal:penalty=0.05,normalize=true",
+           "standard:penalty=0.05,normalize=true")
+"""`up`'s sweep unless a file, the environment or --saes names one: the kind that read the board
+best in the recipe screening (scripts/sae_screen.py), beside the paper's p-anneal and its
+Standard baseline. Normalised: a trained model's residual is far from unit norm, and starting
+losses ~50x larger slow a short run."""
 UP_TOKENS = 2_000_000
 """Tokens `up` streams (over all producers) unless --tokens or producer.max_tokens says otherwise."""
 
@@ -75,12 +78,13 @@ def up_defaults(ncpu: int) -> dict[str, dict]:
     """`up`'s small-machine defaults: above the built-in ones, below file, environment and flags.
 
     A short run on a laptop: lr 1e-3 with a 100-step warmup (the paper's 3e-4 and 1000 steps suit
-    its 36k-step runs), batches of 2048, activations normalised (UP_SAES), snapshots every 50
-    steps, and one torch thread for producer and evaluator (three processes share the cores:
-    oversubscribed torch threads spin and slow everyone)."""
+    its 36k-step runs), small batches of 256 (a short run is short of steps, not of rows: 1M
+    tokens give ~3,900 steps), activations normalised (UP_SAES), snapshots every 400 steps
+    (~100k tokens), and one torch thread for producer and evaluator (three processes share the
+    cores: oversubscribed torch threads spin and slow everyone)."""
     return {"producer": {"threads": 1},
-            "trainer": {"saes": UP_SAES, "batch_size": 2048, "lr": 1e-3, "warmup_steps": 100,
-                        "snapshot_every": 50, "threads": max(1, ncpu - 2)},
+            "trainer": {"saes": UP_SAES, "batch_size": 256, "lr": 1e-3, "warmup_steps": 100,
+                        "snapshot_every": 400, "threads": max(1, ncpu - 2)},
             "evaluator": {"threads": 1}}
 
 

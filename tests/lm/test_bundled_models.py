@@ -26,7 +26,7 @@ def _headline(folder: Path) -> dict:
 
 
 def test_every_bundled_model_declares_its_headline_figures():
-    assert {p.name for p in BUNDLED} == {"othello-gpt", "othello-gpt-board", "chess-gpt"}
+    assert {p.name for p in BUNDLED} == {"othello-gpt", "othello-gpt-selfsup", "chess-gpt"}
     for folder in BUNDLED:
         h = _headline(folder)
         assert {"legality", "probe_reconstruction", "layer"} <= set(h), folder.name

@@ -46,7 +46,7 @@ def test_a_files_trainer_settings_survive_up(config_file):
     assert {k: c["sources"]["trainer"][k] for k in ("batch_size", "buffer_activations", "steps", "lr", "saes")} == \
         dict.fromkeys(("batch_size", "buffer_activations", "steps", "lr", "saes"), "file")
     # up's own defaults still fill what the file leaves out
-    assert (t.warmup_steps, t.snapshot_every) == (100, 50)
+    assert (t.warmup_steps, t.snapshot_every) == (100, 400)
     assert c["sources"]["trainer"]["warmup_steps"] == "up"
 
 
@@ -63,7 +63,7 @@ def test_flags_beat_the_environment_which_beats_the_file(config_file):
 def test_values_up_derives_follow_the_resolved_batch_size_and_tokens(tmp_path):
     c = _build(tokens=100_000)
     t = c["trainer"]
-    assert (t.batch_size, t.steps, t.buffer_activations, t.saes) == (2048, 100_000 // 2048, 32_768, UP_SAES)
+    assert (t.batch_size, t.steps, t.buffer_activations, t.saes) == (256, 100_000 // 256, 30_000, UP_SAES)
     assert c["sources"]["trainer"]["steps"] == "up" and c["sources"]["producer"]["max_tokens"] == "flag"
     f = tmp_path / "b.yaml"
     f.write_text("trainer:\n  batch_size: 512\nproducer:\n  max_tokens: 50000\n")
