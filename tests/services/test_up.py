@@ -83,6 +83,7 @@ def test_up_scales_out_over_two_producers_and_two_trainer_shards(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "boardlens.services.cli", "up", "--model", "models/othello-gpt-random",
          "--producers", "2", "--shards", "2", "--tokens", "30000", "--d-sae", "64", "--batch-size", "256",
+         "--saes", "standard:penalty=0.05,normalize=true", "--saes", "p_anneal:penalty=0.05,normalize=true",
          "--train-games", "16", "--test-games", "16", "--run-dir", str(run), "--quiet"],
         capture_output=True, text=True, timeout=280)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -139,6 +140,7 @@ def test_up_outlives_a_killed_trainer_shard_and_names_it(tmp_path):
     up = subprocess.Popen(
         [sys.executable, "-m", "boardlens.services.cli", "up", "--config", str(config), "--model",
          "models/othello-gpt-random", "--shards", "2", "--tokens", "60000", "--d-sae", "64", "--batch-size", "256",
+         "--saes", "standard:penalty=0.05,normalize=true", "--saes", "p_anneal:penalty=0.05,normalize=true",
          "--train-games", "16", "--test-games", "16", "--run-dir", str(run), "--quiet"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
