@@ -8,9 +8,10 @@ snapshots with the evaluator's own code (`evaluate_sae`) on its own 1000 + 1000 
 So a recipe's figures are those `up` would give for the same rows and steps, minutes faster,
 because the LM forward and the labels are paid once for all recipes.
 
-    .venv/bin/python scripts/sae_screen.py --model models/othello-gpt-board --tokens 2000000 \
-        --saes "topk:k=16" --saes "p_anneal:penalty=0.05" --batch-size 512 --lr 1e-3 \
-        --eval-every 500 --out runs/screen/topk.jsonl
+    .venv/bin/python scripts/sae_screen.py --tokens 2000000 --saes "topk:k=16" \
+        --saes "p_anneal:penalty=0.05" --batch-size 512 --eval-every 500 --out runs/screen/topk.jsonl
+
+Batch size, LR and warmup default to `up`'s recipe (`up_defaults`), activations normalised.
 
 Each line of --out is one snapshot's record: the recipe, step, tokens seen, seconds of
 training so far, and each family's coverage / reconstruction (mine/theirs/empty first).
@@ -29,6 +30,10 @@ from boardlens.games.stream import GameStream
 from boardlens.lm.formats import load_any
 from boardlens.metrics.evalset import evaluate_sae, model_evalset
 from boardlens.sae.sweep import build_trainers, expand_specs
+from boardlens.services.config import DEFAULT_MODEL
+from boardlens.services.up import up_defaults
+
+UP = up_defaults(2)["trainer"]  # the recipe a screened one is compared with
 
 
 @torch.no_grad()
@@ -48,15 +53,15 @@ def activation_cache(model, game: str, layer: int, tokens: int, seed: int, batch
 
 
 @click.command()
-@click.option("--model", "model_path", default="models/othello-gpt-board", show_default=True)
+@click.option("--model", "model_path", default=DEFAULT_MODEL, show_default=True)
 @click.option("--layer", type=int, default=None, help="SAE layer [default: the model's sae_layer].")
 @click.option("--tokens", type=int, default=1_000_000, show_default=True, help="Rows in the activation cache.")
 @click.option("--epochs", type=float, default=1.0, show_default=True, help="Passes over the cache.")
 @click.option("--saes", multiple=True, required=True, help="Trainer specs, as up's --saes.")
 @click.option("--d-sae", type=int, default=4096, show_default=True)
-@click.option("--batch-size", type=int, default=2048, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--warmup-steps", type=int, default=100, show_default=True)
+@click.option("--batch-size", type=int, default=UP["batch_size"], show_default=True)
+@click.option("--lr", type=float, default=UP["lr"], show_default=True)
+@click.option("--warmup-steps", type=int, default=UP["warmup_steps"], show_default=True)
 @click.option("--eval-every", type=int, default=250, show_default=True, help="Steps between scorings.")
 @click.option("--eval-games", type=int, default=1000, show_default=True, help="Per split.")
 @click.option("--threads", type=int, default=0, help="torch threads (0 = torch's default).")
@@ -68,7 +73,7 @@ def main(model_path, layer, tokens, epochs, saes, d_sae, batch_size, lr, warmup_
     model, meta = load_any(model_path)
     model.eval()
     game = meta["game"]
-    layer = int(meta.get("sae_layer", 6) if layer is None else layer)
+    layer = int(meta["sae_layer"] if layer is None else layer)
     t0 = time.perf_counter()
     cache = activation_cache(model, game, layer, tokens, seed=777)
     es = model_evalset(model, game, layer, eval_games, eval_games, seed=4242)

@@ -126,7 +126,8 @@ def evaluate(config_file, **options):
 @click.option("--model", default=None, help="Model folder or checkpoint; its vocabulary decides the game.")
 @click.option("--source", default=None, help="Chess game source: random, stockfish[:...], pgn:PATH [default: random].")
 @click.option("--label-workers", type=int, default=None, help="Chess labelling processes [default: 1].")
-@click.option("--saes", "saes", multiple=True, help="Trainer spec, repeatable [default: standard + p_anneal].")
+@click.option("--saes", "saes", multiple=True,
+              help="Trainer spec, repeatable [default in up: batch_topk k=32 + p_anneal + standard].")
 @click.option("--sae", "saes_old", multiple=True, hidden=True, help="Old name of --saes.")
 @click.option("--d-sae", type=int, default=None, help="Dictionary size [default: 4096].")
 @click.option("--batch-size", type=int, default=None, help="SAE batch size [default: 256 in up].")

@@ -80,8 +80,9 @@ def up_defaults(ncpu: int) -> dict[str, dict]:
     A short run on a laptop: lr 1e-3 with a 100-step warmup (the paper's 3e-4 and 1000 steps suit
     its 36k-step runs), small batches of 256 (a short run is short of steps, not of rows: 1M
     tokens give ~3,900 steps), activations normalised (UP_SAES), snapshots every 400 steps
-    (~100k tokens; a tenth of the run when that is shorter), and one torch thread for producer and evaluator (three processes share the
-    cores: oversubscribed torch threads spin and slow everyone)."""
+    (~100k tokens; a tenth of the run when that is shorter), and one torch thread for producer
+    and evaluator (three processes share the cores: oversubscribed torch threads spin and slow
+    everyone)."""
     return {"producer": {"threads": 1},
             "trainer": {"saes": UP_SAES, "batch_size": 256, "lr": 1e-3, "warmup_steps": 100,
                         "snapshot_every": 400, "threads": max(1, ncpu - 2)},
@@ -157,7 +158,8 @@ def build_configs(config_file: str | None, run_dir: str, tokens: int | None, bas
         if sources["steps"] in UNSET and total_tokens:
             values["steps"], sources["steps"] = max(1, total_tokens // batch), "up"
         if sources["snapshot_every"] in UNSET and values.get("steps"):  # a short run still draws curves
-            values["snapshot_every"] = min(values.get("snapshot_every", 400), max(1, values["steps"] // 10))
+            every = values.get("snapshot_every", TrainerConfig.snapshot_every)
+            values["snapshot_every"] = min(every, max(1, values["steps"] // 10))
 
     train, train_src = layered(TrainerConfig, "trainer", {
         "connect": ",".join(tcp(p[0]) for p in ports.producers), "snapshot_bind": tcp(ports.shards[0][0]),
